@@ -1,0 +1,169 @@
+//! Header parsing: Ethernet (with at most one 802.1Q tag), IPv4 (honouring IHL and total length),
+//! IPv6 (fixed header; extension headers are reported, not walked) and TCP (honouring the data
+//! offset). Every read goes through [`ptr_at`], the one bounds-checked accessor; every length is
+//! taken from the packet and checked against both the frame and the enclosing header's length.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
+use sshlb_common::{family, proto};
+
+use crate::verdict::{Error, Outcome};
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+/// IPv4 flags+offset field: More Fragments bit and the 13-bit offset.
+const IPV4_MF_OR_OFFSET: u16 = 0x3FFF;
+
+/// A TCP segment's addressing, as the classifier needs it (all fields in network byte order).
+pub struct Tcp {
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// Destination address; IPv4 in the first four bytes, the rest zero.
+    pub dst: [u8; 16],
+    /// Destination port, network byte order.
+    pub dport_be: u16,
+}
+
+/// Result of parsing up to layer 4.
+pub enum L3 {
+    /// A well-formed TCP segment.
+    Tcp(Tcp),
+    /// Something the program passes on without looking further.
+    Other(Outcome),
+}
+
+/// End of the frame, loaded afresh on every call.
+///
+/// The volatile load stops LLVM from proving a later bounds check redundant from an earlier,
+/// arithmetically stronger one (e.g. "IP total length fits" ⇒ "TCP header fits") and deleting it:
+/// the verifier only accepts packet reads dominated by their own `ptr + len <= data_end` check.
+#[inline(always)]
+fn data_end(ctx: &XdpContext) -> usize {
+    // SAFETY: ctx.ctx points at the kernel's xdp_md for the whole program run.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+}
+
+/// Bounds-checked pointer to a `T` at byte `off` of the frame.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = data_end(ctx);
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Parses the frame in `ctx` down to TCP.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<L3, Error> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Error::TruncatedEth)?;
+    // SAFETY: ptr_at checked that the whole header lies inside the frame.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut l3_off = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let vlan = ptr_at::<VlanHdr>(ctx, l3_off).ok_or(Error::TruncatedVlan)?;
+        // SAFETY: as above.
+        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        l3_off += VlanHdr::LEN;
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            return Ok(L3::Other(Outcome::VlanStacked));
+        }
+    }
+    match ether_type {
+        ETH_P_IPV4 => parse_ipv4(ctx, l3_off),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_off),
+        _ => Ok(L3::Other(Outcome::NotIp)),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, l3_off).ok_or(Error::TruncatedIpv4)?;
+    // SAFETY: ptr_at checked that the fixed 20-byte header lies inside the frame.
+    let ip = unsafe { &*ip };
+    if ip.vihl >> 4 != 4 {
+        return Err(Error::BadIpVersion);
+    }
+    let header_len = usize::from(ip.vihl & 0x0F) * 4;
+    if header_len < Ipv4Hdr::LEN {
+        return Err(Error::BadIpv4Ihl);
+    }
+    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    if total_len < header_len {
+        return Err(Error::BadIpv4Len);
+    }
+    // The frame may carry Ethernet padding after the datagram, never less than the datagram.
+    if ctx.data() + l3_off + total_len > data_end(ctx) {
+        return Err(Error::TruncatedIpv4);
+    }
+    if ip.proto != proto::TCP {
+        return Ok(L3::Other(Outcome::NotTcp));
+    }
+    if u16::from_be_bytes(ip.frags) & IPV4_MF_OR_OFFSET != 0 {
+        return Ok(L3::Other(Outcome::Ipv4Fragment));
+    }
+    let mut dst = [0u8; 16];
+    dst[..4].copy_from_slice(&ip.dst_addr);
+    let dport_be = parse_tcp(ctx, l3_off + header_len, total_len - header_len)?;
+    Ok(L3::Tcp(Tcp { family: family::V4, dst, dport_be }))
+}
+
+/// IPv6 next-header values that are extension headers (RFC 8200 §4 and the IANA registry).
+#[inline(always)]
+fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, l3_off).ok_or(Error::TruncatedIpv6)?;
+    // SAFETY: ptr_at checked that the fixed 40-byte header lies inside the frame.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(Error::BadIpVersion);
+    }
+    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    let l4_off = l3_off + Ipv6Hdr::LEN;
+    if ctx.data() + l4_off + payload_len > data_end(ctx) {
+        return Err(Error::TruncatedIpv6);
+    }
+    if ip.next_hdr != proto::TCP {
+        let outcome =
+            if is_ipv6_extension(ip.next_hdr) { Outcome::Ipv6ExtHeader } else { Outcome::NotTcp };
+        return Ok(L3::Other(outcome));
+    }
+    let dst = ip.dst_addr;
+    let dport_be = parse_tcp(ctx, l4_off, payload_len)?;
+    Ok(L3::Tcp(Tcp { family: family::V6, dst, dport_be }))
+}
+
+/// Validates the TCP header at `l4_off` inside an IP payload of `ip_payload_len` bytes and
+/// returns the destination port (network byte order).
+#[inline(always)]
+fn parse_tcp(ctx: &XdpContext, l4_off: usize, ip_payload_len: usize) -> Result<u16, Error> {
+    if ip_payload_len < TcpHdr::LEN {
+        return Err(Error::TruncatedTcp);
+    }
+    let tcp = ptr_at::<TcpHdr>(ctx, l4_off).ok_or(Error::TruncatedTcp)?;
+    // SAFETY: ptr_at checked that the fixed 20-byte header lies inside the frame.
+    let tcp = unsafe { &*tcp };
+    let header_len = usize::from(tcp.doff()) * 4;
+    if header_len < TcpHdr::LEN {
+        return Err(Error::BadTcpDoff);
+    }
+    if header_len > ip_payload_len {
+        return Err(Error::TruncatedTcp);
+    }
+    Ok(u16::from_ne_bytes(tcp.dest))
+}

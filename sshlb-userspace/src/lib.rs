@@ -1,0 +1,12 @@
+//! `sshlb-agent`'s library: everything the binary does, as testable modules.
+//!
+//! - [`loader`]: loads the embedded XDP object, attaches it, pins it under
+//!   `/sys/fs/bpf/sshlb/<iface>`, and detaches/unpins it.
+//! - [`stats`]: reads the data plane's per-CPU counters.
+//! - [`sys`]: the few host facts the loader needs (privileges, bpffs, interfaces).
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod loader;
+pub mod stats;
+pub mod sys;

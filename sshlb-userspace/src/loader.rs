@@ -1,0 +1,388 @@
+//! Loads the embedded XDP object, attaches it to an interface and pins program, link and maps
+//! under `<pin root>/<iface>` (default `/sys/fs/bpf/sshlb/<iface>`); detaches and unpins again.
+//!
+//! The pins are what keep the data plane alive without the agent: the link holds the program on
+//! the interface, the maps hold the state. `down` is the only thing that removes them.
+
+use std::{
+    fmt, fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray},
+    pin::PinError,
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use sshlb_common::{Service, ServiceKey, map_names};
+
+use crate::sys;
+
+/// The XDP object built by `build.rs` from `sshlb-ebpf`, embedded so the agent is one file.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sshlb"));
+
+/// Name of the XDP program inside the object.
+pub const PROGRAM: &str = "sshlb";
+
+/// Default directory under which each interface gets its own pin directory.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
+
+/// Pin file names inside an interface's pin directory (maps are pinned under their own names).
+const PIN_PROGRAM: &str = "prog";
+const PIN_LINK: &str = "link";
+
+/// Maps that are pinned (and adopted by name on restart).
+const PINNED_MAPS: [&str; 2] = [map_names::SERVICES, map_names::STATS];
+
+/// How the program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Driver (native) XDP: runs before the kernel allocates an skb. Needs driver support.
+    #[default]
+    Native,
+    /// Generic (skb) XDP: works on any interface, slower.
+    Generic,
+}
+
+impl AttachMode {
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Native => XdpMode::Driver,
+            Self::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native (driver)",
+            Self::Generic => "generic (skb)",
+        })
+    }
+}
+
+/// Everything that can go wrong loading, attaching, pinning or detaching.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The binary was built with `AYA_BUILD_SKIP=1` and carries no BPF object.
+    #[error(
+        "the BPF object is missing: this sshlb-agent was built with AYA_BUILD_SKIP=1; rebuild it \
+         without that variable (the BPF build needs bpf-linker: run `cargo xtask setup`)"
+    )]
+    ObjectMissing,
+    /// Not running as root.
+    #[error("must run as root: loading and attaching XDP needs CAP_BPF and CAP_NET_ADMIN")]
+    NotRoot,
+    /// The named interface does not exist (in this network namespace).
+    #[error("no such interface: {0:?}")]
+    NoSuchInterface(String),
+    /// Our pins for this interface already exist.
+    #[error(
+        "sshlb is already attached to {iface} (pinned at {}); run `sshlb-agent down {iface}` first",
+        pin_dir.display()
+    )]
+    AlreadyAttached {
+        /// Interface name.
+        iface: String,
+        /// Its pin directory.
+        pin_dir: PathBuf,
+    },
+    /// Nothing pinned for this interface.
+    #[error("sshlb is not attached to {iface}: nothing is pinned at {}", pin_dir.display())]
+    NotAttached {
+        /// Interface name.
+        iface: String,
+        /// Its pin directory.
+        pin_dir: PathBuf,
+    },
+    /// The BPF filesystem could not be mounted.
+    #[error("mounting the BPF filesystem at {} failed", path.display())]
+    Bpffs {
+        /// Mount point.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Parsing the object or creating its maps failed.
+    #[error("loading the BPF object failed")]
+    Object(#[from] aya::EbpfError),
+    /// The kernel (verifier) refused the program.
+    #[error("the kernel refused to load the XDP program")]
+    Load(#[source] ProgramError),
+    /// Attaching failed; `hint` says what to try.
+    #[error("attaching XDP in {mode} mode to {iface} failed{hint}")]
+    Attach {
+        /// Interface name.
+        iface: String,
+        /// Requested mode.
+        mode: AttachMode,
+        /// Advice for the operator, with leading separator (may be empty).
+        hint: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A pin could not be created.
+    #[error("pinning {what} at {} failed", path.display())]
+    Pin {
+        /// What was pinned.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: PinError,
+    },
+    /// Opening a pinned object failed.
+    #[error("opening pinned {what} at {} failed", path.display())]
+    OpenPinned {
+        /// What was opened.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Filesystem work on the pin directory failed.
+    #[error("{what} {} failed", path.display())]
+    Fs {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Pin directory of `iface` under `pin_root`.
+pub fn pin_dir(pin_root: &Path, iface: &str) -> PathBuf {
+    pin_root.join(iface)
+}
+
+/// The loaded (not yet attached) data plane: the object with its program verified and loaded.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Parses the embedded object, creates its maps and loads the program into the kernel.
+    pub fn load() -> Result<Self, LoaderError> {
+        if OBJECT.is_empty() {
+            return Err(LoaderError::ObjectMissing);
+        }
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .expect("the object defines the sshlb program")
+            .try_into()
+            .expect("sshlb is an XDP program");
+        program.load().map_err(LoaderError::Load)?;
+        Ok(Self { ebpf })
+    }
+
+    /// The loaded XDP program (e.g. for `BPF_PROG_TEST_RUN`).
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .expect("the object defines the sshlb program")
+            .try_into()
+            .expect("sshlb is an XDP program")
+    }
+
+    /// The service table, for writing.
+    pub fn services(&mut self) -> HashMap<&mut MapData, ServiceKey, Service> {
+        let map = self.ebpf.map_mut(map_names::SERVICES).expect("object defines SERVICES");
+        HashMap::try_from(map).expect("SERVICES is a hash map of ServiceKey → Service")
+    }
+
+    /// The global outcome counters.
+    pub fn stats(&self) -> PerCpuArray<&MapData, u64> {
+        let map = self.ebpf.map(map_names::STATS).expect("object defines STATS");
+        PerCpuArray::try_from(map).expect("STATS is a per-CPU array of u64")
+    }
+}
+
+/// A data plane attached to an interface and pinned.
+pub struct Attached {
+    /// The loaded object (maps stay writable through it).
+    pub dataplane: Dataplane,
+    /// Where everything is pinned.
+    pub pin_dir: PathBuf,
+}
+
+/// Loads, attaches and pins the data plane on `iface`, then writes `services` into its table.
+///
+/// On any failure after the pin directory was created, everything done so far is undone, so a
+/// failed `up` leaves the interface and bpffs exactly as they were.
+pub fn up(
+    pin_root: &Path,
+    iface: &str,
+    mode: AttachMode,
+    services: &[(ServiceKey, Service)],
+) -> Result<Attached, LoaderError> {
+    if OBJECT.is_empty() {
+        return Err(LoaderError::ObjectMissing);
+    }
+    if !sys::is_root() {
+        return Err(LoaderError::NotRoot);
+    }
+    let ifindex =
+        sys::ifindex(iface).ok_or_else(|| LoaderError::NoSuchInterface(iface.to_owned()))?;
+    let bpffs = pin_root.parent().unwrap_or(pin_root);
+    sys::ensure_bpffs(bpffs)
+        .map_err(|source| LoaderError::Bpffs { path: bpffs.to_owned(), source })?;
+    let pin_dir = pin_dir(pin_root, iface);
+    if pin_dir.exists() {
+        return Err(LoaderError::AlreadyAttached { iface: iface.to_owned(), pin_dir });
+    }
+    let mut dataplane = Dataplane::load()?;
+    fs::create_dir_all(&pin_dir).map_err(|source| LoaderError::Fs {
+        what: "creating pin directory",
+        path: pin_dir.clone(),
+        source,
+    })?;
+    match attach_and_pin(&mut dataplane, &pin_dir, iface, ifindex, mode, services) {
+        Ok(()) => Ok(Attached { dataplane, pin_dir }),
+        Err(err) => {
+            // Dropping `dataplane` detaches a link that was attached but not pinned.
+            remove_pins(&pin_dir);
+            Err(err)
+        }
+    }
+}
+
+fn attach_and_pin(
+    dataplane: &mut Dataplane,
+    pin_dir: &Path,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+    services: &[(ServiceKey, Service)],
+) -> Result<(), LoaderError> {
+    for name in PINNED_MAPS {
+        let path = pin_dir.join(name);
+        let map = dataplane.ebpf.map(name).expect("object defines every pinned map");
+        map.pin(&path).map_err(|source| LoaderError::Pin { what: "map", path, source })?;
+    }
+    let mut table = dataplane.services();
+    for (key, service) in services {
+        table.insert(key, service, 0).map_err(|e| LoaderError::OpenPinned {
+            what: "SERVICES map",
+            path: pin_dir.join(map_names::SERVICES),
+            source: Box::new(e),
+        })?;
+    }
+    let program = dataplane.program();
+    let path = pin_dir.join(PIN_PROGRAM);
+    program.pin(&path).map_err(|source| LoaderError::Pin { what: "program", path, source })?;
+    let link_id = program.attach_to_if_index(ifindex, mode.xdp_mode()).map_err(|source| {
+        LoaderError::Attach { iface: iface.to_owned(), mode, hint: attach_hint(mode, &source), source }
+    })?;
+    let link = program.take_link(link_id).map_err(|source| LoaderError::Attach {
+        iface: iface.to_owned(),
+        mode,
+        hint: "",
+        source,
+    })?;
+    let fd_link = FdLink::try_from(link).map_err(|e| LoaderError::OpenPinned {
+        what: "XDP link (this kernel attached XDP without a bpf_link, which needs Linux 5.9+)",
+        path: pin_dir.join(PIN_LINK),
+        source: Box::new(e),
+    })?;
+    let path = pin_dir.join(PIN_LINK);
+    fd_link.pin(&path).map_err(|source| LoaderError::Pin { what: "XDP link", path, source })?;
+    Ok(())
+}
+
+/// Turns the kernel's terse errno into advice.
+fn attach_hint(mode: AttachMode, err: &ProgramError) -> &'static str {
+    let errno = match err {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    };
+    match (mode, errno) {
+        (_, Some(libc::EBUSY) | Some(libc::EEXIST)) => {
+            ": another XDP program is already attached to this interface; remove it first \
+             (`ip link set dev IFACE xdp off`)"
+        }
+        (AttachMode::Native, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => {
+            ": the driver does not support native XDP (or its MTU/queues don't allow it); \
+             retry with `--xdp-mode generic`"
+        }
+        _ => "",
+    }
+}
+
+/// Detaches the data plane from `iface` and removes every pin. Established state is gone after
+/// this: it is the operator's explicit "take the balancer off this interface".
+pub fn down(pin_root: &Path, iface: &str) -> Result<(), LoaderError> {
+    if !sys::is_root() {
+        return Err(LoaderError::NotRoot);
+    }
+    let pin_dir = pin_dir(pin_root, iface);
+    if !pin_dir.is_dir() {
+        return Err(LoaderError::NotAttached { iface: iface.to_owned(), pin_dir });
+    }
+    let link_path = pin_dir.join(PIN_LINK);
+    if link_path.exists() {
+        let link = PinnedLink::from_pin(&link_path).map_err(|e| LoaderError::OpenPinned {
+            what: "XDP link",
+            path: link_path.clone(),
+            source: Box::new(e),
+        })?;
+        // Unpinning drops the last reference once the returned FdLink goes out of scope: the
+        // kernel then detaches the program from the interface.
+        let fd_link = link.unpin().map_err(|source| LoaderError::Fs {
+            what: "unpinning",
+            path: link_path,
+            source,
+        })?;
+        drop(fd_link);
+    }
+    remove_pins(&pin_dir);
+    // The root goes too once no interface uses it (fails harmlessly while others remain).
+    let _ignored = fs::remove_dir(pin_root);
+    if pin_dir.exists() {
+        return Err(LoaderError::Fs {
+            what: "removing pin directory",
+            path: pin_dir.clone(),
+            source: fs::remove_dir(&pin_dir).err().unwrap_or_else(|| io::Error::other("unknown")),
+        });
+    }
+    Ok(())
+}
+
+/// Best-effort removal of everything in `pin_dir` and the directory itself.
+fn remove_pins(pin_dir: &Path) {
+    if let Ok(entries) = fs::read_dir(pin_dir) {
+        for entry in entries.flatten() {
+            let _ignored = fs::remove_file(entry.path());
+        }
+    }
+    let _ignored = fs::remove_dir(pin_dir);
+}
+
+/// The pinned counters of the data plane on `iface`.
+pub fn pinned_stats(pin_root: &Path, iface: &str) -> Result<PerCpuArray<MapData, u64>, LoaderError> {
+    let pin_dir = pin_dir(pin_root, iface);
+    let path = pin_dir.join(map_names::STATS);
+    if !path.exists() {
+        return Err(LoaderError::NotAttached { iface: iface.to_owned(), pin_dir });
+    }
+    let open_err = |source: Box<dyn std::error::Error + Send + Sync>| LoaderError::OpenPinned {
+        what: "STATS map",
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(|e| open_err(Box::new(e)))?;
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(|e| open_err(Box::new(e)))
+}
