@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
-use sshlb_common::{Service, ServiceKey, proto};
+use sshlb_common::{proto, Service, ServiceKey};
 
 use crate::loader::{AttachMode, DEFAULT_PIN_ROOT};
 

@@ -10,15 +10,15 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray},
     pin::PinError,
     programs::{
-        ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        ProgramError, Xdp, XdpMode,
     },
+    Ebpf, EbpfLoader,
 };
-use sshlb_common::{Service, ServiceKey, map_names};
+use sshlb_common::{map_names, Service, ServiceKey};
 
 use crate::sys;
 
@@ -285,7 +285,12 @@ fn attach_and_pin(
     let path = pin_dir.join(PIN_PROGRAM);
     program.pin(&path).map_err(|source| LoaderError::Pin { what: "program", path, source })?;
     let link_id = program.attach_to_if_index(ifindex, mode.xdp_mode()).map_err(|source| {
-        LoaderError::Attach { iface: iface.to_owned(), mode, hint: attach_hint(mode, &source), source }
+        LoaderError::Attach {
+            iface: iface.to_owned(),
+            mode,
+            hint: attach_hint(mode, &source),
+            source,
+        }
     })?;
     let link = program.take_link(link_id).map_err(|source| LoaderError::Attach {
         iface: iface.to_owned(),
@@ -372,7 +377,10 @@ fn remove_pins(pin_dir: &Path) {
 }
 
 /// The pinned counters of the data plane on `iface`.
-pub fn pinned_stats(pin_root: &Path, iface: &str) -> Result<PerCpuArray<MapData, u64>, LoaderError> {
+pub fn pinned_stats(
+    pin_root: &Path,
+    iface: &str,
+) -> Result<PerCpuArray<MapData, u64>, LoaderError> {
     let pin_dir = pin_dir(pin_root, iface);
     let path = pin_dir.join(map_names::STATS);
     if !path.exists() {

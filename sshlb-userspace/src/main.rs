@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::Parser as _;
 use sshlb::{
-    cli::{Cli, Command, service_entries},
+    cli::{service_entries, Cli, Command},
     loader, stats,
 };
 
@@ -60,7 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Waits for SIGINT/SIGTERM, printing counters every `interval` seconds when it is non-zero.
 async fn wait_for_shutdown(attached: &loader::Attached, interval: u64) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
+    use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(interval.max(1)));
     loop {

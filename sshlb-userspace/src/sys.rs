@@ -26,7 +26,6 @@ pub fn is_bpffs(path: &Path) -> bool {
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and buf is a valid, writable statfs.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut buf) };
-    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between libc targets")]
     let magic = buf.f_type as i64;
     rc == 0 && magic == BPF_FS_MAGIC
 }
