@@ -1,1 +1,231 @@
+//! Shared scaffolding for sshlb's namespace and end-to-end tests.
+//!
+//! Every test builds its own little network out of namespaces whose names are unique to the test
+//! (prefix + pid + counter), with addresses only in 198.18.0.0/15 and fd00::/8, and tears it down
+//! in `Drop` — so a failing (panicking) test cleans up too. Processes a test starts are killed by
+//! PID, never by name.
 
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Whether root-only tiers must run (set by `cargo xtask test` as root).
+pub fn required() -> bool {
+    std::env::var("SSHLB_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// True when the test may proceed; prints a SKIP line (or panics when required) otherwise.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(!required(), "{test}: needs root but SSHLB_REQUIRE_ROOT_TESTS=1");
+    eprintln!("SKIP: {test}: needs root (network namespaces, XDP attach)");
+    false
+}
+
+/// Runs `cmd`, panicking with its command line and stderr when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `sh -c`-free convenience: `cmd("ip", &["link", ...])`.
+pub fn cmd(program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(program);
+    c.args(args);
+    c
+}
+
+/// The `sshlb-agent` binary, built once per test process so it is never stale.
+pub fn agent_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+        let out = run(&mut cmd(
+            &cargo,
+            &[
+                "build",
+                "--quiet",
+                "--manifest-path",
+                manifest,
+                "-p",
+                "sshlb-userspace",
+                "--bin",
+                "sshlb-agent",
+            ],
+        ));
+        drop(out);
+        // target/debug/deps/<test binary> → target/debug/sshlb-agent
+        let exe = std::env::current_exe().expect("current_exe");
+        let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("sshlb-agent");
+        assert!(bin.exists(), "sshlb-agent not found at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call, e.g. `t4711x3` (fits IFNAMSIZ with a prefix).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id() % 100_000, NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A network namespace owned by the test; deleted (with everything in it) on drop.
+pub struct Netns {
+    /// Name under /run/netns.
+    pub name: String,
+    children: Vec<Child>,
+}
+
+impl Netns {
+    /// Creates `sshlb-<unique>` with loopback up.
+    pub fn new(role: &str) -> Self {
+        let name = format!("sshlb-{}-{role}", unique("t"));
+        run(&mut cmd("ip", &["netns", "add", &name]));
+        let ns = Self { name, children: Vec::new() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip -n <ns> args…`.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut c = cmd("ip", &["-n", &self.name]);
+        c.args(args);
+        run(&mut c)
+    }
+
+    /// A command that runs inside the namespace's network stack only (keeps the host's mounts,
+    /// so /sys/fs/bpf pins stay visible — `ip netns exec` would hide them).
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program).args(args);
+        c
+    }
+
+    /// Starts a long-running process in the namespace; it is killed when the namespace drops.
+    pub fn spawn(&mut self, program: &str, args: &[&str]) -> u32 {
+        let child = self
+            .command(program, args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", self.name));
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (std sockets then live in it).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: ns is an open namespace fd; setns only affects this (fresh) thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ignored = child.kill();
+            let _ignored = child.wait();
+        }
+        let _ignored = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Connects two namespaces with a veth pair (`a_if` in `a`, `b_if` in `b`), brings both up with
+/// the given addresses, and turns TX checksum offload off on both ends: XDP_TX/redirect loses
+/// veth's partial-checksum state and the receiver would drop the segment.
+pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) {
+    run(&mut cmd(
+        "ip",
+        &[
+            "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+            &b.name,
+        ],
+    ));
+    for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
+        for addr in addrs {
+            // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
+            let mut args = vec!["addr", "add", *addr, "dev", ifname];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ns.ip(&args);
+        }
+        ns.ip(&["link", "set", ifname, "up"]);
+        run(ns.command("ethtool", &["-K", ifname, "tx", "off"]).stdout(Stdio::null()));
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses `sshlb-agent stats` output (`name value` lines) into pairs.
+pub fn parse_stats(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let name = parts.next()?;
+            let value = parts.next()?.parse().ok()?;
+            Some((name.to_owned(), value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ_and_fit_ifnamsiz() {
+        let a = unique("lb");
+        let b = unique("lb");
+        assert_ne!(a, b);
+        assert!(a.len() < 15, "{a} too long for an interface name");
+    }
+
+    #[test]
+    fn parse_stats_reads_name_value_lines() {
+        let parsed = parse_stats("pass_not_ip   3\nservice_hit  12\n(no packets seen yet)\n");
+        assert_eq!(parsed, vec![("pass_not_ip".into(), 3), ("service_hit".into(), 12)]);
+    }
+}

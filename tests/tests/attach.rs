@@ -1,0 +1,161 @@
+//! Namespace tests: the real `sshlb-agent` attaches the real program to a veth, real TCP crosses
+//! it, counters move, and `down` leaves nothing behind.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use sshlb_tests::{agent_binary, parse_stats, root_or_skip, run, unique, veth, Netns};
+
+/// Pins live under the default root, keyed by interface name; names are unique per test.
+fn pin_dir(iface: &str) -> std::path::PathBuf {
+    Path::new("/sys/fs/bpf/sshlb").join(iface)
+}
+
+fn stats(lb: &Netns, iface: &str) -> Vec<(String, u64)> {
+    let agent = agent_binary();
+    let out = run(&mut lb.command(agent.to_str().expect("utf-8"), &["stats", iface, "--all"]));
+    parse_stats(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn counter(stats: &[(String, u64)], name: &str) -> u64 {
+    stats.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("{name}"))
+}
+
+/// Detaches on drop so a failing test does not leave a program attached or pins behind.
+struct Attached<'a> {
+    lb: &'a Netns,
+    iface: String,
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        if pin_dir(&self.iface).exists() {
+            let agent = agent_binary();
+            let _ignored =
+                self.lb.command(agent.to_str().expect("utf-8"), &["down", &self.iface]).status();
+        }
+    }
+}
+
+#[test]
+fn up_counts_real_tcp_and_down_leaves_nothing() {
+    if !root_or_skip("up_counts_real_tcp_and_down_leaves_nothing") {
+        return;
+    }
+    let agent = agent_binary();
+    let agent = agent.to_str().expect("utf-8");
+    let lb = Netns::new("lb");
+    let client = Netns::new("cl");
+    let lb_if = unique("lb");
+    veth(
+        &lb,
+        &lb_if,
+        &["198.18.10.1/24", "fd00:10::1/64"],
+        &client,
+        "cl0",
+        &["198.18.10.2/24", "fd00:10::2/64"],
+    );
+
+    let out = run(&mut lb.command(
+        agent,
+        &["up", &lb_if, "--service", "198.18.10.1:22", "--service", "[fd00:10::1]:22", "--detach"],
+    ));
+    let _attached = Attached { lb: &lb, iface: lb_if.clone() };
+    assert!(String::from_utf8_lossy(&out.stderr).contains("native"), "default mode is native");
+    let link = String::from_utf8_lossy(&lb.ip(&["link", "show", &lb_if]).stdout).into_owned();
+    assert!(link.contains("prog/xdp") && link.contains("name sshlb"), "XDP not attached: {link}");
+    for pin in ["link", "prog", "SERVICES", "STATS"] {
+        assert!(pin_dir(&lb_if).join(pin).exists(), "{pin} not pinned");
+    }
+
+    // Echo servers on the service port and on a non-service port, on both families.
+    let listeners = lb.run(|| {
+        ["198.18.10.1:22", "198.18.10.1:80", "[fd00:10::1]:22"]
+            .map(|addr| TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
+    });
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().expect("accept");
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).expect("read");
+                s.write_all(&buf).expect("write");
+            })
+        })
+        .collect();
+    client.run(|| {
+        for addr in ["198.18.10.1:22", "198.18.10.1:80", "[fd00:10::1]:22"] {
+            let addr = addr.parse().expect("addr");
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connect {addr} through the attached program: {e}"));
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            s.write_all(b"hello").expect("write");
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).expect("echo back");
+            assert_eq!(&buf, b"hello");
+        }
+    });
+    for s in servers {
+        s.join().expect("server thread");
+    }
+
+    let counters = stats(&lb, &lb_if);
+    // SYN, ACK, data, ACK of echo, FIN... at least 3 client→VIP segments per service connection.
+    assert!(counter(&counters, "service_hit") >= 6, "{counters:?}");
+    assert!(counter(&counters, "pass_not_service") >= 3, "{counters:?}");
+    for (name, value) in &counters {
+        if name.starts_with("drop_") {
+            assert_eq!(*value, 0, "well-formed traffic was dropped: {counters:?}");
+        }
+    }
+
+    // A second `up` on the same interface is refused and changes nothing.
+    let again = lb.command(agent, &["up", &lb_if, "--detach"]).output().expect("spawn");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already attached"), "{again:?}");
+
+    run(&mut lb.command(agent, &["down", &lb_if]));
+    let link = String::from_utf8_lossy(&lb.ip(&["link", "show", &lb_if]).stdout).into_owned();
+    assert!(!link.contains("xdp"), "still attached after down: {link}");
+    assert!(!pin_dir(&lb_if).exists(), "pins left behind after down");
+}
+
+#[test]
+fn clear_errors_for_bad_interface_mode_and_state() {
+    if !root_or_skip("clear_errors_for_bad_interface_mode_and_state") {
+        return;
+    }
+    let agent = agent_binary();
+    let agent = agent.to_str().expect("utf-8");
+    let ns = Netns::new("err");
+    let stderr_of = |args: &[&str]| {
+        let out = ns.command(agent, args).output().expect("spawn");
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(stderr_of(&["up", "nosuch0", "--detach"]).contains("no such interface"));
+    assert!(stderr_of(&["down", "nosuch0"]).contains("not attached"));
+    assert!(stderr_of(&["stats", "nosuch0"]).contains("not attached"));
+    assert!(stderr_of(&["up", "lo", "--xdp-mode", "warp"]).contains("invalid value"));
+    // Loopback has no native XDP support: the error names the mode and suggests generic.
+    let pin = pin_dir("lo");
+    if !pin.exists() {
+        let err = stderr_of(&["up", "lo", "--detach"]);
+        assert!(err.contains("native") && err.contains("--xdp-mode generic"), "{err}");
+        assert!(!pin.exists(), "a failed up left pins behind");
+    }
+    // Not root: refused before touching anything (nobody = 65534).
+    let out = ns
+        .command(
+            "setpriv",
+            &["--reuid=65534", "--regid=65534", "--clear-groups", agent, "up", "lo"],
+        )
+        .output()
+        .expect("spawn setpriv");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must run as root"), "{out:?}");
+}
