@@ -12,12 +12,42 @@ pub mod stats;
 pub mod map_names {
     /// Services: (VIP, port, protocol) → [`crate::Service`]. Written by the agent, read by XDP.
     pub const SERVICES: &str = "SERVICES";
-    /// Global per-CPU outcome counters indexed by [`crate::stats`]. Written by XDP, read by the agent.
+    /// Backends by id → [`crate::Backend`]. Written by the agent, read by XDP.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// Maglev rings, two per service (active + standby), each `RING_STRIDE` slots of backend ids.
+    /// Written by the agent (standby ring, then flip `Service::ring_offset`), read by XDP.
+    pub const RINGS: &str = "RINGS";
+    /// Connection table: [`crate::FlowKey`] (client → VIP) → [`crate::Flow`]. Written by XDP
+    /// (new flows, state, last-seen), expired by the agent.
+    pub const FLOWS: &str = "FLOWS";
+    /// Full-NAT reverse index: [`crate::NatKey`] (backend, backend port, NAT port) → the flow's
+    /// [`crate::FlowKey`]. Written by XDP together with the flow, removed by the agent with it.
+    pub const NAT_REVERSE: &str = "NAT_REVERSE";
+    /// The balancer's own settings, one [`crate::Config`] at index 0. Written by the agent.
+    pub const CONFIG: &str = "CONFIG";
+    /// Global per-CPU outcome counters indexed by [`crate::stats`]. Written by XDP.
     pub const STATS: &str = "STATS";
+    /// Per-CPU [`crate::Traffic`] per service id. Written by XDP.
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    /// Per-CPU [`crate::Traffic`] per backend id. Written by XDP.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
 }
 
-/// Largest number of services (VIP, port, protocol) one balancer serves.
-pub const MAX_SERVICES: u32 = 256;
+/// Largest number of services (VIP, port, protocol) one balancer serves. Each costs two rings of
+/// `ring_size` slots (4 bytes each): 16 services × 2 × 65537 × 4 B ≈ 8.4 MB.
+pub const MAX_SERVICES: u32 = 16;
+
+/// Largest number of backends over all services (ids are `0..MAX_BACKENDS`).
+pub const MAX_BACKENDS: u32 = 4096;
+
+/// Default connection-table size (entries); the agent can size the map at load time.
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+
+/// Largest Maglev ring: rings are laid out at a fixed stride of this many slots.
+pub const RING_STRIDE: u32 = 65537;
+
+/// A ring slot holding no backend (the service has no usable backend).
+pub const EMPTY_SLOT: u32 = u32::MAX;
 
 /// Address family tag stored in keys (`AF_INET`/`AF_INET6` would tie the ABI to libc's values).
 pub mod family {
@@ -27,10 +57,14 @@ pub mod family {
     pub const V6: u8 = 6;
 }
 
-/// IANA protocol numbers used in [`ServiceKey::proto`].
+/// IANA protocol numbers used in keys.
 pub mod proto {
     /// Transmission Control Protocol.
     pub const TCP: u8 = 6;
+    /// ICMP for IPv4.
+    pub const ICMP: u8 = 1;
+    /// ICMP for IPv6.
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Key of the `SERVICES` map: one balanced endpoint.
@@ -53,18 +87,23 @@ pub struct ServiceKey {
 impl ServiceKey {
     /// Key for an IPv4 VIP; `port` in host byte order.
     pub const fn v4(addr: [u8; 4], port: u16, proto: u8) -> Self {
-        let mut full = [0u8; 16];
-        full[0] = addr[0];
-        full[1] = addr[1];
-        full[2] = addr[2];
-        full[3] = addr[3];
-        Self { addr: full, port_be: port.to_be(), proto, family: family::V4 }
+        Self { addr: v4_in_16(addr), port_be: port.to_be(), proto, family: family::V4 }
     }
 
     /// Key for an IPv6 VIP; `port` in host byte order.
     pub const fn v6(addr: [u8; 16], port: u16, proto: u8) -> Self {
         Self { addr, port_be: port.to_be(), proto, family: family::V6 }
     }
+}
+
+/// An IPv4 address in the 16-byte key layout (first four bytes, rest zero).
+pub const fn v4_in_16(addr: [u8; 4]) -> [u8; 16] {
+    let mut full = [0u8; 16];
+    full[0] = addr[0];
+    full[1] = addr[1];
+    full[2] = addr[2];
+    full[3] = addr[3];
+    full
 }
 
 /// Value of the `SERVICES` map.
@@ -75,6 +114,10 @@ pub struct Service {
     pub id: u32,
     /// Bit set of `service_flags::*`.
     pub flags: u32,
+    /// Number of slots in this service's Maglev ring (prime, `<= RING_STRIDE`); 0 = no ring yet.
+    pub ring_size: u32,
+    /// Index in `RINGS` of the active ring's first slot (`(2 × id + 0|1) × RING_STRIDE`).
+    pub ring_offset: u32,
 }
 
 /// Bits of [`Service::flags`].
@@ -85,6 +128,129 @@ pub mod service_flags {
     pub const SOURCE_AFFINITY: u32 = 1 << 1;
 }
 
+/// Value of the `BACKENDS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Address in network byte order (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// Port, network byte order (full NAT rewrites the destination port to it).
+    pub port_be: u16,
+    /// [`family::V4`] or [`family::V6`]; 0 = unused slot.
+    pub family: u8,
+    /// Reserved, zero.
+    pub flags: u8,
+}
+
+/// Key of the connection table: the flow as the client sent it (client → VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Client address (network byte order; IPv4 in the first four bytes).
+    pub src: [u8; 16],
+    /// VIP.
+    pub dst: [u8; 16],
+    /// Client port, network byte order.
+    pub sport_be: u16,
+    /// Service port, network byte order.
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// Explicit padding, always zero (it is hashed as part of the key).
+    pub pad: [u8; 2],
+}
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the flow last carried a packet, refreshed at
+    /// most every [`LAST_SEEN_GRANULARITY_NS`] to keep the entry's cache line from bouncing.
+    pub last_seen_ns: u64,
+    /// Backend chosen when the flow started; never changes for the flow's life.
+    pub backend_id: u32,
+    /// Service the flow belongs to.
+    pub service_id: u32,
+    /// Full NAT: the balancer-side source port towards the backend (network order); 0 for DSR.
+    pub nat_port_be: u16,
+    /// One of `flow_state::*`.
+    pub state: u8,
+    /// Bit set of `flow_flags::*`.
+    pub flags: u8,
+    /// Explicit padding, zero.
+    pub pad: [u8; 4],
+}
+
+/// How often (at most) the data plane rewrites `Flow::last_seen_ns`.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// TCP state as the balancer tracks it (coarser than the endpoints' own state machines).
+pub mod flow_state {
+    /// SYN seen from the client, handshake not completed.
+    pub const SYN: u8 = 1;
+    /// Handshake completed (client ACK seen), or picked up mid-flow.
+    pub const ESTABLISHED: u8 = 2;
+    /// A FIN was seen in either direction.
+    pub const FIN: u8 = 3;
+    /// A RST was seen in either direction.
+    pub const CLOSED: u8 = 4;
+}
+
+/// Bits of [`Flow::flags`].
+pub mod flow_flags {
+    /// Full NAT: a `NAT_REVERSE` entry exists for this flow.
+    pub const NAT: u8 = 1 << 0;
+    /// Created from a non-SYN packet (after a balancer restart or failover), routed by the ring.
+    pub const RECOVERED: u8 = 1 << 1;
+}
+
+/// Key of the full-NAT reverse index: a packet from a backend to the balancer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NatKey {
+    /// Backend address.
+    pub backend: [u8; 16],
+    /// Backend port, network byte order.
+    pub backend_port_be: u16,
+    /// The balancer's NAT port, network byte order.
+    pub nat_port_be: u16,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub pad: [u8; 3],
+}
+
+/// The balancer's own settings (`CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Full-NAT source address towards IPv4 backends (the balancer's own address).
+    pub nat_v4: [u8; 4],
+    /// Full-NAT source address towards IPv6 backends.
+    pub nat_v6: [u8; 16],
+    /// First port of the NAT source-port range (host order).
+    pub nat_port_min: u16,
+    /// Last port of the NAT source-port range (host order, inclusive).
+    pub nat_port_max: u16,
+}
+
+/// Per-service or per-backend traffic counters (one per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Traffic {
+    /// Packets forwarded (both directions for full NAT).
+    pub packets: u64,
+    /// Bytes forwarded (IP length).
+    pub bytes: u64,
+    /// New flows started.
+    pub new_flows: u64,
+}
+
+pub mod csum;
+pub mod hash;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are #[repr(C)], contain only integers and integer arrays, and have no padding
@@ -92,6 +258,18 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Service {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NatKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Traffic {}
 }
 
 #[cfg(test)]
@@ -112,9 +290,60 @@ mod layout_tests {
 
     #[test]
     fn service_layout_is_stable() {
-        assert_eq!(size_of::<Service>(), 8);
+        assert_eq!(size_of::<Service>(), 16);
         assert_eq!(offset_of!(Service, id), 0);
         assert_eq!(offset_of!(Service, flags), 4);
+        assert_eq!(offset_of!(Service, ring_size), 8);
+        assert_eq!(offset_of!(Service, ring_offset), 12);
+    }
+
+    #[test]
+    fn backend_layout_is_stable() {
+        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(offset_of!(Backend, port_be), 16);
+        assert_eq!(offset_of!(Backend, family), 18);
+        assert_eq!(offset_of!(Backend, flags), 19);
+    }
+
+    #[test]
+    fn flow_key_has_no_implicit_padding() {
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(offset_of!(FlowKey, dst), 16);
+        assert_eq!(offset_of!(FlowKey, sport_be), 32);
+        assert_eq!(offset_of!(FlowKey, dport_be), 34);
+        assert_eq!(offset_of!(FlowKey, proto), 36);
+        assert_eq!(offset_of!(FlowKey, family), 37);
+        assert_eq!(offset_of!(FlowKey, pad), 38);
+    }
+
+    #[test]
+    fn flow_layout_is_stable() {
+        assert_eq!(size_of::<Flow>(), 24);
+        assert_eq!(align_of::<Flow>(), 8);
+        assert_eq!(offset_of!(Flow, backend_id), 8);
+        assert_eq!(offset_of!(Flow, service_id), 12);
+        assert_eq!(offset_of!(Flow, nat_port_be), 16);
+        assert_eq!(offset_of!(Flow, state), 18);
+        assert_eq!(offset_of!(Flow, flags), 19);
+        assert_eq!(offset_of!(Flow, pad), 20);
+    }
+
+    #[test]
+    fn nat_key_config_and_traffic_layouts_are_stable() {
+        assert_eq!(size_of::<NatKey>(), 24);
+        assert_eq!(offset_of!(NatKey, backend_port_be), 16);
+        assert_eq!(offset_of!(NatKey, nat_port_be), 18);
+        assert_eq!(offset_of!(NatKey, family), 20);
+        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(offset_of!(Config, nat_v6), 4);
+        assert_eq!(offset_of!(Config, nat_port_min), 20);
+        assert_eq!(size_of::<Traffic>(), 24);
+    }
+
+    #[test]
+    fn rings_fit_the_array_index_space() {
+        // Two rings per service at a fixed stride must be addressable with u32 indexes.
+        assert!(u64::from(MAX_SERVICES) * 2 * u64::from(RING_STRIDE) < u64::from(u32::MAX));
     }
 
     #[test]

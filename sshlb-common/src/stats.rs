@@ -1,7 +1,8 @@
 //! Indexes of the global per-CPU `STATS` counters: one counter per packet outcome.
 //!
-//! Every packet the program sees increments exactly one of these, so their sum is the number of
-//! packets processed. Names are stable: they become Prometheus label values and the fixture tests
+//! Every packet the program sees increments exactly one `pass_*`, `fwd_*` or `drop_*` counter, so
+//! their sum is the number of packets processed; `event_*` counters count things that happened
+//! on the way and are not outcomes. Names are stable: they become Prometheus label values and the fixture tests
 //! refer to them.
 
 macro_rules! counters {
@@ -36,8 +37,8 @@ counters! {
     PASS_IPV4_FRAGMENT = 4, "pass_ipv4_fragment";
     /// IPv6 with an extension header before the transport header: passed.
     PASS_IPV6_EXT_HEADER = 5, "pass_ipv6_ext_header";
-    /// TCP to a service: matched (forwarding comes with the connection table).
-    SERVICE_HIT = 6, "service_hit";
+    /// Client → VIP segment forwarded to its backend with full NAT.
+    FWD_NAT = 6, "fwd_nat";
     /// Frame shorter than an Ethernet header: dropped.
     DROP_TRUNCATED_ETH = 7, "drop_truncated_eth";
     /// Frame ends inside the 802.1Q tag: dropped.
@@ -56,6 +57,31 @@ counters! {
     DROP_BAD_IP_VERSION = 14, "drop_bad_ip_version";
     /// TCP data offset below 5 words: dropped.
     DROP_BAD_TCP_DOFF = 15, "drop_bad_tcp_doff";
+    /// Client → VIP segment forwarded to its backend by direct server return (MAC rewrite).
+    FWD_DSR = 16, "fwd_dsr";
+    /// Backend → balancer segment of a full-NAT flow, rewritten back to VIP → client.
+    FWD_REVERSE_NAT = 17, "fwd_reverse_nat";
+    /// ICMP error about a tracked flow, rewritten and delivered to the flow's other end.
+    FWD_ICMP_ERROR = 18, "fwd_icmp_error";
+    /// Rewritten, but the next hop's MAC is not resolved yet: passed for the kernel to resolve
+    /// the neighbour and forward it.
+    PASS_NO_NEIGH = 19, "pass_no_neigh";
+    /// The service has no usable backend (empty ring, or a slot naming a removed backend).
+    DROP_NO_BACKEND = 20, "drop_no_backend";
+    /// New flow refused: the connection table is full (established flows are never evicted).
+    DROP_FLOW_TABLE_FULL = 21, "drop_flow_table_full";
+    /// New full-NAT flow refused: no free NAT source port towards that backend after 8 probes.
+    DROP_NAT_PORTS_EXHAUSTED = 22, "drop_nat_ports_exhausted";
+    /// Full-NAT service but the agent has not configured the balancer's NAT address.
+    DROP_NAT_UNCONFIGURED = 23, "drop_nat_unconfigured";
+    /// The FIB has no usable route to the next hop (unreachable, blackhole, prohibited, MTU).
+    DROP_NO_ROUTE = 24, "drop_no_route";
+    /// ICMP message too short for the header it claims to quote: dropped.
+    DROP_TRUNCATED_ICMP = 25, "drop_truncated_icmp";
+    /// Event (not an outcome): a flow was created from a non-SYN segment (restart, failover).
+    EVENT_FLOW_RECOVERED = 26, "event_flow_recovered";
+    /// Event (not an outcome): a NAT source-port probe collided and the next one was tried.
+    EVENT_NAT_PORT_RETRY = 27, "event_nat_port_retry";
 }
 
 #[cfg(test)]
@@ -65,7 +91,8 @@ mod tests {
     #[test]
     fn names_are_unique_and_say_their_verdict() {
         for (i, a) in NAMES.iter().enumerate() {
-            assert!(a.starts_with("pass_") || a.starts_with("drop_") || *a == "service_hit");
+            let kinds = ["pass_", "drop_", "fwd_", "event_"];
+            assert!(kinds.iter().any(|k| a.starts_with(k)), "{a} says no verdict");
             for b in &NAMES[i + 1..] {
                 assert_ne!(a, b);
             }

@@ -1,4 +1,4 @@
-//! sshlb's XDP entry point: parse, classify against the service table, count, decide.
+//! sshlb's XDP entry point: parse, classify, balance, count, decide.
 //!
 //! The entry is deliberately thin: [`try_sshlb`] returns either an [`Outcome`] (the packet was
 //! understood) or an [`Error`] (it was malformed); each variant maps explicitly to one counter and
@@ -7,6 +7,12 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod balance;
+#[cfg(target_arch = "bpf")]
+mod flow;
+#[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod services;
@@ -14,12 +20,15 @@ mod services;
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod verdict;
+#[cfg(target_arch = "bpf")]
+mod xmit;
 
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{macros::xdp, programs::XdpContext};
 
     use crate::{
+        balance,
         parse::{self, L3},
         services, stats,
         verdict::{Error, Outcome},
@@ -42,9 +51,9 @@ mod prog {
             L3::Tcp(tcp) => tcp,
             L3::Other(outcome) => return Ok(outcome),
         };
-        match services::lookup(&tcp) {
-            Some(_service) => Ok(Outcome::ServiceHit),
-            None => Ok(Outcome::NotService),
+        match services::lookup(&tcp.key) {
+            Some(service) => balance::forward(ctx, &tcp, &service),
+            None => balance::reverse(ctx, &tcp),
         }
     }
 

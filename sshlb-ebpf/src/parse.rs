@@ -12,7 +12,7 @@ use network_types::{
     tcp::TcpHdr,
     vlan::VlanHdr,
 };
-use sshlb_common::{family, proto};
+use sshlb_common::{family, proto, FlowKey};
 
 use crate::verdict::{Error, Outcome};
 
@@ -24,14 +24,26 @@ const ETH_P_8021AD: u16 = 0x88A8;
 /// IPv4 flags+offset field: More Fragments bit and the 13-bit offset.
 const IPV4_MF_OR_OFFSET: u16 = 0x3FFF;
 
-/// A TCP segment's addressing, as the classifier needs it (all fields in network byte order).
+/// TCP flag bits (byte 13 of the header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A well-formed TCP segment: its flow key (as sent) and where its headers are.
 pub struct Tcp {
-    /// [`family::V4`] or [`family::V6`].
-    pub family: u8,
-    /// Destination address; IPv4 in the first four bytes, the rest zero.
-    pub dst: [u8; 16],
-    /// Destination port, network byte order.
-    pub dport_be: u16,
+    /// Addresses, ports, protocol and family exactly as in the packet.
+    pub key: FlowKey,
+    /// Offset of the IP header.
+    pub l3_off: usize,
+    /// Offset of the TCP header.
+    pub l4_off: usize,
+    /// IP datagram length (header + payload), for byte counters and the FIB's MTU check.
+    pub ip_len: u16,
+    /// TCP flags byte.
+    pub flags: u8,
 }
 
 /// Result of parsing up to layer 4.
@@ -55,13 +67,13 @@ fn data_end(ctx: &XdpContext) -> usize {
 
 /// Bounds-checked pointer to a `T` at byte `off` of the frame.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = data_end(ctx);
     if start + off + size_of::<T>() > end {
         return None;
     }
-    Some((start + off) as *const T)
+    Some((start + off) as *mut T)
 }
 
 /// Parses the frame in `ctx` down to TCP.
@@ -99,12 +111,12 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
     if header_len < Ipv4Hdr::LEN {
         return Err(Error::BadIpv4Ihl);
     }
-    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
-    if total_len < header_len {
+    let total_len = u16::from_be_bytes(ip.tot_len);
+    if usize::from(total_len) < header_len {
         return Err(Error::BadIpv4Len);
     }
     // The frame may carry Ethernet padding after the datagram, never less than the datagram.
-    if ctx.data() + l3_off + total_len > data_end(ctx) {
+    if ctx.data() + l3_off + usize::from(total_len) > data_end(ctx) {
         return Err(Error::TruncatedIpv4);
     }
     if ip.proto != proto::TCP {
@@ -113,10 +125,12 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
     if u16::from_be_bytes(ip.frags) & IPV4_MF_OR_OFFSET != 0 {
         return Ok(L3::Other(Outcome::Ipv4Fragment));
     }
-    let mut dst = [0u8; 16];
-    dst[..4].copy_from_slice(&ip.dst_addr);
-    let dport_be = parse_tcp(ctx, l3_off + header_len, total_len - header_len)?;
-    Ok(L3::Tcp(Tcp { family: family::V4, dst, dport_be }))
+    let mut key = FlowKey { proto: proto::TCP, family: family::V4, ..FlowKey::default() };
+    key.src[..4].copy_from_slice(&ip.src_addr);
+    key.dst[..4].copy_from_slice(&ip.dst_addr);
+    let l4_off = l3_off + header_len;
+    let flags = parse_tcp(ctx, l4_off, usize::from(total_len) - header_len, &mut key)?;
+    Ok(L3::Tcp(Tcp { key, l3_off, l4_off, ip_len: total_len, flags }))
 }
 
 /// IPv6 next-header values that are extension headers (RFC 8200 §4 and the IANA registry).
@@ -133,9 +147,9 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
     if ip.vcf[0] >> 4 != 6 {
         return Err(Error::BadIpVersion);
     }
-    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    let payload_len = u16::from_be_bytes(ip.payload_len);
     let l4_off = l3_off + Ipv6Hdr::LEN;
-    if ctx.data() + l4_off + payload_len > data_end(ctx) {
+    if ctx.data() + l4_off + usize::from(payload_len) > data_end(ctx) {
         return Err(Error::TruncatedIpv6);
     }
     if ip.next_hdr != proto::TCP {
@@ -143,15 +157,27 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
             if is_ipv6_extension(ip.next_hdr) { Outcome::Ipv6ExtHeader } else { Outcome::NotTcp };
         return Ok(L3::Other(outcome));
     }
-    let dst = ip.dst_addr;
-    let dport_be = parse_tcp(ctx, l4_off, payload_len)?;
-    Ok(L3::Tcp(Tcp { family: family::V6, dst, dport_be }))
+    let mut key = FlowKey {
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+        proto: proto::TCP,
+        family: family::V6,
+        ..FlowKey::default()
+    };
+    let flags = parse_tcp(ctx, l4_off, usize::from(payload_len), &mut key)?;
+    let ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
+    Ok(L3::Tcp(Tcp { key, l3_off, l4_off, ip_len, flags }))
 }
 
-/// Validates the TCP header at `l4_off` inside an IP payload of `ip_payload_len` bytes and
-/// returns the destination port (network byte order).
+/// Validates the TCP header at `l4_off` inside an IP payload of `ip_payload_len` bytes, fills
+/// in the ports of `key` and returns the flags byte.
 #[inline(always)]
-fn parse_tcp(ctx: &XdpContext, l4_off: usize, ip_payload_len: usize) -> Result<u16, Error> {
+fn parse_tcp(
+    ctx: &XdpContext,
+    l4_off: usize,
+    ip_payload_len: usize,
+    key: &mut FlowKey,
+) -> Result<u8, Error> {
     if ip_payload_len < TcpHdr::LEN {
         return Err(Error::TruncatedTcp);
     }
@@ -165,5 +191,9 @@ fn parse_tcp(ctx: &XdpContext, l4_off: usize, ip_payload_len: usize) -> Result<u
     if header_len > ip_payload_len {
         return Err(Error::TruncatedTcp);
     }
-    Ok(u16::from_ne_bytes(tcp.dest))
+    key.sport_be = u16::from_ne_bytes(tcp.source);
+    key.dport_be = u16::from_ne_bytes(tcp.dest);
+    // SAFETY: byte 13 (flags) is inside the 20-byte header checked above.
+    let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
+    Ok(flags)
 }

@@ -1,19 +1,54 @@
-//! The service table: which (VIP, port, protocol) the balancer answers for.
+//! The service table and backend selection: which (VIP, port, protocol) the balancer answers for,
+//! and which backend a new flow of a service goes to (its Maglev ring).
 
-use aya_ebpf::{macros::map, maps::HashMap};
-use sshlb_common::{proto, Service, ServiceKey, MAX_SERVICES};
-
-use crate::parse::Tcp;
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
+use sshlb_common::{
+    hash::{flow_hash, RING_SEED},
+    service_flags, Backend, FlowKey, Service, ServiceKey, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES,
+    RING_STRIDE,
+};
 
 /// (VIP, port, protocol) → service. Written by the agent, read by XDP.
 #[map]
 static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// The service a TCP packet is addressed to, if any.
+/// Backend id → address and port. Written by the agent, read by XDP. An entry outlives the
+/// backend's presence in any ring for as long as established flows still point at it.
+#[map]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev rings: service `s` owns slots `[2s × RING_STRIDE, (2s + 2) × RING_STRIDE)`, two rings
+/// of which `Service::ring_offset` names the active one. Written by the agent (into the standby
+/// ring, then the service entry is flipped in one update), read by XDP.
+#[map]
+static RINGS: Array<u32> = Array::with_max_entries(MAX_SERVICES * 2 * RING_STRIDE, 0);
+
+/// The service a TCP flow is addressed to, if any.
 #[inline(always)]
-pub fn lookup(tcp: &Tcp) -> Option<Service> {
-    let key =
-        ServiceKey { addr: tcp.dst, port_be: tcp.dport_be, proto: proto::TCP, family: tcp.family };
+pub fn lookup(key: &FlowKey) -> Option<Service> {
+    let service_key =
+        ServiceKey { addr: key.dst, port_be: key.dport_be, proto: key.proto, family: key.family };
     // SAFETY: the value is copied out before the map can change underneath it.
-    unsafe { SERVICES.get(key) }.copied()
+    unsafe { SERVICES.get(service_key) }.copied()
+}
+
+/// The backend id a new flow of `service` goes to: its slot in the service's active ring.
+#[inline(always)]
+pub fn backend_for_new_flow(service: &Service, key: &FlowKey) -> Option<u32> {
+    if service.ring_size == 0 {
+        return None;
+    }
+    let source_only = service.flags & service_flags::SOURCE_AFFINITY != 0;
+    let slot = flow_hash(key, source_only, RING_SEED) % service.ring_size;
+    let id = *RINGS.get(service.ring_offset.wrapping_add(slot))?;
+    (id != EMPTY_SLOT).then_some(id)
+}
+
+/// Backend `id`, if the agent has defined it.
+#[inline(always)]
+pub fn backend(id: u32) -> Option<&'static Backend> {
+    BACKENDS.get(id).filter(|b| b.family != 0)
 }

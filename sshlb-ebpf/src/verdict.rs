@@ -4,6 +4,36 @@
 use aya_ebpf::bindings::xdp_action;
 use sshlb_common::stats;
 
+/// How a forwarded frame leaves.
+#[derive(Clone, Copy)]
+pub enum Xmit {
+    /// Back out of the interface it came in on (the one-armed case).
+    Tx,
+    /// Out of another interface; `bpf_redirect` has been called.
+    Redirect,
+}
+
+impl Xmit {
+    #[inline(always)]
+    const fn action(self) -> u32 {
+        match self {
+            Self::Tx => xdp_action::XDP_TX,
+            Self::Redirect => xdp_action::XDP_REDIRECT,
+        }
+    }
+}
+
+/// Which forwarding path a frame took.
+#[derive(Clone, Copy)]
+pub enum Path {
+    /// Client → backend, full NAT.
+    Nat,
+    /// Client → backend, direct server return.
+    Dsr,
+    /// Backend → client, full NAT reversed.
+    ReverseNat,
+}
+
 /// A packet the program understood.
 #[derive(Clone, Copy)]
 pub enum Outcome {
@@ -17,10 +47,12 @@ pub enum Outcome {
     Ipv4Fragment,
     /// IPv6 extension header before the transport header.
     Ipv6ExtHeader,
-    /// TCP to an endpoint that is not a service.
+    /// TCP to an endpoint that is not a service (nor a full-NAT flow's return path).
     NotService,
-    /// TCP to a service.
-    ServiceHit,
+    /// Rewritten and sent on.
+    Forwarded(Path, Xmit),
+    /// Rewritten, next hop unresolved: the kernel resolves and forwards it.
+    NoNeigh,
 }
 
 impl Outcome {
@@ -34,11 +66,14 @@ impl Outcome {
             Self::Ipv4Fragment => stats::PASS_IPV4_FRAGMENT,
             Self::Ipv6ExtHeader => stats::PASS_IPV6_EXT_HEADER,
             Self::NotService => stats::PASS_NOT_SERVICE,
-            Self::ServiceHit => stats::SERVICE_HIT,
+            Self::Forwarded(Path::Nat, _) => stats::FWD_NAT,
+            Self::Forwarded(Path::Dsr, _) => stats::FWD_DSR,
+            Self::Forwarded(Path::ReverseNat, _) => stats::FWD_REVERSE_NAT,
+            Self::NoNeigh => stats::PASS_NO_NEIGH,
         }
     }
 
-    /// The XDP verdict. Everything the program does not (yet) forward goes on to the kernel
+    /// The XDP verdict. Everything the program does not forward goes on to the kernel
     /// untouched: the balancer host's own traffic must never notice the program.
     #[inline(always)]
     pub const fn action(self) -> u32 {
@@ -49,12 +84,13 @@ impl Outcome {
             | Self::Ipv4Fragment
             | Self::Ipv6ExtHeader
             | Self::NotService
-            | Self::ServiceHit => xdp_action::XDP_PASS,
+            | Self::NoNeigh => xdp_action::XDP_PASS,
+            Self::Forwarded(_, xmit) => xmit.action(),
         }
     }
 }
 
-/// A malformed packet.
+/// A packet the program refuses: malformed, or a flow it cannot serve.
 #[derive(Clone, Copy)]
 pub enum Error {
     TruncatedEth,
@@ -66,6 +102,16 @@ pub enum Error {
     BadIpv4Len,
     BadIpVersion,
     BadTcpDoff,
+    /// The service's ring is empty or names a removed backend.
+    NoBackend,
+    /// The connection table is full: new flows are refused, established ones keep working.
+    FlowTableFull,
+    /// No free NAT source port towards the chosen backend.
+    NatPortsExhausted,
+    /// Full-NAT service without a configured NAT address.
+    NatUnconfigured,
+    /// No usable route/neighbour for the rewritten packet.
+    NoRoute,
 }
 
 impl Error {
@@ -82,12 +128,18 @@ impl Error {
             Self::BadIpv4Len => stats::DROP_BAD_IPV4_LEN,
             Self::BadIpVersion => stats::DROP_BAD_IP_VERSION,
             Self::BadTcpDoff => stats::DROP_BAD_TCP_DOFF,
+            Self::NoBackend => stats::DROP_NO_BACKEND,
+            Self::FlowTableFull => stats::DROP_FLOW_TABLE_FULL,
+            Self::NatPortsExhausted => stats::DROP_NAT_PORTS_EXHAUSTED,
+            Self::NatUnconfigured => stats::DROP_NAT_UNCONFIGURED,
+            Self::NoRoute => stats::DROP_NO_ROUTE,
         }
     }
 
-    /// The XDP verdict. The kernel's own IP and TCP input would discard every one of these
-    /// (bad header length, length past the frame, wrong version), so dropping them here loses
-    /// nothing and keeps garbage off the slow path; the counter says why.
+    /// The XDP verdict. Malformed headers: the kernel's own IP and TCP input would discard every
+    /// one of them, so dropping here loses nothing and keeps garbage off the slow path. Flows we
+    /// cannot serve: passing a VIP-addressed SYN to the kernel would only earn the client a RST
+    /// (or worse, reach a local listener); dropping lets it retry, and the counter says why.
     #[inline(always)]
     pub const fn action(self) -> u32 {
         match self {
@@ -99,7 +151,12 @@ impl Error {
             | Self::BadIpv4Ihl
             | Self::BadIpv4Len
             | Self::BadIpVersion
-            | Self::BadTcpDoff => xdp_action::XDP_DROP,
+            | Self::BadTcpDoff
+            | Self::NoBackend
+            | Self::FlowTableFull
+            | Self::NatPortsExhausted
+            | Self::NatUnconfigured
+            | Self::NoRoute => xdp_action::XDP_DROP,
         }
     }
 }

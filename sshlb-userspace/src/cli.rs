@@ -65,7 +65,7 @@ pub fn service_entries(addrs: &[SocketAddr]) -> Vec<(ServiceKey, Service)> {
                 SocketAddr::V4(a) => ServiceKey::v4(a.ip().octets(), a.port(), proto::TCP),
                 SocketAddr::V6(a) => ServiceKey::v6(a.ip().octets(), a.port(), proto::TCP),
             };
-            (key, Service { id, flags: 0 })
+            (key, Service { id, ..Service::default() })
         })
         .collect()
 }

@@ -2,11 +2,15 @@
 //!
 //! - [`loader`]: loads the embedded XDP object, attaches it, pins it under
 //!   `/sys/fs/bpf/sshlb/<iface>`, and detaches/unpins it.
+//! - [`maglev`]: builds weighted Maglev rings (pure: backends' keys and weights → slots).
+//! - [`maps`]: typed writers/readers for the data plane's maps.
 //! - [`stats`]: reads the data plane's per-CPU counters.
 //! - [`sys`]: the few host facts the loader needs (privileges, bpffs, interfaces).
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod loader;
+pub mod maglev;
+pub mod maps;
 pub mod stats;
 pub mod sys;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
     pin::PinError,
     programs::{
         links::{FdLink, PinnedLink},
@@ -36,7 +36,17 @@ const PIN_PROGRAM: &str = "prog";
 const PIN_LINK: &str = "link";
 
 /// Maps that are pinned (and adopted by name on restart).
-const PINNED_MAPS: [&str; 2] = [map_names::SERVICES, map_names::STATS];
+const PINNED_MAPS: [&str; 9] = [
+    map_names::SERVICES,
+    map_names::BACKENDS,
+    map_names::RINGS,
+    map_names::FLOWS,
+    map_names::NAT_REVERSE,
+    map_names::CONFIG,
+    map_names::STATS,
+    map_names::SERVICE_STATS,
+    map_names::BACKEND_STATS,
+];
 
 /// How the program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -198,16 +208,14 @@ impl Dataplane {
             .expect("sshlb is an XDP program")
     }
 
-    /// The service table, for writing.
-    pub fn services(&mut self) -> HashMap<&mut MapData, ServiceKey, Service> {
-        let map = self.ebpf.map_mut(map_names::SERVICES).expect("object defines SERVICES");
-        HashMap::try_from(map).expect("SERVICES is a hash map of ServiceKey → Service")
+    /// The loaded object.
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
-    /// The global outcome counters.
-    pub fn stats(&self) -> PerCpuArray<&MapData, u64> {
-        let map = self.ebpf.map(map_names::STATS).expect("object defines STATS");
-        PerCpuArray::try_from(map).expect("STATS is a per-CPU array of u64")
+    /// The loaded object, mutably.
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 }
 

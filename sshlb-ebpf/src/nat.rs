@@ -1,0 +1,190 @@
+//! Full NAT: the balancer's own address and a per-flow source port towards the backend, the
+//! reverse index that maps a backend's reply back to its client, and the header rewrite.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_csum_diff, macros::map, maps::Array, maps::HashMap,
+    programs::XdpContext,
+};
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+use sshlb_common::{
+    csum::{words, Delta},
+    family,
+    hash::{flow_hash, NAT_PORT_SEED},
+    stats, Backend, Config, FlowKey, NatKey, DEFAULT_MAX_FLOWS,
+};
+
+use crate::{
+    parse::{ptr_at, Tcp},
+    stats::count,
+    verdict::Error,
+};
+
+/// (backend, backend port, NAT port) → the client's flow key. Written by XDP with the flow,
+/// removed by the agent when it expires the flow.
+#[map]
+static NAT_REVERSE: HashMap<NatKey, FlowKey> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// The balancer's NAT address(es) and port range, at index 0. Written by the agent.
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// NAT source-port probes per new flow before giving up.
+const PORT_PROBES: u32 = 8;
+/// Distance between probes (odd, so consecutive probes differ for any range size).
+const PROBE_STEP: u32 = 0x9e37_79b1;
+
+/// The configuration, if the agent has written one.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+/// The NAT source address for `fam`, or `None` while unconfigured.
+#[inline(always)]
+pub fn nat_addr(cfg: &Config, fam: u8) -> Option<[u8; 16]> {
+    if fam == family::V4 {
+        let a = cfg.nat_v4;
+        (a != [0; 4]).then_some(sshlb_common::v4_in_16(a))
+    } else {
+        (cfg.nat_v6 != [0; 16]).then_some(cfg.nat_v6)
+    }
+}
+
+/// Claims a NAT source port (network order) towards `backend` for the flow `key`.
+///
+/// The first probe is a hash of the flow, so after a balancer restart a flow picked up mid-stream
+/// usually gets the port it had and the backend's connection carries on. The claim is the
+/// `NAT_REVERSE` insert itself (`BPF_NOEXIST`), atomic across CPUs.
+#[inline(never)]
+pub fn allocate_port(key: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u16, Error> {
+    let min = u32::from(cfg.nat_port_min);
+    let max = u32::from(cfg.nat_port_max);
+    if min == 0 || max < min {
+        return Err(Error::NatUnconfigured);
+    }
+    let range = max - min + 1;
+    let mut probe = flow_hash(key, false, NAT_PORT_SEED);
+    let mut nat_key = NatKey {
+        backend: backend.addr,
+        backend_port_be: backend.port_be,
+        nat_port_be: 0,
+        family: key.family,
+        pad: [0; 3],
+    };
+    for _ in 0..PORT_PROBES {
+        let port = (min + probe % range) as u16;
+        nat_key.nat_port_be = port.to_be();
+        if NAT_REVERSE.insert(nat_key, key, u64::from(BPF_NOEXIST)).is_ok() {
+            return Ok(port.to_be());
+        }
+        count(stats::EVENT_NAT_PORT_RETRY);
+        probe = probe.wrapping_add(PROBE_STEP);
+    }
+    Err(Error::NatPortsExhausted)
+}
+
+/// Frees the NAT port of a flow that is being replaced or could not be stored.
+#[inline(always)]
+pub fn release_port(backend: &Backend, nat_port_be: u16, fam: u8) {
+    let nat_key = NatKey {
+        backend: backend.addr,
+        backend_port_be: backend.port_be,
+        nat_port_be,
+        family: fam,
+        pad: [0; 3],
+    };
+    // Absent already is fine: the goal is that it is absent.
+    let _ignored = NAT_REVERSE.remove(nat_key);
+}
+
+/// The client flow a backend's segment belongs to, if it is a full-NAT reply.
+#[inline(always)]
+pub fn reverse_lookup(pkt: &Tcp) -> Option<&'static FlowKey> {
+    let nat_key = NatKey {
+        backend: pkt.key.src,
+        backend_port_be: pkt.key.sport_be,
+        nat_port_be: pkt.key.dport_be,
+        family: pkt.key.family,
+        pad: [0; 3],
+    };
+    // SAFETY: map values stay valid (RCU) for the rest of this program run even if the agent
+    // deletes the entry meanwhile.
+    unsafe { NAT_REVERSE.get(nat_key) }
+}
+
+/// `seed + ~old + new` over `len` bytes at `old` (the packet) and `new`, by the kernel's
+/// `bpf_csum_diff`.
+///
+/// # Safety
+/// `old` must point at `len` readable packet bytes; `len` must equal `size_of_val(new)`.
+#[inline(always)]
+unsafe fn csum_diff<const N: usize>(
+    old: *mut u32,
+    len: u32,
+    new: &[u32; N],
+    seed: Delta,
+) -> Result<Delta, Error> {
+    // SAFETY: per the caller's contract; the helper only reads both buffers.
+    let sum = unsafe { bpf_csum_diff(old, len, new.as_ptr().cast_mut(), len, seed.partial()) };
+    if sum < 0 {
+        return Err(Error::TruncatedTcp);
+    }
+    Ok(Delta::from_partial(sum as u32))
+}
+
+/// New addresses and ports for a segment (network byte order).
+pub struct Rewrite<'a> {
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+/// Rewrites the segment's addresses and ports, updating the IPv4 header checksum and the TCP
+/// checksum incrementally (RFC 1624): the pseudo-header covers both addresses.
+///
+/// A BPF subprogram of its own (not inlined) so its temporaries get their own stack frame.
+#[inline(never)]
+pub fn rewrite(ctx: &XdpContext, pkt: &Tcp, to: &Rewrite<'_>) -> Result<(), Error> {
+    let Rewrite { src, dst, sport_be, dport_be } = *to;
+    // Source and destination address are adjacent in both IP headers, and so are the two TCP
+    // ports: one `bpf_csum_diff` per run of changed bytes, old bytes straight from the packet.
+    let addr_delta = if pkt.key.family == family::V4 {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off).ok_or(Error::TruncatedIpv4)?;
+        let new = [words(src)[0], words(dst)[0]];
+        // SAFETY: ptr_at checked the header's bounds; src_addr..dst_addr are 8 adjacent bytes.
+        unsafe {
+            let old = (*ip).src_addr.as_mut_ptr().cast::<u32>();
+            let delta = csum_diff(old, 8, &new, Delta::new())?;
+            // The IPv4 header checksum covers exactly the two addresses that changed.
+            (*ip).check = delta.apply((*ip).check);
+            core::ptr::write_unaligned(old.cast::<[u32; 2]>(), new);
+            delta
+        }
+    } else {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off).ok_or(Error::TruncatedIpv6)?;
+        let (s, d) = (words(src), words(dst));
+        let new = [s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]];
+        // SAFETY: as above; src_addr..dst_addr are 32 adjacent bytes.
+        unsafe {
+            let old = (*ip).src_addr.as_mut_ptr().cast::<u32>();
+            let delta = csum_diff(old, 32, &new, Delta::new())?;
+            core::ptr::write_unaligned(old.cast::<[u32; 8]>(), new);
+            delta
+        }
+    };
+    let tcp = ptr_at::<TcpHdr>(ctx, pkt.l4_off).ok_or(Error::TruncatedTcp)?;
+    let ports = [u32::from(sport_be) | (u32::from(dport_be) << 16)];
+    // SAFETY: as above; source and dest ports are the first 4 bytes of the TCP header.
+    unsafe {
+        let old = (*tcp).source.as_mut_ptr().cast::<u32>();
+        // The TCP checksum covers the pseudo-header's addresses too: seed with their change.
+        let delta = csum_diff(old, 4, &ports, addr_delta)?;
+        (*tcp).check = delta.apply((*tcp).check);
+        core::ptr::write_unaligned(old.cast::<[u32; 1]>(), ports);
+    }
+    Ok(())
+}

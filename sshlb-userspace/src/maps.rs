@@ -1,0 +1,160 @@
+//! Typed writers and readers for the data plane's maps. The agent's single map owner goes through
+//! these; nothing else writes to the kernel.
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use sshlb_common::{
+    map_names, Backend, Config, Flow, FlowKey, Service, ServiceKey, Traffic, EMPTY_SLOT,
+    MAX_BACKENDS, MAX_SERVICES, RING_STRIDE,
+};
+
+use crate::loader::Dataplane;
+
+/// A map write that the data plane refused, or a request outside its limits.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    /// The kernel refused a map operation.
+    #[error("{op} on map {map} failed")]
+    Map {
+        /// What was attempted.
+        op: &'static str,
+        /// Which map.
+        map: &'static str,
+        /// Cause.
+        #[source]
+        source: MapError,
+    },
+    /// A service id outside `0..MAX_SERVICES`.
+    #[error("service id {0} is out of range (at most {MAX_SERVICES} services)")]
+    ServiceId(u32),
+    /// A backend id outside `0..MAX_BACKENDS`.
+    #[error("backend id {0} is out of range (at most {MAX_BACKENDS} backends)")]
+    BackendId(u32),
+    /// A ring larger than the stride or empty.
+    #[error("ring size {0} must be between 1 and {RING_STRIDE}")]
+    RingSize(usize),
+}
+
+fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Map { op, map, source }
+}
+
+impl Dataplane {
+    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Array<&mut MapData, T> {
+        let map = self.ebpf_mut().map_mut(name).expect("the object defines every map");
+        Array::try_from(map).expect("map type matches its declaration")
+    }
+
+    /// The service table, for writing.
+    pub fn services(&mut self) -> HashMap<&mut MapData, ServiceKey, Service> {
+        let map = self.ebpf_mut().map_mut(map_names::SERVICES).expect("object defines SERVICES");
+        HashMap::try_from(map).expect("SERVICES is a hash map of ServiceKey → Service")
+    }
+
+    /// The connection table (read, and expired by the agent).
+    pub fn flows(&mut self) -> HashMap<&mut MapData, FlowKey, Flow> {
+        let map = self.ebpf_mut().map_mut(map_names::FLOWS).expect("object defines FLOWS");
+        HashMap::try_from(map).expect("FLOWS is a hash map of FlowKey → Flow")
+    }
+
+    /// The global outcome counters.
+    pub fn stats(&self) -> PerCpuArray<&MapData, u64> {
+        let map = self.ebpf().map(map_names::STATS).expect("object defines STATS");
+        PerCpuArray::try_from(map).expect("STATS is a per-CPU array of u64")
+    }
+
+    /// Traffic of service `id` (summed over CPUs).
+    pub fn service_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
+        self.traffic(map_names::SERVICE_STATS, id)
+    }
+
+    /// Traffic of backend `id` (summed over CPUs).
+    pub fn backend_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
+        self.traffic(map_names::BACKEND_STATS, id)
+    }
+
+    fn traffic(&self, name: &'static str, id: u32) -> Result<Traffic, MapsError> {
+        let map = self.ebpf().map(name).expect("object defines traffic maps");
+        let map: PerCpuArray<&MapData, Traffic> =
+            PerCpuArray::try_from(map).expect("traffic maps are per-CPU arrays of Traffic");
+        let per_cpu = map.get(&id, 0).map_err(map_err("reading", name))?;
+        Ok(per_cpu.iter().fold(Traffic::default(), |sum, t| Traffic {
+            packets: sum.packets + t.packets,
+            bytes: sum.bytes + t.bytes,
+            new_flows: sum.new_flows + t.new_flows,
+        }))
+    }
+
+    /// Writes the balancer's NAT addresses and port range.
+    pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
+        self.array::<Config>(map_names::CONFIG)
+            .set(0, config, 0)
+            .map_err(map_err("writing", map_names::CONFIG))
+    }
+
+    /// Defines (or redefines) backend `id`.
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
+        if id >= MAX_BACKENDS {
+            return Err(MapsError::BackendId(id));
+        }
+        self.array::<Backend>(map_names::BACKENDS)
+            .set(id, backend, 0)
+            .map_err(map_err("writing", map_names::BACKENDS))
+    }
+
+    /// Forgets backend `id`; flows still pointing at it are then dropped (`drop_no_backend`).
+    /// Only call this once no ring names it and its flows have drained.
+    pub fn clear_backend(&mut self, id: u32) -> Result<(), MapsError> {
+        self.set_backend(id, &Backend::default())
+    }
+
+    /// Publishes `ring` (backend ids per slot, [`EMPTY_SLOT`] for none) for the service `key`
+    /// with dense id `service.id`, and creates or updates the service entry.
+    ///
+    /// The ring goes into the service's standby half of `RINGS` first; then the service entry
+    /// is replaced in one map update that points it at that half. A packet therefore sees either
+    /// the whole old ring or the whole new one, never a mix.
+    pub fn publish_service(
+        &mut self,
+        key: &ServiceKey,
+        id: u32,
+        flags: u32,
+        ring: &[u32],
+    ) -> Result<(), MapsError> {
+        if id >= MAX_SERVICES {
+            return Err(MapsError::ServiceId(id));
+        }
+        if ring.is_empty() || ring.len() > RING_STRIDE as usize {
+            return Err(MapsError::RingSize(ring.len()));
+        }
+        let base = 2 * id * RING_STRIDE;
+        let current = self.services().get(key, 0).ok();
+        let standby = match current {
+            Some(s) if s.id == id && s.ring_offset == base => base + RING_STRIDE,
+            _ => base,
+        };
+        {
+            let mut rings = self.array::<u32>(map_names::RINGS);
+            for (slot, backend) in (standby..).zip(ring) {
+                rings.set(slot, backend, 0).map_err(map_err("writing", map_names::RINGS))?;
+            }
+        }
+        let service = Service { id, flags, ring_size: ring.len() as u32, ring_offset: standby };
+        self.services().insert(key, service, 0).map_err(map_err("writing", map_names::SERVICES))
+    }
+
+    /// Removes a service: new flows to it are no longer balanced (established ones are
+    /// unaffected only until their packets miss the service — i.e. removal ends them).
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapsError> {
+        self.services().remove(key).map_err(map_err("removing", map_names::SERVICES))
+    }
+}
+
+/// A ring of `size` slots all naming `backend` (tests, single-backend services).
+pub fn uniform_ring(size: usize, backend: u32) -> Vec<u32> {
+    vec![backend; size]
+}
+
+/// A ring of `size` slots with no backend.
+pub fn empty_ring(size: usize) -> Vec<u32> {
+    vec![EMPTY_SLOT; size]
+}
