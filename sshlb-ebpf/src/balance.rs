@@ -2,7 +2,7 @@
 //! and backend → balancer (full-NAT replies back to the client).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
-use sshlb_common::{flow_flags, flow_state, service_flags, stats, Backend, Flow, Service};
+use sshlb_common::{flow_flags, flow_state, service_flags, stats, Flow, Service};
 
 use crate::{
     flow,
@@ -10,14 +10,17 @@ use crate::{
     parse::{tcp_flags, Tcp},
     services,
     stats::{count, traffic},
-    verdict::{Error, Outcome, Path},
+    verdict::{Decision, Error, Outcome, Path},
     xmit::{self, Hop, Next},
 };
 
 /// The flow's backend and NAT port, and whether this packet started the flow.
+///
+/// Written through an out-parameter: returned inside a `Result`, LLVM packs it into registers
+/// together with whatever pointer happens to be dead there, and the verifier refuses ALU on a
+/// map-value pointer even when the bits are unused.
 struct Assigned {
     backend_id: u32,
-    backend: &'static Backend,
     nat_port_be: u16,
     new_flow: bool,
 }
@@ -25,20 +28,26 @@ struct Assigned {
 /// A segment from a client to a service's VIP. Not inlined: a BPF subprogram of its own keeps
 /// its stack frame apart from the reverse path's (LLVM's 512-byte limit is per function).
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome, Error> {
+pub fn forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Decision {
+    try_forward(ctx, pkt, service).into()
+}
+
+#[inline(always)]
+fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome, Error> {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let dsr = service.flags & service_flags::DSR != 0;
-    let assigned = assign(pkt, service, dsr, now)?;
+    let mut assigned = Assigned { backend_id: 0, nat_port_be: 0, new_flow: false };
+    assign(pkt, service, dsr, now, &mut assigned)?;
     traffic(service.id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
+    let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;
     let fam = pkt.key.family;
     if dsr {
         // The backend owns the VIP: only the destination MAC changes.
-        return send(ctx, Path::Dsr, fam, &pkt.key.src, &assigned.backend.addr, pkt.ip_len);
+        return send(ctx, Path::Dsr, fam, &pkt.key.src, &backend.addr, pkt.ip_len);
     }
     let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-    let nat_src = nat::nat_addr(cfg, fam).ok_or(Error::NatUnconfigured)?;
-    let backend = &assigned.backend;
+    let nat_src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
     let to = Rewrite {
         src: &nat_src,
         dst: &backend.addr,
@@ -51,7 +60,13 @@ pub fn forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
 
 /// Follows the flow's entry, or creates one for a new (or recovered) flow.
 #[inline(never)]
-fn assign(pkt: &Tcp, service: &Service, dsr: bool, now: u64) -> Result<Assigned, Error> {
+fn assign(
+    pkt: &Tcp,
+    service: &Service,
+    dsr: bool,
+    now: u64,
+    out: &mut Assigned,
+) -> Result<(), Error> {
     let syn = pkt.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
     let existing = flow::get(&pkt.key);
     if let Some(entry) = existing {
@@ -60,13 +75,13 @@ fn assign(pkt: &Tcp, service: &Service, dsr: bool, now: u64) -> Result<Assigned,
             unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).state) };
         if !(syn && flow::is_finished(state)) {
             flow::touch(entry, pkt.flags, now, true);
-            let backend = services::backend(backend_id).ok_or(Error::NoBackend)?;
-            return Ok(Assigned { backend_id, backend, nat_port_be, new_flow: false });
+            *out = Assigned { backend_id, nat_port_be, new_flow: false };
+            return Ok(());
         }
         // The client reused the tuple of a finished flow: free its NAT port, start afresh.
         if let Some(old) = services::backend(backend_id) {
             if nat_port_be != 0 {
-                nat::release_port(old, nat_port_be, pkt.key.family);
+                nat::release_port(&old, nat_port_be, pkt.key.family);
             }
         }
     }
@@ -90,16 +105,17 @@ fn assign(pkt: &Tcp, service: &Service, dsr: bool, now: u64) -> Result<Assigned,
     }
     if !dsr {
         let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-        new.nat_port_be = nat::allocate_port(&pkt.key, backend, cfg)?;
+        new.nat_port_be = nat::allocate_port(&pkt.key, &backend, &cfg)?;
         new.flags |= flow_flags::NAT;
     }
     match flow::insert(&pkt.key, &new, existing.is_some()) {
         Ok(()) => {
-            Ok(Assigned { backend_id, backend, nat_port_be: new.nat_port_be, new_flow: true })
+            *out = Assigned { backend_id, nat_port_be: new.nat_port_be, new_flow: true };
+            Ok(())
         }
         Err(err) => {
             if new.nat_port_be != 0 {
-                nat::release_port(backend, new.nat_port_be, pkt.key.family);
+                nat::release_port(&backend, new.nat_port_be, pkt.key.family);
             }
             if err != flow::EEXIST {
                 return Err(Error::FlowTableFull);
@@ -108,23 +124,28 @@ fn assign(pkt: &Tcp, service: &Service, dsr: bool, now: u64) -> Result<Assigned,
             let entry = flow::get(&pkt.key).ok_or(Error::FlowTableFull)?;
             // SAFETY: a live map value.
             let (backend_id, nat_port_be) = unsafe { ((*entry).backend_id, (*entry).nat_port_be) };
-            let backend = services::backend(backend_id).ok_or(Error::NoBackend)?;
-            Ok(Assigned { backend_id, backend, nat_port_be, new_flow: false })
+            *out = Assigned { backend_id, nat_port_be, new_flow: false };
+            Ok(())
         }
     }
 }
 
 /// A segment addressed to the balancer's NAT address: a full-NAT reply if it matches a flow.
 #[inline(never)]
-pub fn reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
+pub fn reverse(ctx: &XdpContext, pkt: &Tcp) -> Decision {
+    try_reverse(ctx, pkt).into()
+}
+
+#[inline(always)]
+fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     let Some(cfg) = nat::config() else { return Ok(Outcome::NotService) };
     let fam = pkt.key.family;
-    if nat::nat_addr(cfg, fam) != Some(pkt.key.dst) {
+    if nat::nat_addr(&cfg, fam) != Some(pkt.key.dst) {
         return Ok(Outcome::NotService);
     }
     // A miss is the balancer's own traffic (health checks, its own sshd): the kernel's.
     let Some(client) = nat::reverse_lookup(pkt) else { return Ok(Outcome::NotService) };
-    if let Some(entry) = flow::get(client) {
+    if let Some(entry) = flow::get(&client) {
         // SAFETY: plain helper call; then a live map value.
         let now = unsafe { bpf_ktime_get_ns() };
         flow::touch(entry, pkt.flags, now, false);

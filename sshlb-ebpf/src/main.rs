@@ -1,8 +1,9 @@
 //! sshlb's XDP entry point: parse, classify, balance, count, decide.
 //!
-//! The entry is deliberately thin: [`try_sshlb`] returns either an [`Outcome`] (the packet was
-//! understood) or an [`Error`] (it was malformed); each variant maps explicitly to one counter and
-//! one XDP verdict, so every packet is counted exactly once and nothing is silently swallowed.
+//! The entry is deliberately thin: parsing and the balancer's paths produce either an `Outcome`
+//! (the packet was understood) or an `Error` (malformed, or a flow that cannot be served); each
+//! variant maps explicitly to one counter and one XDP verdict (`verdict.rs`), so every packet is
+//! counted exactly once and nothing is silently swallowed.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -29,28 +30,26 @@ mod prog {
 
     use crate::{
         balance,
-        parse::{self, L3},
+        parse::{self, Tcp},
         services, stats,
-        verdict::{Error, Outcome},
+        verdict::Decision,
     };
 
     /// The XDP program attached to the balancer's interface.
     #[xdp]
     pub fn sshlb(ctx: XdpContext) -> u32 {
-        let (counter, action) = match try_sshlb(&ctx) {
-            Ok(outcome) => (outcome.counter(), outcome.action()),
-            Err(err) => (err.counter(), err.action()),
-        };
-        stats::count(counter);
-        action
+        let decision = try_sshlb(&ctx);
+        stats::count(decision.counter);
+        decision.action
     }
 
     #[inline(always)]
-    fn try_sshlb(ctx: &XdpContext) -> Result<Outcome, Error> {
-        let tcp = match parse::parse(ctx)? {
-            L3::Tcp(tcp) => tcp,
-            L3::Other(outcome) => return Ok(outcome),
-        };
+    fn try_sshlb(ctx: &XdpContext) -> Decision {
+        let mut tcp = Tcp::default();
+        let parsed = parse::parse_into(ctx, &mut tcp);
+        if parsed.action != Decision::CONTINUE.action {
+            return parsed;
+        }
         match services::lookup(&tcp.key) {
             Some(service) => balance::forward(ctx, &tcp, &service),
             None => balance::reverse(ctx, &tcp),

@@ -17,6 +17,7 @@ use sshlb_common::{
 };
 
 use crate::{
+    flow::EEXIST,
     parse::{ptr_at, Tcp},
     stats::count,
     verdict::Error,
@@ -38,8 +39,8 @@ const PROBE_STEP: u32 = 0x9e37_79b1;
 
 /// The configuration, if the agent has written one.
 #[inline(always)]
-pub fn config() -> Option<&'static Config> {
-    CONFIG.get(0)
+pub fn config() -> Option<Config> {
+    CONFIG.get(0).copied()
 }
 
 /// The NAT source address for `fam`, or `None` while unconfigured.
@@ -58,7 +59,7 @@ pub fn nat_addr(cfg: &Config, fam: u8) -> Option<[u8; 16]> {
 /// The first probe is a hash of the flow, so after a balancer restart a flow picked up mid-stream
 /// usually gets the port it had and the backend's connection carries on. The claim is the
 /// `NAT_REVERSE` insert itself (`BPF_NOEXIST`), atomic across CPUs.
-#[inline(never)]
+#[inline(always)]
 pub fn allocate_port(key: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u16, Error> {
     let min = u32::from(cfg.nat_port_min);
     let max = u32::from(cfg.nat_port_max);
@@ -75,12 +76,16 @@ pub fn allocate_port(key: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u
         pad: [0; 3],
     };
     for _ in 0..PORT_PROBES {
-        let port = (min + probe % range) as u16;
+        // `range >= 1` (checked above); checked_rem keeps a panic path out of the object.
+        let port = (min + probe.checked_rem(range).unwrap_or(0)) as u16;
         nat_key.nat_port_be = port.to_be();
-        if NAT_REVERSE.insert(nat_key, key, u64::from(BPF_NOEXIST)).is_ok() {
-            return Ok(port.to_be());
+        match NAT_REVERSE.insert(nat_key, key, u64::from(BPF_NOEXIST)) {
+            Ok(()) => return Ok(port.to_be()),
+            // Taken by another flow to the same backend: probe on.
+            Err(EEXIST) => count(stats::EVENT_NAT_PORT_RETRY),
+            // Out of entries (or memory): as full as the connection table.
+            Err(_) => return Err(Error::FlowTableFull),
         }
-        count(stats::EVENT_NAT_PORT_RETRY);
         probe = probe.wrapping_add(PROBE_STEP);
     }
     Err(Error::NatPortsExhausted)
@@ -102,7 +107,7 @@ pub fn release_port(backend: &Backend, nat_port_be: u16, fam: u8) {
 
 /// The client flow a backend's segment belongs to, if it is a full-NAT reply.
 #[inline(always)]
-pub fn reverse_lookup(pkt: &Tcp) -> Option<&'static FlowKey> {
+pub fn reverse_lookup(pkt: &Tcp) -> Option<FlowKey> {
     let nat_key = NatKey {
         backend: pkt.key.src,
         backend_port_be: pkt.key.sport_be,
@@ -110,9 +115,8 @@ pub fn reverse_lookup(pkt: &Tcp) -> Option<&'static FlowKey> {
         family: pkt.key.family,
         pad: [0; 3],
     };
-    // SAFETY: map values stay valid (RCU) for the rest of this program run even if the agent
-    // deletes the entry meanwhile.
-    unsafe { NAT_REVERSE.get(nat_key) }
+    // SAFETY: copied out at once.
+    unsafe { NAT_REVERSE.get(nat_key) }.copied()
 }
 
 /// `seed + ~old + new` over `len` bytes at `old` (the packet) and `new`, by the kernel's

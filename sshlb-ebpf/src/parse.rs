@@ -14,7 +14,7 @@ use network_types::{
 };
 use sshlb_common::{family, proto, FlowKey};
 
-use crate::verdict::{Error, Outcome};
+use crate::verdict::{Decision, Error, Outcome};
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -33,6 +33,7 @@ pub mod tcp_flags {
 }
 
 /// A well-formed TCP segment: its flow key (as sent) and where its headers are.
+#[derive(Default)]
 pub struct Tcp {
     /// Addresses, ports, protocol and family exactly as in the packet.
     pub key: FlowKey,
@@ -65,9 +66,19 @@ fn data_end(ctx: &XdpContext) -> usize {
     unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
 }
 
+/// Largest header offset the program ever reads at (Ethernet + VLAN + IPv4 with options is 82).
+const MAX_HEADER_OFFSET: usize = 255;
+
 /// Bounds-checked pointer to a `T` at byte `off` of the frame.
+///
+/// `off` is bounded explicitly first: offsets that travelled through memory (a parsed `Tcp`
+/// handed to another subprogram) reach the verifier as unbounded scalars, and it refuses to add
+/// those to a packet pointer.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    if off > MAX_HEADER_OFFSET {
+        return None;
+    }
     let start = ctx.data();
     let end = data_end(ctx);
     if start + off + size_of::<T>() > end {
@@ -76,9 +87,26 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
+/// Parses the frame in `ctx` down to TCP: a TCP segment is written to `out` and
+/// [`Decision::CONTINUE`] returned; anything else is decided here.
+///
+/// A BPF subprogram of its own: its temporaries (addresses assembled byte by byte) then do not
+/// sit in the entry's stack frame underneath the balancer's deeper call chain.
+#[inline(never)]
+pub fn parse_into(ctx: &XdpContext, out: &mut Tcp) -> Decision {
+    match parse(ctx) {
+        Ok(L3::Tcp(tcp)) => {
+            *out = tcp;
+            Decision::CONTINUE
+        }
+        Ok(L3::Other(outcome)) => Ok::<Outcome, Error>(outcome).into(),
+        Err(err) => Err::<Outcome, Error>(err).into(),
+    }
+}
+
 /// Parses the frame in `ctx` down to TCP.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<L3, Error> {
+fn parse(ctx: &XdpContext) -> Result<L3, Error> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Error::TruncatedEth)?;
     // SAFETY: ptr_at checked that the whole header lies inside the frame.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });

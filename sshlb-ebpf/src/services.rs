@@ -38,17 +38,19 @@ pub fn lookup(key: &FlowKey) -> Option<Service> {
 /// The backend id a new flow of `service` goes to: its slot in the service's active ring.
 #[inline(always)]
 pub fn backend_for_new_flow(service: &Service, key: &FlowKey) -> Option<u32> {
-    if service.ring_size == 0 {
-        return None;
-    }
     let source_only = service.flags & service_flags::SOURCE_AFFINITY != 0;
-    let slot = flow_hash(key, source_only, RING_SEED) % service.ring_size;
+    // None for an empty ring (size 0), without a division-by-zero panic path in the object.
+    let slot = flow_hash(key, source_only, RING_SEED).checked_rem(service.ring_size)?;
     let id = *RINGS.get(service.ring_offset.wrapping_add(slot))?;
     (id != EMPTY_SLOT).then_some(id)
 }
 
 /// Backend `id`, if the agent has defined it.
 #[inline(always)]
-pub fn backend(id: u32) -> Option<&'static Backend> {
-    BACKENDS.get(id).filter(|b| b.family != 0)
+///
+/// Returned by value: an `Option<&Backend>` lets LLVM fold the null check into arithmetic on the
+/// map-value pointer, which the verifier rejects.
+pub fn backend(id: u32) -> Option<Backend> {
+    let backend = *BACKENDS.get(id)?;
+    (backend.family != 0).then_some(backend)
 }

@@ -160,3 +160,30 @@ impl Error {
         }
     }
 }
+
+/// A decided packet as two plain integers: what to count and what to return.
+///
+/// The balancer's paths are BPF subprograms; they return this rather than a
+/// `Result<Outcome, Error>`, whose padding bytes LLVM may fill from any dead register — and
+/// when that register holds a map pointer, the verifier refuses the resulting arithmetic.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Decision {
+    pub counter: u32,
+    pub action: u32,
+}
+
+impl Decision {
+    /// Not a verdict: "parsed a TCP segment, keep going" (`action` is never a valid XDP action).
+    pub const CONTINUE: Self = Self { counter: 0, action: u32::MAX };
+}
+
+impl From<Result<Outcome, Error>> for Decision {
+    #[inline(always)]
+    fn from(result: Result<Outcome, Error>) -> Self {
+        match result {
+            Ok(outcome) => Self { counter: outcome.counter(), action: outcome.action() },
+            Err(err) => Self { counter: err.counter(), action: err.action() },
+        }
+    }
+}

@@ -36,9 +36,8 @@ pub struct Hop<'a> {
 }
 
 /// Looks up the route for `hop` (the frame's addresses after rewriting), rewrites the Ethernet
-/// addresses and says how to send the frame. Not inlined: the FIB parameters get a stack frame
-/// of their own.
-#[inline(never)]
+/// addresses and says how to send the frame.
+#[inline(always)]
 pub fn route(ctx: &XdpContext, hop: &Hop<'_>) -> Result<Next, Error> {
     let Hop { fam, src, dst, ip_len } = *hop;
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid starting value.

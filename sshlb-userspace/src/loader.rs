@@ -178,18 +178,39 @@ pub fn pin_dir(pin_root: &Path, iface: &str) -> PathBuf {
     pin_root.join(iface)
 }
 
+/// Sizes fixed when the maps are created.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Connection-table entries (and full-NAT reverse entries).
+    pub max_flows: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { max_flows: sshlb_common::DEFAULT_MAX_FLOWS }
+    }
+}
+
 /// The loaded (not yet attached) data plane: the object with its program verified and loaded.
 pub struct Dataplane {
     ebpf: Ebpf,
 }
 
 impl Dataplane {
-    /// Parses the embedded object, creates its maps and loads the program into the kernel.
+    /// Parses the embedded object, creates its maps (default sizes) and loads the program.
     pub fn load() -> Result<Self, LoaderError> {
+        Self::load_with(&LoadOptions::default())
+    }
+
+    /// Like [`Self::load`], with map sizes from `options`.
+    pub fn load_with(options: &LoadOptions) -> Result<Self, LoaderError> {
         if OBJECT.is_empty() {
             return Err(LoaderError::ObjectMissing);
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FLOWS, options.max_flows)
+            .map_max_entries(map_names::NAT_REVERSE, options.max_flows)
+            .load(OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .expect("the object defines the sshlb program")
