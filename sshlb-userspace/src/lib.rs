@@ -7,8 +7,10 @@
 //! - [`stats`]: reads the data plane's per-CPU counters.
 //! - [`sys`]: the few host facts the loader needs (privileges, bpffs, interfaces).
 //! - [`cli`]: the command line.
+//! - [`config`]: the TOML configuration file, validated into a typed model.
 
 pub mod cli;
+pub mod config;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

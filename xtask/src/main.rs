@@ -1,1 +1,108 @@
-fn main() {}
+//! `cargo xtask`: sshlb's orchestration — machine setup, building the agent, the one test command
+//! CI runs, and a throwaway demo topology. The only crate in the workspace that shells out (`ip`,
+//! `ethtool`, `apt-get`, `rustup`, `cargo`).
+
+mod build;
+mod cmd;
+mod netns;
+mod run;
+mod setup;
+mod test;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// sshlb's developer and CI tasks (`cargo xtask <command>`).
+#[derive(Debug, Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check for, and install where possible, everything needed to build and test sshlb
+    /// (toolchains, components, bpf-linker, Debian packages). Idempotent.
+    Setup,
+    /// Build sshlb-agent (with its embedded XDP program) and print the binary's path.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every check and test tier: the one command that proves the project works (CI runs it).
+    Test {
+        /// Skip setup and clippy (for quick development loops).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Run the agent on a throwaway veth topology with a small traffic generator, until Ctrl-C.
+    Run {
+        /// Stop by itself after SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::setup().map(|_| ()),
+        Command::Build { release } => build::build(release).map(|agent| {
+            println!("{}", agent.display());
+        }),
+        Command::Test { quick } => test::test(quick),
+        Command::Run { duration } => run::run(duration.map(std::time::Duration::from_secs)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`).
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().expect("xtask lives one level below the workspace root").to_owned()
+}
+
+/// Whether this process runs with effective uid 0.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent_and_parses_options() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["xtask", "run", "--duration", "8"]).expect("valid");
+        assert!(matches!(cli.command, Command::Run { duration: Some(8) }), "{cli:?}");
+        let cli = Cli::try_parse_from(["xtask", "test", "--quick"]).expect("valid");
+        assert!(matches!(cli.command, Command::Test { quick: true }), "{cli:?}");
+        let cli = Cli::try_parse_from(["xtask", "build", "--release"]).expect("valid");
+        assert!(matches!(cli.command, Command::Build { release: true }), "{cli:?}");
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        let manifest = workspace_root().join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", manifest.display()));
+        assert!(
+            text.contains("[workspace]"),
+            "{} is not the workspace manifest",
+            manifest.display()
+        );
+    }
+}

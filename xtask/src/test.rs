@@ -1,0 +1,309 @@
+//! `cargo xtask test`: the one command that proves the project works, and exactly what CI runs.
+//! Owns the list of tiers (setup, formatting, both clippy runs, unit tests, BPF packet fixtures,
+//! namespace/end-to-end tests), how each is invoked, root handling, and the summary table.
+
+use std::{
+    fmt::Write as _,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+
+use crate::{build::cargo, cmd, setup};
+
+/// Set for the test runs when xtask runs as root: tests that need root then fail instead of
+/// skipping when something they need is missing.
+const REQUIRE_ROOT_TESTS: &str = "SSHLB_REQUIRE_ROOT_TESTS";
+
+/// How a tier ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Ran and passed.
+    Pass,
+    /// Ran without root: its tests printed "SKIP: needs root" and returned.
+    SkippedNotRoot,
+    /// Left out by `--quick`.
+    SkippedQuick,
+    /// Ran and failed.
+    Failed,
+    /// Not reached: an earlier tier failed.
+    NotRun,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::SkippedNotRoot => "skip (not root)",
+            Outcome::SkippedQuick => "skip (--quick)",
+            Outcome::Failed => "FAIL",
+            Outcome::NotRun => "not run",
+        }
+    }
+}
+
+/// What a tier does.
+enum Step {
+    /// `cargo xtask setup`, in process.
+    Setup,
+    /// Commands run in order from the workspace root.
+    Commands(Vec<Command>),
+}
+
+/// One line of the summary table.
+struct Tier {
+    name: &'static str,
+    /// Its tests only really run as root (they skip otherwise).
+    needs_root: bool,
+    /// Left out by `--quick`.
+    lint_or_setup: bool,
+    step: Step,
+}
+
+/// The tiers in the order they run. `root` adds [`REQUIRE_ROOT_TESTS`] to the test runs.
+fn tiers(root: bool) -> Vec<Tier> {
+    let test_cargo = |args: &[&str]| {
+        let mut command = cargo();
+        command.args(args);
+        if root {
+            command.env(REQUIRE_ROOT_TESTS, "1");
+        }
+        command
+    };
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    vec![
+        Tier { name: "setup", needs_root: false, lint_or_setup: true, step: Step::Setup },
+        Tier {
+            name: "fmt",
+            needs_root: false,
+            lint_or_setup: false,
+            step: Step::Commands(vec![fmt]),
+        },
+        Tier {
+            name: "clippy (host crates)",
+            needs_root: false,
+            lint_or_setup: true,
+            step: Step::Commands(vec![clippy]),
+        },
+        Tier {
+            name: "clippy (BPF crate)",
+            needs_root: false,
+            lint_or_setup: true,
+            step: Step::Commands(vec![bpf_clippy()]),
+        },
+        Tier {
+            name: "unit tests",
+            needs_root: false,
+            lint_or_setup: false,
+            step: Step::Commands(vec![
+                test_cargo(&["test", "--workspace", "--exclude", "sshlb-tests", "--lib", "--bins"]),
+                test_cargo(&["test", "--package", "sshlb-common"]),
+            ]),
+        },
+        Tier {
+            name: "bpf fixtures",
+            needs_root: true,
+            lint_or_setup: false,
+            step: Step::Commands(vec![test_cargo(&[
+                "test",
+                "--package",
+                "sshlb-userspace",
+                "--test",
+                "fixtures",
+            ])]),
+        },
+        Tier {
+            name: "namespace/e2e",
+            needs_root: true,
+            lint_or_setup: false,
+            step: Step::Commands(vec![test_cargo(&[
+                "test",
+                "--package",
+                "sshlb-tests",
+                "--",
+                "--test-threads=2",
+            ])]),
+        },
+    ]
+}
+
+/// Clippy for the BPF crate on its own target with nightly, as aya-build builds it. The outer
+/// cargo's `RUSTC`/`RUSTC_WORKSPACE_WRAPPER` would pin stable's rustc, so they are removed.
+fn bpf_clippy() -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", setup::NIGHTLY, "cargo", "clippy", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .current_dir(crate::workspace_root().join("sshlb-ebpf"))
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("AYA_BUILD_SKIP");
+    command
+}
+
+/// `cargo xtask test`: runs every tier in order (all but setup and clippy with `quick`), stops at
+/// the first failure, and prints a summary table.
+pub fn test(quick: bool) -> Result<()> {
+    let started = Instant::now();
+    let root = crate::is_root();
+    let mut tiers = tiers(root);
+    let count = tiers.len();
+    let mut results: Vec<(&'static str, Outcome, Option<Duration>)> = Vec::new();
+    let mut failure = None;
+    for (index, tier) in tiers.iter_mut().enumerate() {
+        if failure.is_some() {
+            results.push((tier.name, Outcome::NotRun, None));
+            continue;
+        }
+        if quick && tier.lint_or_setup {
+            results.push((tier.name, Outcome::SkippedQuick, None));
+            continue;
+        }
+        println!("\n==> [{}/{count}] {}", index + 1, tier.name);
+        let tier_started = Instant::now();
+        let result = match &mut tier.step {
+            Step::Setup => setup::setup().map(drop),
+            Step::Commands(commands) => commands.iter_mut().try_for_each(cmd::run),
+        };
+        let elapsed = tier_started.elapsed();
+        let outcome = match &result {
+            Ok(()) if tier.needs_root && !root => Outcome::SkippedNotRoot,
+            Ok(()) => Outcome::Pass,
+            Err(_) => Outcome::Failed,
+        };
+        println!("<== {}: {} in {}", tier.name, outcome.label(), secs(elapsed));
+        if let Err(err) = result {
+            failure = Some((tier.name, err));
+        }
+        results.push((tier.name, outcome, Some(elapsed)));
+    }
+    println!("\n{}", summary(&results, started.elapsed()));
+    let skipped: Vec<&str> = results
+        .iter()
+        .filter(|(_, outcome, _)| *outcome == Outcome::SkippedNotRoot)
+        .map(|(name, _, _)| *name)
+        .collect();
+    if !skipped.is_empty() {
+        println!("skipped tiers (not root): {}", skipped.join(", "));
+    }
+    if let Some((name, err)) = failure {
+        bail!("tier `{name}` failed: {err:#}");
+    }
+    Ok(())
+}
+
+/// The summary table: one row per tier with its outcome and wall time, then the total.
+fn summary(results: &[(&str, Outcome, Option<Duration>)], total: Duration) -> String {
+    let name_width = results.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0).max(5);
+    let label_width =
+        results.iter().map(|(_, outcome, _)| outcome.label().len()).max().unwrap_or(0).max(6);
+    let mut out = String::new();
+    let mut row = |name: &str, result: &str, time: &str| {
+        let _infallible = writeln!(out, "{name:<name_width$}  {result:<label_width$}  {time:>8}");
+    };
+    row("tier", "result", "time");
+    for (name, outcome, elapsed) in results {
+        row(name, outcome.label(), &elapsed.map_or_else(|| "-".to_owned(), secs));
+    }
+    row("total", "", &secs(total));
+    out
+}
+
+fn secs(duration: Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_run_exactly_the_documented_commands() {
+        let lines = |root: bool| -> Vec<(&'static str, Vec<String>)> {
+            tiers(root)
+                .iter()
+                .map(|tier| {
+                    let commands = match &tier.step {
+                        Step::Setup => vec!["setup".to_owned()],
+                        Step::Commands(commands) => commands.iter().map(cmd::display).collect(),
+                    };
+                    (tier.name, commands)
+                })
+                .collect()
+        };
+        let root = lines(true);
+        let names: Vec<_> = root.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "setup",
+                "fmt",
+                "clippy (host crates)",
+                "clippy (BPF crate)",
+                "unit tests",
+                "bpf fixtures",
+                "namespace/e2e"
+            ]
+        );
+        let all = root.iter().flat_map(|(_, c)| c).cloned().collect::<Vec<_>>().join("\n");
+        for needle in [
+            "fmt --all --check",
+            "clippy --workspace --all-targets -- -D warnings",
+            "rustup run nightly cargo clippy --release --target bpfel-unknown-none -Z \
+             build-std=core -- -D warnings",
+            "SSHLB_REQUIRE_ROOT_TESTS=1 ",
+            "test --workspace --exclude sshlb-tests --lib --bins",
+            "test --package sshlb-common",
+            "test --package sshlb-userspace --test fixtures",
+            "test --package sshlb-tests -- --test-threads=2",
+        ] {
+            assert!(all.contains(needle), "no {needle:?} in:\n{all}");
+        }
+        let not_root = lines(false);
+        let all = not_root.iter().flat_map(|(_, c)| c).cloned().collect::<Vec<_>>().join("\n");
+        assert!(!all.contains(REQUIRE_ROOT_TESTS), "not root must not require root tests:\n{all}");
+    }
+
+    #[test]
+    fn only_fixtures_and_e2e_need_root_and_quick_keeps_the_tests() {
+        for tier in tiers(false) {
+            assert_eq!(
+                tier.needs_root,
+                matches!(tier.name, "bpf fixtures" | "namespace/e2e"),
+                "{}",
+                tier.name
+            );
+            assert_eq!(
+                tier.lint_or_setup,
+                tier.name == "setup" || tier.name.starts_with("clippy"),
+                "{}",
+                tier.name
+            );
+        }
+    }
+
+    #[test]
+    fn summary_table_lists_outcomes_and_times() {
+        let results = [
+            ("setup", Outcome::SkippedQuick, None),
+            ("fmt", Outcome::Pass, Some(Duration::from_millis(260))),
+            ("bpf fixtures", Outcome::SkippedNotRoot, Some(Duration::from_secs(3))),
+            ("namespace/e2e", Outcome::NotRun, None),
+        ];
+        let table = summary(&results, Duration::from_millis(12_340));
+        assert_eq!(
+            table,
+            "tier           result               time\n\
+             setup          skip (--quick)          -\n\
+             fmt            pass                0.3 s\n\
+             bpf fixtures   skip (not root)     3.0 s\n\
+             namespace/e2e  not run                 -\n\
+             total                             12.3 s\n"
+        );
+    }
+}
