@@ -56,6 +56,14 @@ mod prog {
         }
     }
 
+    /// A one-line XDP_PASS program. Test and lab topologies attach it to the veth peers of
+    /// interfaces running `sshlb`: in native mode a veth only delivers an XDP_TX'd frame when its
+    /// peer runs an XDP program too.
+    #[xdp]
+    pub fn sshlb_pass(_ctx: XdpContext) -> u32 {
+        aya_ebpf::bindings::xdp_action::XDP_PASS
+    }
+
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
         // The verifier rejects any program that could reach this; it exists only to satisfy no_std.

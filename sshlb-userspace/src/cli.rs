@@ -1,9 +1,8 @@
 //! The `sshlb-agent` command line.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sshlb_common::{proto, Service, ServiceKey};
 
 use crate::loader::{AttachMode, DEFAULT_PIN_ROOT};
 
@@ -27,16 +26,18 @@ pub enum Command {
     Up {
         /// Interface to attach to (the balancer's one-armed interface, e.g. eth0).
         iface: String,
+        /// Configuration file (TOML). Without one, the program is attached with no services:
+        /// every packet passes (useful to check attachment and counters).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t = AttachMode::Native)]
         xdp_mode: AttachMode,
-        /// A service to classify, as VIP:PORT (`198.18.0.100:22`, `[fd00::100]:22`). Repeatable.
-        #[arg(long = "service", value_name = "VIP:PORT")]
-        services: Vec<SocketAddr>,
         /// Print the counters every SECONDS while running (0 = only on exit).
         #[arg(long, default_value_t = 0, value_name = "SECONDS")]
         stats_interval: u64,
-        /// Attach, pin and return at once instead of staying in the foreground.
+        /// Attach, pin, write the maps and return at once instead of staying in the foreground
+        /// (no flow expiry then: a foreground agent is the normal way to run).
         #[arg(long)]
         detach: bool,
     },
@@ -44,6 +45,20 @@ pub enum Command {
     Down {
         /// Interface to detach from.
         iface: String,
+    },
+    /// Validate a configuration file without touching the system (no root needed).
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Attach a one-line XDP_PASS program to IFACE (test/lab veth peers), or remove it.
+    #[command(hide = true)]
+    XdpPass {
+        /// Interface.
+        iface: String,
+        /// Remove it instead.
+        #[arg(long)]
+        remove: bool,
     },
     /// Print the data plane's counters on IFACE.
     Stats {
@@ -55,46 +70,26 @@ pub enum Command {
     },
 }
 
-/// The service table entries for `--service` arguments, with dense ids in argument order.
-pub fn service_entries(addrs: &[SocketAddr]) -> Vec<(ServiceKey, Service)> {
-    addrs
-        .iter()
-        .zip(0u32..)
-        .map(|(addr, id)| {
-            let key = match addr {
-                SocketAddr::V4(a) => ServiceKey::v4(a.ip().octets(), a.port(), proto::TCP),
-                SocketAddr::V6(a) => ServiceKey::v6(a.ip().octets(), a.port(), proto::TCP),
-            };
-            (key, Service { id, ..Service::default() })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_up_with_services_and_mode() {
+    fn parses_up_with_config_and_mode() {
         let cli = Cli::try_parse_from([
             "sshlb-agent",
             "up",
             "eth0",
             "--xdp-mode",
             "generic",
-            "--service",
-            "198.18.0.100:22",
-            "--service",
-            "[fd00:1::100]:2222",
+            "--config",
+            "/etc/sshlb/sshlb.toml",
         ])
         .expect("valid command line");
-        let Command::Up { iface, xdp_mode, services, .. } = cli.command else { panic!("not up") };
+        let Command::Up { iface, xdp_mode, config, .. } = cli.command else { panic!("not up") };
         assert_eq!(iface, "eth0");
         assert_eq!(xdp_mode, AttachMode::Generic);
-        let entries = service_entries(&services);
-        assert_eq!(entries[0].0, ServiceKey::v4([198, 18, 0, 100], 22, proto::TCP));
-        assert_eq!(entries[1].1.id, 1);
-        assert_eq!(entries[1].0.port_be, 2222u16.to_be());
+        assert_eq!(config.as_deref(), Some(std::path::Path::new("/etc/sshlb/sshlb.toml")));
     }
 
     #[test]
@@ -102,8 +97,7 @@ mod tests {
         let err = Cli::try_parse_from(["sshlb-agent", "up", "eth0", "--xdp-mode", "turbo"])
             .expect_err("turbo is not a mode");
         assert!(err.to_string().contains("native"), "{err}");
-        let err = Cli::try_parse_from(["sshlb-agent", "up", "eth0", "--service", "198.18.0.1"])
-            .expect_err("port missing");
-        assert!(err.to_string().contains("--service"), "{err}");
+        let err = Cli::try_parse_from(["sshlb-agent", "up"]).expect_err("interface missing");
+        assert!(err.to_string().contains("IFACE"), "{err}");
     }
 }

@@ -4,15 +4,21 @@
 //!   `/sys/fs/bpf/sshlb/<iface>`, and detaches/unpins it.
 //! - [`maglev`]: builds weighted Maglev rings (pure: backends' keys and weights → slots).
 //! - [`maps`]: typed writers/readers for the data plane's maps.
+//! - [`plan`]: a configuration → the exact map contents (backend ids, rings).
+//! - [`expiry`]: removes flows idle past their state's timeout.
 //! - [`stats`]: reads the data plane's per-CPU counters.
 //! - [`sys`]: the few host facts the loader needs (privileges, bpffs, interfaces).
 //! - [`cli`]: the command line.
+//! - [`daemon`]: start (attach + write the config) and the foreground loop (expiry, neighbours).
 //! - [`config`]: the TOML configuration file, validated into a typed model.
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod expiry;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod plan;
 pub mod stats;
 pub mod sys;

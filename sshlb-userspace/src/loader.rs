@@ -18,7 +18,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use sshlb_common::{map_names, Service, ServiceKey};
+use sshlb_common::map_names;
 
 use crate::sys;
 
@@ -30,6 +30,9 @@ pub const PROGRAM: &str = "sshlb";
 
 /// Default directory under which each interface gets its own pin directory.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
+
+/// Name of the trivial XDP_PASS program inside the object (for veth peers, see [`attach_pass`]).
+pub const PASS_PROGRAM: &str = "sshlb_pass";
 
 /// Pin file names inside an interface's pin directory (maps are pinned under their own names).
 const PIN_PROGRAM: &str = "prog";
@@ -248,7 +251,8 @@ pub struct Attached {
     pub pin_dir: PathBuf,
 }
 
-/// Loads, attaches and pins the data plane on `iface`, then writes `services` into its table.
+/// Loads, attaches and pins the data plane on `iface` (maps empty: nothing is balanced until the
+/// caller writes services).
 ///
 /// On any failure after the pin directory was created, everything done so far is undone, so a
 /// failed `up` leaves the interface and bpffs exactly as they were.
@@ -256,7 +260,7 @@ pub fn up(
     pin_root: &Path,
     iface: &str,
     mode: AttachMode,
-    services: &[(ServiceKey, Service)],
+    options: &LoadOptions,
 ) -> Result<Attached, LoaderError> {
     if OBJECT.is_empty() {
         return Err(LoaderError::ObjectMissing);
@@ -273,13 +277,13 @@ pub fn up(
     if pin_dir.exists() {
         return Err(LoaderError::AlreadyAttached { iface: iface.to_owned(), pin_dir });
     }
-    let mut dataplane = Dataplane::load()?;
+    let mut dataplane = Dataplane::load_with(options)?;
     fs::create_dir_all(&pin_dir).map_err(|source| LoaderError::Fs {
         what: "creating pin directory",
         path: pin_dir.clone(),
         source,
     })?;
-    match attach_and_pin(&mut dataplane, &pin_dir, iface, ifindex, mode, services) {
+    match attach_and_pin(&mut dataplane, &pin_dir, iface, ifindex, mode) {
         Ok(()) => Ok(Attached { dataplane, pin_dir }),
         Err(err) => {
             // Dropping `dataplane` detaches a link that was attached but not pinned.
@@ -295,20 +299,11 @@ fn attach_and_pin(
     iface: &str,
     ifindex: u32,
     mode: AttachMode,
-    services: &[(ServiceKey, Service)],
 ) -> Result<(), LoaderError> {
     for name in PINNED_MAPS {
         let path = pin_dir.join(name);
         let map = dataplane.ebpf.map(name).expect("object defines every pinned map");
         map.pin(&path).map_err(|source| LoaderError::Pin { what: "map", path, source })?;
-    }
-    let mut table = dataplane.services();
-    for (key, service) in services {
-        table.insert(key, service, 0).map_err(|e| LoaderError::OpenPinned {
-            what: "SERVICES map",
-            path: pin_dir.join(map_names::SERVICES),
-            source: Box::new(e),
-        })?;
     }
     let program = dataplane.program();
     let path = pin_dir.join(PIN_PROGRAM);
@@ -422,4 +417,85 @@ pub fn pinned_stats(
     };
     let data = MapData::from_pin(&path).map_err(|e| open_err(Box::new(e)))?;
     PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(|e| open_err(Box::new(e)))
+}
+
+/// Pin path of the XDP_PASS program's link on `iface`.
+pub fn pass_pin(pin_root: &Path, iface: &str) -> PathBuf {
+    pin_root.join(format!("xdp-pass-{iface}"))
+}
+
+/// Attaches the object's one-line XDP_PASS program to `iface` (native mode) and pins its link.
+///
+/// For test and lab topologies: a veth only delivers frames that its peer sent back with
+/// XDP_TX when the peer itself runs an XDP program in native mode.
+pub fn attach_pass(pin_root: &Path, iface: &str) -> Result<PathBuf, LoaderError> {
+    if OBJECT.is_empty() {
+        return Err(LoaderError::ObjectMissing);
+    }
+    if !sys::is_root() {
+        return Err(LoaderError::NotRoot);
+    }
+    let ifindex =
+        sys::ifindex(iface).ok_or_else(|| LoaderError::NoSuchInterface(iface.to_owned()))?;
+    let bpffs = pin_root.parent().unwrap_or(pin_root);
+    sys::ensure_bpffs(bpffs)
+        .map_err(|source| LoaderError::Bpffs { path: bpffs.to_owned(), source })?;
+    fs::create_dir_all(pin_root).map_err(|source| LoaderError::Fs {
+        what: "creating pin directory",
+        path: pin_root.to_owned(),
+        source,
+    })?;
+    let path = pass_pin(pin_root, iface);
+    if path.exists() {
+        return Err(LoaderError::AlreadyAttached { iface: iface.to_owned(), pin_dir: path });
+    }
+    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PASS_PROGRAM)
+        .expect("the object defines sshlb_pass")
+        .try_into()
+        .expect("sshlb_pass is an XDP program");
+    program.load().map_err(LoaderError::Load)?;
+    let mode = AttachMode::Native;
+    let link_id = program.attach_to_if_index(ifindex, mode.xdp_mode()).map_err(|source| {
+        LoaderError::Attach {
+            iface: iface.to_owned(),
+            mode,
+            hint: attach_hint(mode, &source),
+            source,
+        }
+    })?;
+    let link = program.take_link(link_id).map_err(|source| LoaderError::Attach {
+        iface: iface.to_owned(),
+        mode,
+        hint: "",
+        source,
+    })?;
+    let fd_link = FdLink::try_from(link).map_err(|e| LoaderError::OpenPinned {
+        what: "XDP link",
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    fd_link.pin(&path).map_err(|source| LoaderError::Pin {
+        what: "XDP link",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Detaches the XDP_PASS program from `iface` (see [`attach_pass`]).
+pub fn detach_pass(pin_root: &Path, iface: &str) -> Result<(), LoaderError> {
+    let path = pass_pin(pin_root, iface);
+    if !path.exists() {
+        return Err(LoaderError::NotAttached { iface: iface.to_owned(), pin_dir: path });
+    }
+    let link = PinnedLink::from_pin(&path).map_err(|e| LoaderError::OpenPinned {
+        what: "XDP link",
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    drop(link.unpin().map_err(|source| LoaderError::Fs { what: "unpinning", path, source })?);
+    let _ignored = fs::remove_dir(pin_root);
+    Ok(())
 }

@@ -5,8 +5,9 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::Parser as _;
 use sshlb::{
-    cli::{service_entries, Cli, Command},
-    loader, stats,
+    cli::{Cli, Command},
+    config::{self, Config},
+    daemon, loader, stats,
 };
 
 fn main() -> ExitCode {
@@ -20,14 +21,23 @@ fn main() -> ExitCode {
     }
 }
 
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading configuration {}", path.display()))?;
+    Ok(config::parse(&path.display().to_string(), &text)?)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up { iface, xdp_mode, services, stats_interval, detach } => {
-            let entries = service_entries(&services);
-            let attached = loader::up(&cli.pin_root, &iface, xdp_mode, &entries)?;
+        Command::Up { iface, config, xdp_mode, stats_interval, detach } => {
+            let config = match config {
+                Some(path) => load_config(&path)?,
+                None => config::parse("(none)", "").expect("the empty configuration is valid"),
+            };
+            let mut attached = daemon::start(&cli.pin_root, &iface, xdp_mode, &config)?;
             eprintln!(
                 "sshlb-agent: attached to {iface} in {xdp_mode} mode, {} service(s), pinned at {}",
-                entries.len(),
+                config.services.len(),
                 attached.pin_dir.display()
             );
             if detach {
@@ -37,7 +47,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            runtime.block_on(wait_for_shutdown(&attached, stats_interval))?;
+            let interval = Duration::from_secs(stats_interval);
+            runtime.block_on(daemon::run(&mut attached, &config, interval, shutdown_signal()?));
             eprint!("{}", stats::render(&stats::read(&attached.dataplane.stats())?, false));
             eprintln!(
                 "sshlb-agent: exiting; the data plane stays attached to {iface} \
@@ -50,6 +61,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("sshlb-agent: detached from {iface} and removed its pins");
             Ok(())
         }
+        Command::CheckConfig { file } => {
+            let config = load_config(&file)?;
+            println!("{}: ok, {} service(s)", file.display(), config.services.len());
+            Ok(())
+        }
+        Command::XdpPass { iface, remove } => {
+            if remove {
+                loader::detach_pass(&cli.pin_root, &iface)?;
+            } else {
+                loader::attach_pass(&cli.pin_root, &iface)?;
+            }
+            Ok(())
+        }
         Command::Stats { iface, all } => {
             let map = loader::pinned_stats(&cli.pin_root, &iface)?;
             print!("{}", stats::render(&stats::read(&map)?, all));
@@ -58,19 +82,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Waits for SIGINT/SIGTERM, printing counters every `interval` seconds when it is non-zero.
-async fn wait_for_shutdown(attached: &loader::Attached, interval: u64) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut ticker = tokio::time::interval(Duration::from_secs(interval.max(1)));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
-            _ = ticker.tick(), if interval > 0 => {
-                let counters = stats::read(&attached.dataplane.stats())?;
-                eprint!("--\n{}", stats::render(&counters, false));
+/// Resolves on SIGINT or SIGTERM. Must be called inside no runtime: it builds the futures only.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ignored = tokio::signal::ctrl_c().await;
             }
         }
-    }
+    })
 }

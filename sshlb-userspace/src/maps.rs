@@ -3,7 +3,7 @@
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use sshlb_common::{
-    map_names, Backend, Config, Flow, FlowKey, Service, ServiceKey, Traffic, EMPTY_SLOT,
+    map_names, Backend, Config, Flow, FlowKey, NatKey, Service, ServiceKey, Traffic, EMPTY_SLOT,
     MAX_BACKENDS, MAX_SERVICES, RING_STRIDE,
 };
 
@@ -54,6 +54,19 @@ impl Dataplane {
     pub fn flows(&mut self) -> HashMap<&mut MapData, FlowKey, Flow> {
         let map = self.ebpf_mut().map_mut(map_names::FLOWS).expect("object defines FLOWS");
         HashMap::try_from(map).expect("FLOWS is a hash map of FlowKey → Flow")
+    }
+
+    /// The full-NAT reverse index (entries are removed with their flows).
+    pub fn nat_reverse(&mut self) -> HashMap<&mut MapData, NatKey, FlowKey> {
+        let map = self.ebpf_mut().map_mut(map_names::NAT_REVERSE).expect("object defines it");
+        HashMap::try_from(map).expect("NAT_REVERSE is a hash map of NatKey → FlowKey")
+    }
+
+    /// Backend `id` as the data plane sees it.
+    pub fn backend(&mut self, id: u32) -> Result<Backend, MapsError> {
+        self.array::<Backend>(map_names::BACKENDS)
+            .get(&id, 0)
+            .map_err(map_err("reading", map_names::BACKENDS))
     }
 
     /// The global outcome counters.

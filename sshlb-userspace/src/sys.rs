@@ -47,3 +47,82 @@ pub fn ensure_bpffs(path: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The global addresses of interface `name` with their prefix lengths (link-local IPv6 is
+/// skipped), in the kernel's order.
+pub fn interface_addrs(name: &str) -> Vec<(std::net::IpAddr, u8)> {
+    let mut found = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return found;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned; its strings and sockaddrs are
+        // valid until freeifaddrs.
+        unsafe {
+            let ifa = &*cur;
+            let matches = !ifa.ifa_name.is_null()
+                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes();
+            if matches && !ifa.ifa_addr.is_null() && !ifa.ifa_netmask.is_null() {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                        let mask = &*ifa.ifa_netmask.cast::<libc::sockaddr_in>();
+                        let addr = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                        found.push((addr.into(), mask.sin_addr.s_addr.count_ones() as u8));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                        let mask = &*ifa.ifa_netmask.cast::<libc::sockaddr_in6>();
+                        let addr = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                        let prefix: u32 =
+                            mask.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum();
+                        if !addr.is_unicast_link_local() {
+                            found.push((addr.into(), prefix as u8));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+/// Writes `value` to `/proc/sys/<key with dots as slashes>`, returning the previous value when it
+/// changed (sysctls are per network namespace: this touches the caller's).
+pub fn set_sysctl(key: &str, value: &str) -> io::Result<Option<String>> {
+    let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+    let old = std::fs::read_to_string(&path)?.trim().to_owned();
+    if old == value {
+        return Ok(None);
+    }
+    std::fs::write(&path, value)?;
+    Ok(Some(old))
+}
+
+/// Sends one empty UDP datagram to `addr` port 9 (discard) so the kernel resolves the
+/// neighbour: the data plane's FIB lookups then find a MAC instead of NO_NEIGH.
+pub fn poke_neighbour(addr: std::net::IpAddr) {
+    let bind: std::net::SocketAddr = match addr {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    if let Ok(sock) = std::net::UdpSocket::bind(bind) {
+        // Best effort: an unreachable backend is the health checker's business, not ours.
+        let _ignored = sock.send_to(&[], (addr, 9));
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` stamps flows with.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -5,6 +5,8 @@
 //! in `Drop` — so a failing (panicking) test cleans up too. Processes a test starts are killed by
 //! PID, never by name.
 
+pub mod topo;
+
 use std::{
     fs::File,
     os::fd::AsRawFd as _,
@@ -104,6 +106,11 @@ impl Netns {
         run(&mut cmd("ip", &["netns", "add", &name]));
         let ns = Self { name, children: Vec::new() };
         ns.ip(&["link", "set", "lo", "up"]);
+        // No duplicate address detection: links made here are fresh and private, and a tentative
+        // link-local address would stall neighbour discovery for the first second or two.
+        for key in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
+            run(&mut ns.command("sysctl", &["-qw", key]));
+        }
         ns
     }
 

@@ -170,11 +170,22 @@ impl<'ns> Agent<'ns> {
     /// Starts `sshlb-agent up lb0` in the lb namespace's network stack only (`nsenter --net`):
     /// under `ip netns exec` its pins would land in a private sysfs and vanish with it.
     fn start(binary: &Path, lb: &'ns Netns, pin_dir: PathBuf) -> Result<Self> {
+        // Services without backends (the lab with sshd backends replaces this demo): their SYNs
+        // are counted as drop_no_backend, everything else passes.
+        let config = std::env::temp_dir().join(format!("sshlb-run-{}.toml", std::process::id()));
+        std::fs::write(
+            &config,
+            format!(
+                "[[service]]\nname = \"demo4\"\nvip = \"{LB_V4}\"\nport = {SERVICE_PORT}\n\n\
+                 [[service]]\nname = \"demo6\"\nvip = \"{LB_V6}\"\nport = {SERVICE_PORT}\n"
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
         let mut command = lb.enter_net(binary);
         command
             .args(["up", LB_DEV, "--stats-interval", &STATS_INTERVAL_SECS.to_string()])
-            .args(["--service", &format!("{LB_V4}:{SERVICE_PORT}")])
-            .args(["--service", &format!("[{LB_V6}]:{SERVICE_PORT}")]);
+            .arg("--config")
+            .arg(&config);
         own_process_group_dying_with_us(&mut command);
         println!("$ {}", cmd::display(&command));
         let child = command.spawn().context("starting sshlb-agent")?;

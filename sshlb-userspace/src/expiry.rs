@@ -1,0 +1,98 @@
+//! Expiring flows: the data plane never evicts, so the agent removes flows that have been idle
+//! longer than their state's timeout (and their full-NAT reverse entries with them).
+
+use sshlb_common::{flow_flags, flow_state, Flow, NatKey};
+
+use crate::{config::Timeouts, loader::Dataplane, maps::MapsError};
+
+/// Whether `flow` has been idle past its state's timeout at `now_ns` (CLOCK_MONOTONIC).
+pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
+    let limit = match flow.state {
+        flow_state::SYN => timeouts.syn,
+        flow_state::ESTABLISHED => timeouts.established,
+        flow_state::FIN => timeouts.fin,
+        _ => timeouts.closed,
+    };
+    // The data plane refreshes last_seen at most once a second: allow for that.
+    let idle = now_ns.saturating_sub(flow.last_seen_ns);
+    idle > limit.as_nanos() as u64 + sshlb_common::LAST_SEEN_GRANULARITY_NS
+}
+
+/// What a sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Flows looked at.
+    pub scanned: u64,
+    /// Flows removed.
+    pub expired: u64,
+}
+
+/// Removes every expired flow (and its NAT reverse entry) at `now_ns`.
+pub fn sweep(dp: &mut Dataplane, now_ns: u64, timeouts: &Timeouts) -> Result<Sweep, MapsError> {
+    let mut result = Sweep::default();
+    let entries: Vec<_> = dp.flows().iter().filter_map(Result::ok).collect();
+    for (key, flow) in entries {
+        result.scanned += 1;
+        if !is_expired(&flow, now_ns, timeouts) {
+            continue;
+        }
+        if flow.flags & flow_flags::NAT != 0 {
+            if let Ok(backend) = dp.backend(flow.backend_id) {
+                let nat_key = NatKey {
+                    backend: backend.addr,
+                    backend_port_be: backend.port_be,
+                    nat_port_be: flow.nat_port_be,
+                    family: key.family,
+                    pad: [0; 3],
+                };
+                // Absent is fine: the data plane replaced it (tuple reuse).
+                let _ignored = dp.nat_reverse().remove(&nat_key);
+            }
+        }
+        // Re-check before deleting: the flow may have carried a packet since we read it.
+        if let Ok(current) = dp.flows().get(&key, 0) {
+            if is_expired(&current, now_ns, timeouts) && dp.flows().remove(&key).is_ok() {
+                result.expired += 1;
+            }
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn flow(state: u8, last_seen_s: u64) -> Flow {
+        Flow { state, last_seen_ns: last_seen_s * SEC, ..Flow::default() }
+    }
+
+    #[test]
+    fn each_state_has_its_own_timeout() {
+        let t = Timeouts {
+            syn: Duration::from_secs(30),
+            established: Duration::from_secs(3600),
+            fin: Duration::from_secs(60),
+            closed: Duration::from_secs(10),
+        };
+        let now = 10_000 * SEC;
+        // One hour minus a bit of silence: an idle SSH session stays.
+        assert!(!is_expired(&flow(flow_state::ESTABLISHED, 10_000 - 3599), now, &t));
+        assert!(is_expired(&flow(flow_state::ESTABLISHED, 10_000 - 3602), now, &t));
+        assert!(!is_expired(&flow(flow_state::SYN, 10_000 - 30), now, &t));
+        assert!(is_expired(&flow(flow_state::SYN, 10_000 - 32), now, &t));
+        assert!(is_expired(&flow(flow_state::FIN, 10_000 - 62), now, &t));
+        assert!(is_expired(&flow(flow_state::CLOSED, 10_000 - 12), now, &t));
+        assert!(!is_expired(&flow(flow_state::CLOSED, 10_000 - 10), now, &t));
+    }
+
+    #[test]
+    fn a_flow_stamped_after_now_is_not_expired() {
+        // The agent may read `now` just before the data plane stamps a packet.
+        assert!(!is_expired(&flow(flow_state::CLOSED, 101), 100 * SEC, &Timeouts::default()));
+    }
+}

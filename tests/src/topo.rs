@@ -1,0 +1,276 @@
+//! A one-armed balancer topology in namespaces: a bridge (the L2 segment) joining the balancer,
+//! three backends and a router; a client behind the router.
+//!
+//! ```text
+//!  client 198.18.2.10 ── router 198.18.2.1 | 198.18.0.254 ──┐
+//!                                                      [bridge]── lb 198.18.0.2 (+VIPs)
+//!                                  b1 .11, b2 .12, b3 .13 ──┘
+//! ```
+//! IPv6 mirrors it: segment fd00:10::/64, client side fd00:20::/64. Backends run a tiny TCP
+//! server that first sends its name, then echoes everything back, so a test knows which backend
+//! it reached and can verify every byte end to end.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::{run, unique, Netns};
+
+/// Segment addresses.
+pub const LB4: &str = "198.18.0.2";
+pub const LB6: &str = "fd00:10::2";
+pub const VIP4: &str = "198.18.0.100";
+pub const VIP6: &str = "fd00:10::100";
+/// VIPs for direct-server-return services (backends own them on loopback).
+pub const DSR4: &str = "198.18.0.101";
+pub const DSR6: &str = "fd00:10::101";
+pub const CLIENT4: &str = "198.18.2.10";
+pub const CLIENT6: &str = "fd00:20::10";
+/// Backends: (name, IPv4, IPv6).
+pub const BACKENDS: [(&str, &str, &str); 3] = [
+    ("b1", "198.18.0.11", "fd00:10::11"),
+    ("b2", "198.18.0.12", "fd00:10::12"),
+    ("b3", "198.18.0.13", "fd00:10::13"),
+];
+
+/// The topology. Dropping it stops the servers and deletes every namespace.
+pub struct Topo {
+    pub sw: Netns,
+    pub lb: Netns,
+    pub router: Netns,
+    pub client: Netns,
+    pub backends: Vec<Netns>,
+    /// The balancer's interface name (unique per test: pins are keyed by it).
+    pub lb_if: String,
+    /// The bridge-side peer of `lb_if` (needs an XDP program for XDP_TX in native mode).
+    pub lb_port: String,
+    stop: Arc<AtomicBool>,
+    servers: Vec<thread::JoinHandle<()>>,
+}
+
+fn set(ns: &Netns, key: &str, value: &str) {
+    run(&mut ns.command("sysctl", &["-qw", &format!("{key}={value}")]));
+}
+
+impl Topo {
+    /// Builds the network and starts a server on port `port` in every backend.
+    pub fn new(port: u16) -> Self {
+        let sw = Netns::new("sw");
+        // No multicast snooping: neighbour discovery must reach every port without depending on
+        // MLD reports the hosts send before their addresses are ready.
+        sw.ip(&["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
+        sw.ip(&["link", "set", "br0", "up"]);
+        let lb = Netns::new("lb");
+        let router = Netns::new("rt");
+        let client = Netns::new("cl");
+        let lb_if = unique("lb");
+        let lb_port = unique("p");
+        let mut topo = Self {
+            sw,
+            lb,
+            router,
+            client,
+            backends: Vec::new(),
+            lb_if: lb_if.clone(),
+            lb_port: lb_port.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+        };
+        topo.plug(&topo.lb, &lb_if, &lb_port, &[&format!("{LB4}/24"), &format!("{LB6}/64")]);
+        // The balancer answers ARP/ND for the VIPs (it owns them), and reaches clients via the router.
+        for vip in [VIP4, DSR4] {
+            topo.lb.ip(&["addr", "add", &format!("{vip}/32"), "dev", &lb_if]);
+        }
+        for vip in [VIP6, DSR6] {
+            topo.lb.ip(&["addr", "add", &format!("{vip}/128"), "dev", &lb_if, "nodad"]);
+        }
+        topo.lb.ip(&["route", "add", "default", "via", "198.18.0.254"]);
+        topo.lb.ip(&["-6", "route", "add", "default", "via", "fd00:10::fe"]);
+
+        let rt_port = unique("p");
+        topo.plug(&topo.router, "rt0", &rt_port, &["198.18.0.254/24", "fd00:10::fe/64"]);
+        crate::veth(
+            &topo.router,
+            "rt1",
+            &["198.18.2.1/24", "fd00:20::1/64"],
+            &topo.client,
+            "cl0",
+            &[&format!("{CLIENT4}/24"), &format!("{CLIENT6}/64")],
+        );
+        set(&topo.router, "net.ipv4.ip_forward", "1");
+        set(&topo.router, "net.ipv6.conf.all.forwarding", "1");
+        topo.client.ip(&["route", "add", "default", "via", "198.18.2.1"]);
+        topo.client.ip(&["-6", "route", "add", "default", "via", "fd00:20::1"]);
+
+        for (name, v4, v6) in BACKENDS {
+            let ns = Netns::new(name);
+            let port_name = unique("p");
+            topo.plug(&ns, "eth0", &port_name, &[&format!("{v4}/24"), &format!("{v6}/64")]);
+            // Direct server return: the backend owns the VIPs on loopback but must not answer
+            // ARP/ND for them (only the balancer does), and replies to clients via the router.
+            ns.ip(&["addr", "add", &format!("{DSR4}/32"), "dev", "lo"]);
+            ns.ip(&["addr", "add", &format!("{DSR6}/128"), "dev", "lo", "nodad"]);
+            set(&ns, "net.ipv4.conf.all.arp_ignore", "1");
+            set(&ns, "net.ipv4.conf.all.arp_announce", "2");
+            ns.ip(&["route", "add", "default", "via", "198.18.0.254"]);
+            ns.ip(&["-6", "route", "add", "default", "via", "fd00:10::fe"]);
+            // [::] then takes IPv6 only, next to the IPv4 listener on the same port.
+            set(&ns, "net.ipv6.bindv6only", "1");
+            let server = serve(&ns, name, port, Arc::clone(&topo.stop));
+            topo.servers.extend(server);
+            topo.backends.push(ns);
+        }
+        topo
+    }
+
+    /// A veth from `ns` (`ifname`, with `addrs`) to the bridge (`port`), offloads off.
+    fn plug(&self, ns: &Netns, ifname: &str, port: &str, addrs: &[&str]) {
+        run(&mut crate::cmd(
+            "ip",
+            &[
+                "link",
+                "add",
+                ifname,
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                &self.sw.name,
+            ],
+        ));
+        self.sw.ip(&["link", "set", port, "master", "br0", "up"]);
+        for addr in addrs {
+            let mut args = vec!["addr", "add", *addr, "dev", ifname];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ns.ip(&args);
+        }
+        ns.ip(&["link", "set", ifname, "up"]);
+        // veth gotcha 1: TX checksum offload leaves partial checksums an XDP_TX'd frame loses.
+        run(ns
+            .command("ethtool", &["-K", ifname, "tx", "off"])
+            .stdout(std::process::Stdio::null()));
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for server in self.servers.drain(..) {
+            let _ignored = server.join();
+        }
+    }
+}
+
+/// Starts servers on `0.0.0.0:port` and `[::]:port` in `ns` (one thread each, polling `stop`).
+fn serve(
+    ns: &Netns,
+    name: &'static str,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<()>> {
+    let listeners = ns.run(move || {
+        let v4 = TcpListener::bind(("0.0.0.0", port)).expect("bind v4");
+        let v6 = TcpListener::bind(("::", port)).expect("bind v6");
+        [v4, v6]
+    });
+    listeners
+        .into_iter()
+        .map(|listener| {
+            let stop = Arc::clone(&stop);
+            listener.set_nonblocking(true).expect("nonblocking");
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            thread::spawn(move || handle(conn, name));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn handle(mut conn: TcpStream, name: &str) {
+    let _ignored = conn.set_nonblocking(false);
+    let _ignored = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    if conn.write_all(format!("{name}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 16384];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ignored = conn.shutdown(Shutdown::Both);
+}
+
+/// A client connection through the VIP: reads the backend's name on connect.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub backend: String,
+}
+
+impl Conn {
+    /// Connects to `addr` (from the thread's namespace) and reads the backend's name.
+    pub fn open(addr: &str, port: u16) -> std::io::Result<Self> {
+        let ip: std::net::IpAddr = addr.parse().expect("address");
+        let stream = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut name = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut s = &stream;
+        while name.len() < 16 {
+            s.read_exact(&mut byte)?;
+            if byte[0] == b'\n' {
+                break;
+            }
+            name.push(byte[0]);
+        }
+        Ok(Self { stream, backend: String::from_utf8_lossy(&name).into_owned() })
+    }
+
+    /// Sends `data` and reads it back; returns whether every byte came back intact.
+    pub fn echo(&mut self, data: &[u8]) -> std::io::Result<bool> {
+        let mut writer = self.stream.try_clone()?;
+        let owned = data.to_vec();
+        let sender = thread::spawn(move || writer.write_all(&owned));
+        let mut back = vec![0u8; data.len()];
+        self.stream.read_exact(&mut back)?;
+        sender.join().expect("sender thread")?;
+        Ok(back == data)
+    }
+}
+
+/// `len` bytes of deterministic pseudo-random data.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
