@@ -12,6 +12,8 @@ mod balance;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -29,25 +31,33 @@ mod prog {
     use aya_ebpf::{macros::xdp, programs::XdpContext};
 
     use crate::{
-        balance,
+        balance, icmp,
         parse::{self, Tcp},
         services, stats,
-        verdict::Decision,
+        verdict::{Decision, Error, Outcome},
     };
 
     /// The XDP program attached to the balancer's interface.
     #[xdp]
     pub fn sshlb(ctx: XdpContext) -> u32 {
         let decision = try_sshlb(&ctx);
-        stats::count(decision.counter);
-        decision.action
+        stats::count(decision.counter());
+        decision.action()
     }
 
     #[inline(always)]
     fn try_sshlb(ctx: &XdpContext) -> Decision {
+        let Some(icmp) = icmp::scratch() else {
+            return Decision::from(Err::<Outcome, Error>(Error::TruncatedEth));
+        };
         let mut tcp = Tcp::default();
-        let parsed = parse::parse_into(ctx, &mut tcp);
-        if parsed.action != Decision::CONTINUE.action {
+        // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
+        let parsed = parse::parse_into(ctx, &mut tcp, unsafe { &mut *icmp });
+        if parsed != Decision::CONTINUE {
+            if parsed == Decision::ICMP {
+                // SAFETY: as above.
+                return icmp::handle(ctx, unsafe { &*icmp });
+            }
             return parsed;
         }
         match services::lookup(&tcp.key) {

@@ -105,6 +105,13 @@ pub fn release_port(backend: &Backend, nat_port_be: u16, fam: u8) {
     let _ignored = NAT_REVERSE.remove(nat_key);
 }
 
+/// The client flow behind a NAT reverse key, if any.
+#[inline(always)]
+pub fn reverse_lookup_key(nat_key: NatKey) -> Option<FlowKey> {
+    // SAFETY: copied out at once.
+    unsafe { NAT_REVERSE.get(nat_key) }.copied()
+}
+
 /// The client flow a backend's segment belongs to, if it is a full-NAT reply.
 #[inline(always)]
 pub fn reverse_lookup(pkt: &Tcp) -> Option<FlowKey> {
@@ -125,7 +132,7 @@ pub fn reverse_lookup(pkt: &Tcp) -> Option<FlowKey> {
 /// # Safety
 /// `old` must point at `len` readable packet bytes; `len` must equal `size_of_val(new)`.
 #[inline(always)]
-unsafe fn csum_diff<const N: usize>(
+pub unsafe fn csum_diff<const N: usize>(
     old: *mut u32,
     len: u32,
     new: &[u32; N],

@@ -47,12 +47,40 @@ pub struct Tcp {
     pub flags: u8,
 }
 
-/// Result of parsing up to layer 4.
+/// An ICMP error quoting a TCP segment: where its headers are and the quoted tuple.
+#[derive(Default)]
+pub struct IcmpError {
+    /// The outer packet's addresses (family set, ports unused).
+    pub outer: FlowKey,
+    /// Offset of the outer IP header.
+    pub l3_off: usize,
+    /// Offset of the ICMP header.
+    pub l4_off: usize,
+    /// Offset of the quoted IP header.
+    pub inner_l3_off: usize,
+    /// Offset of the quoted TCP header (its first 8 bytes are present).
+    pub inner_l4_off: usize,
+    /// The quoted segment's tuple, as it was sent.
+    pub inner: FlowKey,
+    /// Outer IP datagram length.
+    pub ip_len: u16,
+}
+
+/// Result of parsing up to layer 4 (the parsed headers are written to the caller's buffers
+/// rather than returned: returned by value they would be copied through the stack).
 pub enum L3 {
-    /// A well-formed TCP segment.
-    Tcp(Tcp),
+    /// A well-formed TCP segment (in the TCP buffer).
+    Tcp,
+    /// An ICMP error about a TCP segment (in the ICMP buffer).
+    Icmp,
     /// Something the program passes on without looking further.
     Other(Outcome),
+}
+
+/// Where parsed headers go.
+pub struct Out<'a> {
+    pub tcp: &'a mut Tcp,
+    pub icmp: &'a mut IcmpError,
 }
 
 /// End of the frame, loaded afresh on every call.
@@ -87,18 +115,18 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
-/// Parses the frame in `ctx` down to TCP: a TCP segment is written to `out` and
-/// [`Decision::CONTINUE`] returned; anything else is decided here.
+/// Parses the frame in `ctx` down to TCP (or an ICMP error quoting TCP): a TCP segment is
+/// written to `out_tcp` and [`Decision::CONTINUE`] returned, an ICMP error to `out_icmp` and
+/// [`Decision::ICMP`]; anything else is decided here.
 ///
 /// A BPF subprogram of its own: its temporaries (addresses assembled byte by byte) then do not
 /// sit in the entry's stack frame underneath the balancer's deeper call chain.
 #[inline(never)]
-pub fn parse_into(ctx: &XdpContext, out: &mut Tcp) -> Decision {
-    match parse(ctx) {
-        Ok(L3::Tcp(tcp)) => {
-            *out = tcp;
-            Decision::CONTINUE
-        }
+pub fn parse_into(ctx: &XdpContext, out_tcp: &mut Tcp, out_icmp: &mut IcmpError) -> Decision {
+    let mut out = Out { tcp: out_tcp, icmp: out_icmp };
+    match parse(ctx, &mut out) {
+        Ok(L3::Tcp) => Decision::CONTINUE,
+        Ok(L3::Icmp) => Decision::ICMP,
         Ok(L3::Other(outcome)) => Ok::<Outcome, Error>(outcome).into(),
         Err(err) => Err::<Outcome, Error>(err).into(),
     }
@@ -106,7 +134,7 @@ pub fn parse_into(ctx: &XdpContext, out: &mut Tcp) -> Decision {
 
 /// Parses the frame in `ctx` down to TCP.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<L3, Error> {
+fn parse(ctx: &XdpContext, out: &mut Out<'_>) -> Result<L3, Error> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Error::TruncatedEth)?;
     // SAFETY: ptr_at checked that the whole header lies inside the frame.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -121,14 +149,14 @@ fn parse(ctx: &XdpContext) -> Result<L3, Error> {
         }
     }
     match ether_type {
-        ETH_P_IPV4 => parse_ipv4(ctx, l3_off),
-        ETH_P_IPV6 => parse_ipv6(ctx, l3_off),
+        ETH_P_IPV4 => parse_ipv4(ctx, l3_off, out),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_off, out),
         _ => Ok(L3::Other(Outcome::NotIp)),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
+fn parse_ipv4(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, Error> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, l3_off).ok_or(Error::TruncatedIpv4)?;
     // SAFETY: ptr_at checked that the fixed 20-byte header lies inside the frame.
     let ip = unsafe { &*ip };
@@ -147,18 +175,32 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
     if ctx.data() + l3_off + usize::from(total_len) > data_end(ctx) {
         return Err(Error::TruncatedIpv4);
     }
+    let fragment = u16::from_be_bytes(ip.frags) & IPV4_MF_OR_OFFSET != 0;
+    if ip.proto == proto::ICMP && !fragment {
+        let icmp = &mut *out.icmp;
+        icmp.outer = FlowKey { proto: proto::ICMP, family: family::V4, ..FlowKey::default() };
+        icmp.outer.src[..4].copy_from_slice(&ip.src_addr);
+        icmp.outer.dst[..4].copy_from_slice(&ip.dst_addr);
+        icmp.l3_off = l3_off;
+        icmp.l4_off = l3_off + header_len;
+        icmp.ip_len = total_len;
+        return parse_icmp(ctx, icmp, l3_off + usize::from(total_len));
+    }
     if ip.proto != proto::TCP {
         return Ok(L3::Other(Outcome::NotTcp));
     }
-    if u16::from_be_bytes(ip.frags) & IPV4_MF_OR_OFFSET != 0 {
+    if fragment {
         return Ok(L3::Other(Outcome::Ipv4Fragment));
     }
-    let mut key = FlowKey { proto: proto::TCP, family: family::V4, ..FlowKey::default() };
-    key.src[..4].copy_from_slice(&ip.src_addr);
-    key.dst[..4].copy_from_slice(&ip.dst_addr);
-    let l4_off = l3_off + header_len;
-    let flags = parse_tcp(ctx, l4_off, usize::from(total_len) - header_len, &mut key)?;
-    Ok(L3::Tcp(Tcp { key, l3_off, l4_off, ip_len: total_len, flags }))
+    let tcp = &mut *out.tcp;
+    tcp.key = FlowKey { proto: proto::TCP, family: family::V4, ..FlowKey::default() };
+    tcp.key.src[..4].copy_from_slice(&ip.src_addr);
+    tcp.key.dst[..4].copy_from_slice(&ip.dst_addr);
+    tcp.l3_off = l3_off;
+    tcp.l4_off = l3_off + header_len;
+    tcp.ip_len = total_len;
+    tcp.flags = parse_tcp(ctx, tcp.l4_off, usize::from(total_len) - header_len, &mut tcp.key)?;
+    Ok(L3::Tcp)
 }
 
 /// IPv6 next-header values that are extension headers (RFC 8200 §4 and the IANA registry).
@@ -168,7 +210,7 @@ fn is_ipv6_extension(next_header: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
+fn parse_ipv6(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, Error> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, l3_off).ok_or(Error::TruncatedIpv6)?;
     // SAFETY: ptr_at checked that the fixed 40-byte header lies inside the frame.
     let ip = unsafe { &*ip };
@@ -180,21 +222,38 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, Error> {
     if ctx.data() + l4_off + usize::from(payload_len) > data_end(ctx) {
         return Err(Error::TruncatedIpv6);
     }
+    if ip.next_hdr == proto::ICMPV6 {
+        let icmp = &mut *out.icmp;
+        icmp.outer = FlowKey {
+            src: ip.src_addr,
+            dst: ip.dst_addr,
+            proto: proto::ICMPV6,
+            family: family::V6,
+            ..FlowKey::default()
+        };
+        icmp.l3_off = l3_off;
+        icmp.l4_off = l4_off;
+        icmp.ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
+        return parse_icmp(ctx, icmp, l4_off + usize::from(payload_len));
+    }
     if ip.next_hdr != proto::TCP {
         let outcome =
             if is_ipv6_extension(ip.next_hdr) { Outcome::Ipv6ExtHeader } else { Outcome::NotTcp };
         return Ok(L3::Other(outcome));
     }
-    let mut key = FlowKey {
+    let tcp = &mut *out.tcp;
+    tcp.key = FlowKey {
         src: ip.src_addr,
         dst: ip.dst_addr,
         proto: proto::TCP,
         family: family::V6,
         ..FlowKey::default()
     };
-    let flags = parse_tcp(ctx, l4_off, usize::from(payload_len), &mut key)?;
-    let ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
-    Ok(L3::Tcp(Tcp { key, l3_off, l4_off, ip_len, flags }))
+    tcp.l3_off = l3_off;
+    tcp.l4_off = l4_off;
+    tcp.ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
+    tcp.flags = parse_tcp(ctx, l4_off, usize::from(payload_len), &mut tcp.key)?;
+    Ok(L3::Tcp)
 }
 
 /// Validates the TCP header at `l4_off` inside an IP payload of `ip_payload_len` bytes, fills
@@ -224,4 +283,75 @@ fn parse_tcp(
     // SAFETY: byte 13 (flags) is inside the 20-byte header checked above.
     let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
     Ok(flags)
+}
+
+/// ICMP(v6) error types that quote the offending packet and concern a connection:
+/// destination unreachable (incl. fragmentation needed), packet too big, time exceeded.
+#[inline(always)]
+fn is_error(fam: u8, icmp_type: u8) -> bool {
+    if fam == family::V4 {
+        matches!(icmp_type, 3 | 11)
+    } else {
+        matches!(icmp_type, 1..=3)
+    }
+}
+
+/// ICMP header length (type, code, checksum, 4 type-specific bytes) before the quoted packet.
+const ICMP_HEADER_LEN: usize = 8;
+/// Bytes of the quoted transport header an ICMP error carries at least (RFC 792, RFC 4443).
+const QUOTED_L4_LEN: usize = 8;
+
+/// Parses the ICMP message `icmp` describes (outer fields set) whose datagram ends at `end`.
+/// Anything but an error quoting TCP passes; an error too short to quote what it claims is
+/// dropped and counted.
+#[inline(always)]
+fn parse_icmp(ctx: &XdpContext, icmp: &mut IcmpError, end: usize) -> Result<L3, Error> {
+    let Some(header) = ptr_at::<[u8; 2]>(ctx, icmp.l4_off) else {
+        return Err(Error::TruncatedIcmp);
+    };
+    // SAFETY: ptr_at checked the two bytes.
+    let icmp_type = unsafe { (*header)[0] };
+    let fam = icmp.outer.family;
+    if !is_error(fam, icmp_type) {
+        return Ok(L3::Other(Outcome::NotTcp));
+    }
+    let inner_l3_off = icmp.l4_off + ICMP_HEADER_LEN;
+    icmp.inner_l3_off = inner_l3_off;
+    let inner = &mut icmp.inner;
+    *inner = FlowKey { proto: proto::TCP, family: fam, ..FlowKey::default() };
+    let inner_l4_off = if fam == family::V4 {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, inner_l3_off).ok_or(Error::TruncatedIcmp)?;
+        // SAFETY: ptr_at checked the quoted header's fixed part.
+        let ip = unsafe { &*ip };
+        if ip.proto != proto::TCP {
+            return Ok(L3::Other(Outcome::NotTcp));
+        }
+        // Quoted IPv4 options are legal but rare: leave such errors to the kernel.
+        if ip.vihl != 0x45 {
+            return Ok(L3::Other(Outcome::NotTcp));
+        }
+        inner.src[..4].copy_from_slice(&ip.src_addr);
+        inner.dst[..4].copy_from_slice(&ip.dst_addr);
+        inner_l3_off + Ipv4Hdr::LEN
+    } else {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, inner_l3_off).ok_or(Error::TruncatedIcmp)?;
+        // SAFETY: as above.
+        let ip = unsafe { &*ip };
+        if ip.next_hdr != proto::TCP {
+            return Ok(L3::Other(Outcome::NotTcp));
+        }
+        inner.src = ip.src_addr;
+        inner.dst = ip.dst_addr;
+        inner_l3_off + Ipv6Hdr::LEN
+    };
+    if inner_l4_off + QUOTED_L4_LEN > end {
+        return Err(Error::TruncatedIcmp);
+    }
+    let ports = ptr_at::<[u8; 4]>(ctx, inner_l4_off).ok_or(Error::TruncatedIcmp)?;
+    // SAFETY: ptr_at checked the four port bytes.
+    let ports = unsafe { *ports };
+    inner.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    inner.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    icmp.inner_l4_off = inner_l4_off;
+    Ok(L3::Icmp)
 }

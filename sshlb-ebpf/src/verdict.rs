@@ -32,6 +32,8 @@ pub enum Path {
     Dsr,
     /// Backend → client, full NAT reversed.
     ReverseNat,
+    /// An ICMP error about a tracked flow, delivered to the flow's other end.
+    IcmpError,
 }
 
 /// A packet the program understood.
@@ -69,6 +71,7 @@ impl Outcome {
             Self::Forwarded(Path::Nat, _) => stats::FWD_NAT,
             Self::Forwarded(Path::Dsr, _) => stats::FWD_DSR,
             Self::Forwarded(Path::ReverseNat, _) => stats::FWD_REVERSE_NAT,
+            Self::Forwarded(Path::IcmpError, _) => stats::FWD_ICMP_ERROR,
             Self::NoNeigh => stats::PASS_NO_NEIGH,
         }
     }
@@ -112,6 +115,8 @@ pub enum Error {
     NatUnconfigured,
     /// No usable route/neighbour for the rewritten packet.
     NoRoute,
+    /// An ICMP error too short for the packet it quotes.
+    TruncatedIcmp,
 }
 
 impl Error {
@@ -133,6 +138,7 @@ impl Error {
             Self::NatPortsExhausted => stats::DROP_NAT_PORTS_EXHAUSTED,
             Self::NatUnconfigured => stats::DROP_NAT_UNCONFIGURED,
             Self::NoRoute => stats::DROP_NO_ROUTE,
+            Self::TruncatedIcmp => stats::DROP_TRUNCATED_ICMP,
         }
     }
 
@@ -156,34 +162,55 @@ impl Error {
             | Self::FlowTableFull
             | Self::NatPortsExhausted
             | Self::NatUnconfigured
-            | Self::NoRoute => xdp_action::XDP_DROP,
+            | Self::NoRoute
+            | Self::TruncatedIcmp => xdp_action::XDP_DROP,
         }
     }
 }
 
-/// A decided packet as two plain integers: what to count and what to return.
+/// A decided packet as one plain integer: what to count (high half) and what to return (low).
 ///
 /// The balancer's paths are BPF subprograms; they return this rather than a
 /// `Result<Outcome, Error>`, whose padding bytes LLVM may fill from any dead register — and
-/// when that register holds a map pointer, the verifier refuses the resulting arithmetic.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Decision {
-    pub counter: u32,
-    pub action: u32,
-}
+/// when that register holds a map pointer, the verifier refuses the resulting arithmetic. One
+/// `u64` also comes back in R0, where a struct would come back through a hidden pointer and
+/// leave R0 holding whatever LLVM left there (possibly a stack pointer, which the verifier
+/// refuses to see returned).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Decision(u64);
 
 impl Decision {
-    /// Not a verdict: "parsed a TCP segment, keep going" (`action` is never a valid XDP action).
-    pub const CONTINUE: Self = Self { counter: 0, action: u32::MAX };
+    /// Not a verdict: "parsed a TCP segment, keep going" (never a valid XDP action).
+    pub const CONTINUE: Self = Self::new(0, u32::MAX);
+    /// Not a verdict: "parsed an ICMP error about TCP, keep going".
+    pub const ICMP: Self = Self::new(1, u32::MAX);
+
+    /// Count `counter`, return `action`.
+    #[inline(always)]
+    pub const fn new(counter: u32, action: u32) -> Self {
+        Self(((counter as u64) << 32) | action as u64)
+    }
+
+    /// The counter to increment.
+    #[inline(always)]
+    pub const fn counter(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The XDP action to return.
+    #[inline(always)]
+    pub const fn action(self) -> u32 {
+        self.0 as u32
+    }
 }
 
 impl From<Result<Outcome, Error>> for Decision {
     #[inline(always)]
     fn from(result: Result<Outcome, Error>) -> Self {
         match result {
-            Ok(outcome) => Self { counter: outcome.counter(), action: outcome.action() },
-            Err(err) => Self { counter: err.counter(), action: err.action() },
+            Ok(outcome) => Self::new(outcome.counter(), outcome.action()),
+            Err(err) => Self::new(err.counter(), err.action()),
         }
     }
 }
