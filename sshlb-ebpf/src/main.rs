@@ -74,6 +74,25 @@ mod prog {
         aya_ebpf::bindings::xdp_action::XDP_PASS
     }
 
+    /// Benchmark baseline: swaps the Ethernet addresses and bounces the frame (XDP_TX) — the
+    /// least any XDP forwarder does per packet. `cargo xtask bench dataplane` measures `sshlb`
+    /// against it on the same interface, in the same run.
+    #[xdp]
+    pub fn sshlb_baseline(ctx: XdpContext) -> u32 {
+        let Some(eth) = crate::parse::ptr_at::<[u8; 12]>(&ctx, 0) else {
+            return aya_ebpf::bindings::xdp_action::XDP_DROP;
+        };
+        // SAFETY: ptr_at checked the 12 address bytes.
+        unsafe {
+            let macs = *eth;
+            let mut swapped = [0u8; 12];
+            swapped[..6].copy_from_slice(&macs[6..]);
+            swapped[6..].copy_from_slice(&macs[..6]);
+            *eth = swapped;
+        }
+        aya_ebpf::bindings::xdp_action::XDP_TX
+    }
+
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
         // The verifier rejects any program that could reach this; it exists only to satisfy no_std.

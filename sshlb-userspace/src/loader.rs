@@ -34,6 +34,9 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 /// Name of the trivial XDP_PASS program inside the object (for veth peers, see [`attach_pass`]).
 pub const PASS_PROGRAM: &str = "sshlb_pass";
 
+/// Name of the benchmark baseline program (MAC swap + XDP_TX) inside the object.
+pub const BASELINE_PROGRAM: &str = "sshlb_baseline";
+
 /// Pin file names inside an interface's pin directory (maps are pinned under their own names).
 const PIN_PROGRAM: &str = "prog";
 const PIN_LINK: &str = "link";
@@ -230,6 +233,20 @@ impl Dataplane {
             .expect("the object defines the sshlb program")
             .try_into()
             .expect("sshlb is an XDP program")
+    }
+
+    /// Another program of the object, loaded (e.g. [`BASELINE_PROGRAM`] for benchmarks).
+    pub fn extra_program(&mut self, name: &str) -> Result<&mut Xdp, LoaderError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .expect("the object defines the program")
+            .try_into()
+            .expect("an XDP program");
+        if program.fd().is_err() {
+            program.load().map_err(LoaderError::Load)?;
+        }
+        Ok(program)
     }
 
     /// The loaded object.

@@ -2,6 +2,7 @@
 //! CI runs, and a throwaway demo topology. The only crate in the workspace that shells out (`ip`,
 //! `ethtool`, `apt-get`, `rustup`, `cargo`).
 
+mod bench;
 mod build;
 mod cmd;
 mod netns;
@@ -38,6 +39,15 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Run benchmarks (figures and ratios against a peer in the same run; JSON in target/bench).
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum, default_value_t = bench::Bench::Dataplane)]
+        which: bench::Bench,
+        /// Seconds of traffic per scenario (each is also bounded in packets).
+        #[arg(long, default_value_t = 2)]
+        seconds: u64,
+    },
     /// Run the agent on a throwaway veth topology with a small traffic generator, until Ctrl-C.
     Run {
         /// Stop by itself after SECS seconds.
@@ -55,6 +65,7 @@ fn main() -> ExitCode {
         }),
         Command::Test { quick } => test::test(quick),
         Command::Run { duration } => run::run(duration.map(std::time::Duration::from_secs)),
+        Command::Bench { which, seconds } => bench::bench(which, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,40 @@
+//! `cargo xtask bench [dataplane]`: benchmarks that print figures and ratios against a peer
+//! measured in the same run (never timed assertions).
+//!
+//! `dataplane`: the XDP program's per-packet cost by the kernel's own BPF run-time accounting,
+//! next to a trivial XDP program (MAC swap + XDP_TX) on the same veth (`sshlb-tests`'
+//! `dataplane-bench` binary does the measuring; this builds and runs it).
+
+use anyhow::{ensure, Context as _, Result};
+
+use crate::{build, cmd, setup};
+
+/// Which benchmark to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bench {
+    /// ns/packet of the data plane vs a trivial XDP program, 1k and 1M flows in the table.
+    Dataplane,
+}
+
+/// Runs `which` with `seconds` of traffic per scenario.
+pub fn bench(which: Bench, seconds: u64) -> Result<()> {
+    ensure!(crate::is_root(), "benchmarks need root (network namespaces, XDP, BPF statistics)");
+    setup::setup()?;
+    match which {
+        Bench::Dataplane => {
+            let mut cargo = build::cargo();
+            cargo.args([
+                "run",
+                "--release",
+                "--package",
+                "sshlb-tests",
+                "--bin",
+                "dataplane-bench",
+                "--",
+            ]);
+            cargo.arg(seconds.to_string());
+            cmd::run(&mut cargo).context("the data-plane benchmark failed")?;
+        }
+    }
+    Ok(())
+}
