@@ -69,7 +69,7 @@ mod tests {
             dport_be: 22u16.to_be(),
             proto: proto::TCP,
             family: family::V4,
-            pad: [0; 2],
+            pad: 0,
         }
     }
 

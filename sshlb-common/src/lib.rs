@@ -97,13 +97,14 @@ impl ServiceKey {
 }
 
 /// An IPv4 address in the 16-byte key layout (first four bytes, rest zero).
+///
+/// Built from four words rather than by zeroing sixteen bytes and patching four: on the BPF
+/// target every zeroing memset becomes a call into a byte loop.
+#[inline(always)]
 pub const fn v4_in_16(addr: [u8; 4]) -> [u8; 16] {
-    let mut full = [0u8; 16];
-    full[0] = addr[0];
-    full[1] = addr[1];
-    full[2] = addr[2];
-    full[3] = addr[3];
-    full
+    let words = [u32::from_ne_bytes(addr), 0, 0, 0];
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// Value of the `SERVICES` map.
@@ -143,7 +144,9 @@ pub struct Backend {
 }
 
 /// Key of the connection table: the flow as the client sent it (client → VIP).
-#[repr(C)]
+///
+/// Aligned to 4 so the data plane zeroes and copies it in words, not bytes.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     /// Client address (network byte order; IPv4 in the first four bytes).
@@ -158,8 +161,9 @@ pub struct FlowKey {
     pub proto: u8,
     /// [`family::V4`] or [`family::V6`].
     pub family: u8,
-    /// Explicit padding, always zero (it is hashed as part of the key).
-    pub pad: [u8; 2],
+    /// Explicit padding, always zero (it is hashed as part of the key). A scalar, not a byte
+    /// array: zeroing an array compiles to a memset call on the BPF target.
+    pub pad: u16,
 }
 
 /// Value of the connection table.
@@ -180,7 +184,7 @@ pub struct Flow {
     /// Bit set of `flow_flags::*`.
     pub flags: u8,
     /// Explicit padding, zero.
-    pub pad: [u8; 4],
+    pub pad: u32,
 }
 
 /// How often (at most) the data plane rewrites `Flow::last_seen_ns`.
@@ -219,7 +223,9 @@ pub struct NatKey {
     /// [`family::V4`] or [`family::V6`].
     pub family: u8,
     /// Explicit padding, zero.
-    pub pad: [u8; 3],
+    pub pad8: u8,
+    /// Explicit padding, zero.
+    pub pad16: u16,
 }
 
 /// The balancer's own settings (`CONFIG[0]`).
@@ -334,6 +340,8 @@ mod layout_tests {
         assert_eq!(offset_of!(NatKey, backend_port_be), 16);
         assert_eq!(offset_of!(NatKey, nat_port_be), 18);
         assert_eq!(offset_of!(NatKey, family), 20);
+        assert_eq!(offset_of!(NatKey, pad8), 21);
+        assert_eq!(offset_of!(NatKey, pad16), 22);
         assert_eq!(size_of::<Config>(), 24);
         assert_eq!(offset_of!(Config, nat_v6), 4);
         assert_eq!(offset_of!(Config, nat_port_min), 20);

@@ -94,7 +94,7 @@ fn assign(
         nat_port_be: 0,
         state: flow_state::SYN,
         flags: 0,
-        pad: [0; 4],
+        pad: 0,
     };
     if !syn {
         // Mid-flow with no entry (balancer restarted, or a failover peer took over): the ring
@@ -172,7 +172,9 @@ fn send(
     dst: &[u8; 16],
     ip_len: u16,
 ) -> Result<Outcome, Error> {
-    match xmit::route(ctx, &Hop { fam, src, dst, ip_len })? {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match xmit::route(ctx, &Hop { fam, src, dst, ip_len }, now)? {
         Next::Send(how) => Ok(Outcome::Forwarded(path, how)),
         Next::NoNeigh => Ok(Outcome::NoNeigh),
     }

@@ -70,7 +70,7 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
         dport_be: q.sport_be,
         proto: proto::TCP,
         family: fam,
-        pad: [0; 2],
+        pad: 0,
     };
     if icmp.outer.dst == client_flow.dst {
         if let Some(entry) = flow::get(&client_flow) {
@@ -104,7 +104,8 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
         backend_port_be: q.dport_be,
         nat_port_be: q.sport_be,
         family: fam,
-        pad: [0; 3],
+        pad8: 0,
+        pad16: 0,
     };
     let Some(client) = nat::reverse_lookup_key(nat_key) else { return Ok(Outcome::NotTcp) };
     let to = IcmpRewrite {
@@ -126,7 +127,9 @@ fn send(
     dst: &[u8; 16],
     ip_len: u16,
 ) -> Result<Outcome, Error> {
-    match xmit::route(ctx, &Hop { fam, src, dst, ip_len })? {
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    match xmit::route(ctx, &Hop { fam, src, dst, ip_len }, now)? {
         Next::Send(how) => Ok(Outcome::Forwarded(Path::IcmpError, how)),
         Next::NoNeigh => Ok(Outcome::NoNeigh),
     }

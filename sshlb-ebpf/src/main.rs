@@ -50,9 +50,10 @@ mod prog {
         let Some(icmp) = icmp::scratch() else {
             return Decision::from(Err::<Outcome, Error>(Error::TruncatedEth));
         };
-        let mut tcp = Tcp::default();
+        // Not zeroed (see `Tcp`): parse_into writes it whole before saying CONTINUE.
+        let mut tcp = core::mem::MaybeUninit::<Tcp>::uninit();
         // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
-        let parsed = parse::parse_into(ctx, &mut tcp, unsafe { &mut *icmp });
+        let parsed = parse::parse_into(ctx, tcp.as_mut_ptr(), unsafe { &mut *icmp });
         if parsed != Decision::CONTINUE {
             if parsed == Decision::ICMP {
                 // SAFETY: as above.
@@ -60,9 +61,11 @@ mod prog {
             }
             return parsed;
         }
+        // SAFETY: CONTINUE means parse_into wrote the whole Tcp.
+        let tcp = unsafe { tcp.assume_init_ref() };
         match services::lookup(&tcp.key) {
-            Some(service) => balance::forward(ctx, &tcp, &service),
-            None => balance::reverse(ctx, &tcp),
+            Some(service) => balance::forward(ctx, tcp, &service),
+            None => balance::reverse(ctx, tcp),
         }
     }
 

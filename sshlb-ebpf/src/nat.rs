@@ -73,7 +73,8 @@ pub fn allocate_port(key: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u
         backend_port_be: backend.port_be,
         nat_port_be: 0,
         family: key.family,
-        pad: [0; 3],
+        pad8: 0,
+        pad16: 0,
     };
     for _ in 0..PORT_PROBES {
         // `range >= 1` (checked above); checked_rem keeps a panic path out of the object.
@@ -99,7 +100,8 @@ pub fn release_port(backend: &Backend, nat_port_be: u16, fam: u8) {
         backend_port_be: backend.port_be,
         nat_port_be,
         family: fam,
-        pad: [0; 3],
+        pad8: 0,
+        pad16: 0,
     };
     // Absent already is fine: the goal is that it is absent.
     let _ignored = NAT_REVERSE.remove(nat_key);
@@ -120,7 +122,8 @@ pub fn reverse_lookup(pkt: &Tcp) -> Option<FlowKey> {
         backend_port_be: pkt.key.sport_be,
         nat_port_be: pkt.key.dport_be,
         family: pkt.key.family,
-        pad: [0; 3],
+        pad8: 0,
+        pad16: 0,
     };
     // SAFETY: copied out at once.
     unsafe { NAT_REVERSE.get(nat_key) }.copied()

@@ -12,7 +12,7 @@ use network_types::{
     tcp::TcpHdr,
     vlan::VlanHdr,
 };
-use sshlb_common::{family, proto, FlowKey};
+use sshlb_common::{family, proto, v4_in_16, FlowKey};
 
 use crate::verdict::{Decision, Error, Outcome};
 
@@ -33,7 +33,10 @@ pub mod tcp_flags {
 }
 
 /// A well-formed TCP segment: its flow key (as sent) and where its headers are.
-#[derive(Default)]
+///
+/// Built whole and written once (never zeroed first): this LLVM's BPF backend lowers every
+/// `memset` — however small — to a call into a byte loop, which cost more than the rest of the
+/// parse.
 pub struct Tcp {
     /// Addresses, ports, protocol and family exactly as in the packet.
     pub key: FlowKey,
@@ -79,7 +82,8 @@ pub enum L3 {
 
 /// Where parsed headers go.
 pub struct Out<'a> {
-    pub tcp: &'a mut Tcp,
+    /// Written (whole) only when the result is [`L3::Tcp`]; may be uninitialized before.
+    pub tcp: *mut Tcp,
     pub icmp: &'a mut IcmpError,
 }
 
@@ -122,7 +126,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 /// A BPF subprogram of its own: its temporaries (addresses assembled byte by byte) then do not
 /// sit in the entry's stack frame underneath the balancer's deeper call chain.
 #[inline(never)]
-pub fn parse_into(ctx: &XdpContext, out_tcp: &mut Tcp, out_icmp: &mut IcmpError) -> Decision {
+pub fn parse_into(ctx: &XdpContext, out_tcp: *mut Tcp, out_icmp: &mut IcmpError) -> Decision {
     let mut out = Out { tcp: out_tcp, icmp: out_icmp };
     match parse(ctx, &mut out) {
         Ok(L3::Tcp) => Decision::CONTINUE,
@@ -192,14 +196,19 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
     if fragment {
         return Ok(L3::Other(Outcome::Ipv4Fragment));
     }
-    let tcp = &mut *out.tcp;
-    tcp.key = FlowKey { proto: proto::TCP, family: family::V4, ..FlowKey::default() };
-    tcp.key.src[..4].copy_from_slice(&ip.src_addr);
-    tcp.key.dst[..4].copy_from_slice(&ip.dst_addr);
-    tcp.l3_off = l3_off;
-    tcp.l4_off = l3_off + header_len;
-    tcp.ip_len = total_len;
-    tcp.flags = parse_tcp(ctx, tcp.l4_off, usize::from(total_len) - header_len, &mut tcp.key)?;
+    let mut key = FlowKey {
+        src: v4_in_16(ip.src_addr),
+        dst: v4_in_16(ip.dst_addr),
+        sport_be: 0,
+        dport_be: 0,
+        proto: proto::TCP,
+        family: family::V4,
+        pad: 0,
+    };
+    let l4_off = l3_off + header_len;
+    let flags = parse_tcp(ctx, l4_off, usize::from(total_len) - header_len, &mut key)?;
+    // SAFETY: `out.tcp` points at writable memory for a Tcp (the caller's stack slot).
+    unsafe { out.tcp.write(Tcp { key, l3_off, l4_off, ip_len: total_len, flags }) };
     Ok(L3::Tcp)
 }
 
@@ -241,18 +250,19 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
             if is_ipv6_extension(ip.next_hdr) { Outcome::Ipv6ExtHeader } else { Outcome::NotTcp };
         return Ok(L3::Other(outcome));
     }
-    let tcp = &mut *out.tcp;
-    tcp.key = FlowKey {
+    let mut key = FlowKey {
         src: ip.src_addr,
         dst: ip.dst_addr,
+        sport_be: 0,
+        dport_be: 0,
         proto: proto::TCP,
         family: family::V6,
-        ..FlowKey::default()
+        pad: 0,
     };
-    tcp.l3_off = l3_off;
-    tcp.l4_off = l4_off;
-    tcp.ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
-    tcp.flags = parse_tcp(ctx, l4_off, usize::from(payload_len), &mut tcp.key)?;
+    let flags = parse_tcp(ctx, l4_off, usize::from(payload_len), &mut key)?;
+    let ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
+    // SAFETY: as in parse_ipv4.
+    unsafe { out.tcp.write(Tcp { key, l3_off, l4_off, ip_len, flags }) };
     Ok(L3::Tcp)
 }
 

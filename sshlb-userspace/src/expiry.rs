@@ -43,7 +43,8 @@ pub fn sweep(dp: &mut Dataplane, now_ns: u64, timeouts: &Timeouts) -> Result<Swe
                     backend_port_be: backend.port_be,
                     nat_port_be: flow.nat_port_be,
                     family: key.family,
-                    pad: [0; 3],
+                    pad8: 0,
+                    pad16: 0,
                 };
                 // Absent is fine: the data plane replaced it (tuple reuse).
                 let _ignored = dp.nat_reverse().remove(&nat_key);

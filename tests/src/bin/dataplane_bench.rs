@@ -61,7 +61,10 @@ fn main() -> Result<()> {
         let text = "[agent]\nmax-flows = 1200000\n\n[[service]]\nname = \"git\"\nvip = \"198.18.0.100\"\nport = 22\n\
              [[service.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\n\
              [[service.backend]]\nname = \"b2\"\naddress = \"198.18.0.12\"\n\
-             [[service.backend]]\nname = \"b3\"\naddress = \"198.18.0.13\"\n";
+             [[service.backend]]\nname = \"b3\"\naddress = \"198.18.0.13\"\n\n\
+             [[service]]\nname = \"git-dsr\"\nvip = \"198.18.0.100\"\nport = 2222\nmode = \"dsr\"\n\
+             [[service.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\nport = 2222\n\
+             [[service.backend]]\nname = \"b2\"\naddress = \"198.18.0.12\"\nport = 2222\n";
         let cfg = config::parse("bench.toml", text).context("bench config")?;
         let mut attached =
             daemon::start(&PathBuf::from(PIN_ROOT), "bl0", loader::AttachMode::Native, &cfg)
@@ -75,10 +78,27 @@ fn main() -> Result<()> {
         sock.send_all(&frames(1000, Some(0x02), 22), 1)?;
         let budget = Duration::from_secs(seconds);
         let dp = &mut attached.dataplane;
-        results.push(measure(dp.program(), &sock, &established, budget, "established", label)?);
+        results.push(measure(
+            dp.program(),
+            &sock,
+            &established,
+            budget,
+            "established (nat)",
+            label,
+        )?);
+        sock.send_all(&frames(1000, Some(0x02), 2222), 1)?;
+        let established_dsr = frames(1000, Some(0x10), 2222);
+        results.push(measure(
+            dp.program(),
+            &sock,
+            &established_dsr,
+            budget,
+            "established (dsr)",
+            label,
+        )?);
         // Each new-flow SYN is sent once: a repeat would follow the flow it created.
         let new_flows = frames(101_000, Some(0x02), 22).into_iter().skip(1000).collect::<Vec<_>>();
-        results.push(measure_once(dp.program(), &sock, &new_flows, "new flow", label)?);
+        results.push(measure_once(dp.program(), &sock, &new_flows, "new flow (nat)", label)?);
         let other = frames(1000, Some(0x10), 80);
         results.push(measure(dp.program(), &sock, &other, budget, "non-service", label)?);
         drop(attached);
@@ -134,7 +154,7 @@ fn prefill_flows(dp: &mut loader::Dataplane, count: u32) -> Result<()> {
             dport_be: 22u16.to_be(),
             proto: proto::TCP,
             family: family::V4,
-            pad: [0; 2],
+            pad: 0,
         };
         let flow = Flow { last_seen_ns: now, state: flow_state::ESTABLISHED, ..Flow::default() };
         flows.insert(key, flow, 0).with_context(|| format!("prefilling flow {i}"))?;
