@@ -97,6 +97,27 @@ impl Dataplane {
         }))
     }
 
+    /// Live flows per service id and per backend id (flows in the table that are not closed),
+    /// counted from the connection table.
+    pub fn active_flows(&mut self) -> ActiveFlows {
+        let mut active = ActiveFlows {
+            per_service: vec![0; MAX_SERVICES as usize],
+            per_backend: vec![0; MAX_BACKENDS as usize],
+        };
+        for (_, flow) in self.flows().iter().filter_map(Result::ok) {
+            if flow.state == sshlb_common::flow_state::CLOSED {
+                continue;
+            }
+            if let Some(n) = active.per_service.get_mut(flow.service_id as usize) {
+                *n += 1;
+            }
+            if let Some(n) = active.per_backend.get_mut(flow.backend_id as usize) {
+                *n += 1;
+            }
+        }
+        active
+    }
+
     /// Writes the balancer's NAT addresses and port range.
     pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
         self.array::<Config>(map_names::CONFIG)
@@ -160,6 +181,15 @@ impl Dataplane {
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapsError> {
         self.services().remove(key).map_err(map_err("removing", map_names::SERVICES))
     }
+}
+
+/// Live flows by service and by backend (see [`Dataplane::active_flows`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveFlows {
+    /// Indexed by service id.
+    pub per_service: Vec<u64>,
+    /// Indexed by backend id.
+    pub per_backend: Vec<u64>,
 }
 
 /// A ring of `size` slots all naming `backend` (tests, single-backend services).

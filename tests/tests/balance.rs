@@ -143,6 +143,20 @@ fn weighted_spread_and_backend_removal_moves_no_established_flow() {
             .collect::<Vec<_>>()
     });
     assert!(established.iter().any(|c| c.backend == "b3"), "no established flow on b3 to protect");
+    // The agent sees them: per-backend live flows from the table, per-service traffic counters.
+    {
+        let dp = &mut balancer.attached.as_mut().expect("attached").dataplane;
+        let active = dp.active_flows();
+        let on_b3 = established.iter().filter(|c| c.backend == "b3").count() as u64;
+        assert!(
+            active.per_backend[2] >= on_b3,
+            "b3 live flows {} < {on_b3}",
+            active.per_backend[2]
+        );
+        assert!(active.per_service[0] >= 30, "nat4 live flows {}", active.per_service[0]);
+        let traffic = dp.service_traffic(0).expect("service traffic");
+        assert!(traffic.new_flows >= 330 && traffic.packets > 1000, "{traffic:?}");
+    }
     let before = plan::plan(&cfg).expect("plan");
     let removed = config::parse("test.toml", &config_text(weights, "disabled")).expect("config");
     let after = plan::plan(&removed).expect("plan");

@@ -176,7 +176,8 @@ impl<'ns> Agent<'ns> {
         std::fs::write(
             &config,
             format!(
-                "[[service]]\nname = \"demo4\"\nvip = \"{LB_V4}\"\nport = {SERVICE_PORT}\n\n\
+                "[agent]\nnat-v4 = \"{LB_V4}\"\nnat-v6 = \"{LB_V6}\"\n\n\
+                 [[service]]\nname = \"demo4\"\nvip = \"{LB_V4}\"\nport = {SERVICE_PORT}\n\n\
                  [[service]]\nname = \"demo6\"\nvip = \"{LB_V6}\"\nport = {SERVICE_PORT}\n"
             ),
         )
