@@ -268,17 +268,10 @@ pub struct Attached {
     pub pin_dir: PathBuf,
 }
 
-/// Loads, attaches and pins the data plane on `iface` (maps empty: nothing is balanced until the
-/// caller writes services).
-///
-/// On any failure after the pin directory was created, everything done so far is undone, so a
-/// failed `up` leaves the interface and bpffs exactly as they were.
-pub fn up(
-    pin_root: &Path,
-    iface: &str,
-    mode: AttachMode,
-    options: &LoadOptions,
-) -> Result<Attached, LoaderError> {
+/// The checks every attach starts with, in the order an operator would fix them: an object to
+/// load, root, the interface, a BPF filesystem to pin on (mounted if missing). Returns the
+/// interface's index.
+fn preflight(pin_root: &Path, iface: &str) -> Result<u32, LoaderError> {
     if OBJECT.is_empty() {
         return Err(LoaderError::ObjectMissing);
     }
@@ -290,6 +283,21 @@ pub fn up(
     let bpffs = pin_root.parent().unwrap_or(pin_root);
     sys::ensure_bpffs(bpffs)
         .map_err(|source| LoaderError::Bpffs { path: bpffs.to_owned(), source })?;
+    Ok(ifindex)
+}
+
+/// Loads, attaches and pins the data plane on `iface` (maps empty: nothing is balanced until the
+/// caller writes services).
+///
+/// On any failure after the pin directory was created, everything done so far is undone, so a
+/// failed `up` leaves the interface and bpffs exactly as they were.
+pub fn up(
+    pin_root: &Path,
+    iface: &str,
+    mode: AttachMode,
+    options: &LoadOptions,
+) -> Result<Attached, LoaderError> {
+    let ifindex = preflight(pin_root, iface)?;
     let pin_dir = pin_dir(pin_root, iface);
     if pin_dir.exists() {
         return Err(LoaderError::AlreadyAttached { iface: iface.to_owned(), pin_dir });
@@ -325,27 +333,35 @@ fn attach_and_pin(
     let program = dataplane.program();
     let path = pin_dir.join(PIN_PROGRAM);
     program.pin(&path).map_err(|source| LoaderError::Pin { what: "program", path, source })?;
-    let link_id = program.attach_to_if_index(ifindex, mode.xdp_mode()).map_err(|source| {
-        LoaderError::Attach {
-            iface: iface.to_owned(),
-            mode,
-            hint: attach_hint(mode, &source),
-            source,
-        }
-    })?;
-    let link = program.take_link(link_id).map_err(|source| LoaderError::Attach {
-        iface: iface.to_owned(),
-        mode,
-        hint: "",
-        source,
-    })?;
+    attach_pinned(program, iface, ifindex, mode, &pin_dir.join(PIN_LINK))?;
+    Ok(())
+}
+
+/// Attaches `program` to `ifindex` through a bpf_link and pins the link at `path`, so the
+/// program stays attached after this process exits.
+fn attach_pinned(
+    program: &mut Xdp,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+    path: &Path,
+) -> Result<(), LoaderError> {
+    let attach_err =
+        |hint, source| LoaderError::Attach { iface: iface.to_owned(), mode, hint, source };
+    let link_id = program
+        .attach_to_if_index(ifindex, mode.xdp_mode())
+        .map_err(|source| attach_err(attach_hint(mode, &source), source))?;
+    let link = program.take_link(link_id).map_err(|source| attach_err("", source))?;
     let fd_link = FdLink::try_from(link).map_err(|e| LoaderError::OpenPinned {
         what: "XDP link (this kernel attached XDP without a bpf_link, which needs Linux 5.9+)",
-        path: pin_dir.join(PIN_LINK),
+        path: path.to_owned(),
         source: Box::new(e),
     })?;
-    let path = pin_dir.join(PIN_LINK);
-    fd_link.pin(&path).map_err(|source| LoaderError::Pin { what: "XDP link", path, source })?;
+    fd_link.pin(path).map_err(|source| LoaderError::Pin {
+        what: "XDP link",
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -446,17 +462,7 @@ pub fn pass_pin(pin_root: &Path, iface: &str) -> PathBuf {
 /// For test and lab topologies: a veth only delivers frames that its peer sent back with
 /// XDP_TX when the peer itself runs an XDP program in native mode.
 pub fn attach_pass(pin_root: &Path, iface: &str) -> Result<PathBuf, LoaderError> {
-    if OBJECT.is_empty() {
-        return Err(LoaderError::ObjectMissing);
-    }
-    if !sys::is_root() {
-        return Err(LoaderError::NotRoot);
-    }
-    let ifindex =
-        sys::ifindex(iface).ok_or_else(|| LoaderError::NoSuchInterface(iface.to_owned()))?;
-    let bpffs = pin_root.parent().unwrap_or(pin_root);
-    sys::ensure_bpffs(bpffs)
-        .map_err(|source| LoaderError::Bpffs { path: bpffs.to_owned(), source })?;
+    let ifindex = preflight(pin_root, iface)?;
     fs::create_dir_all(pin_root).map_err(|source| LoaderError::Fs {
         what: "creating pin directory",
         path: pin_root.to_owned(),
@@ -473,31 +479,7 @@ pub fn attach_pass(pin_root: &Path, iface: &str) -> Result<PathBuf, LoaderError>
         .try_into()
         .expect("sshlb_pass is an XDP program");
     program.load().map_err(LoaderError::Load)?;
-    let mode = AttachMode::Native;
-    let link_id = program.attach_to_if_index(ifindex, mode.xdp_mode()).map_err(|source| {
-        LoaderError::Attach {
-            iface: iface.to_owned(),
-            mode,
-            hint: attach_hint(mode, &source),
-            source,
-        }
-    })?;
-    let link = program.take_link(link_id).map_err(|source| LoaderError::Attach {
-        iface: iface.to_owned(),
-        mode,
-        hint: "",
-        source,
-    })?;
-    let fd_link = FdLink::try_from(link).map_err(|e| LoaderError::OpenPinned {
-        what: "XDP link",
-        path: path.clone(),
-        source: Box::new(e),
-    })?;
-    fd_link.pin(&path).map_err(|source| LoaderError::Pin {
-        what: "XDP link",
-        path: path.clone(),
-        source,
-    })?;
+    attach_pinned(program, iface, ifindex, AttachMode::Native, &path)?;
     Ok(path)
 }
 

@@ -179,17 +179,24 @@ pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_ad
         ],
     ));
     for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
-        for addr in addrs {
-            // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
-            let mut args = vec!["addr", "add", *addr, "dev", ifname];
-            if addr.contains(':') {
-                args.push("nodad");
-            }
-            ns.ip(&args);
-        }
-        ns.ip(&["link", "set", ifname, "up"]);
-        run(ns.command("ethtool", &["-K", ifname, "tx", "off"]).stdout(Stdio::null()));
+        bring_up(ns, ifname, addrs);
     }
+}
+
+/// Adds `addrs` to `ifname` in `ns`, brings it up, and turns TX checksum offload off (veth
+/// gotcha 1: an XDP_TX'd or redirected frame loses the partial-checksum state and the receiver
+/// drops it).
+pub fn bring_up(ns: &Netns, ifname: &str, addrs: &[&str]) {
+    for addr in addrs {
+        // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
+        let mut args = vec!["addr", "add", *addr, "dev", ifname];
+        if addr.contains(':') {
+            args.push("nodad");
+        }
+        ns.ip(&args);
+    }
+    ns.ip(&["link", "set", ifname, "up"]);
+    run(ns.command("ethtool", &["-K", ifname, "tx", "off"]).stdout(Stdio::null()));
 }
 
 /// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.

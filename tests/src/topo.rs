@@ -150,18 +150,7 @@ impl Topo {
             ],
         ));
         self.sw.ip(&["link", "set", port, "master", "br0", "up"]);
-        for addr in addrs {
-            let mut args = vec!["addr", "add", *addr, "dev", ifname];
-            if addr.contains(':') {
-                args.push("nodad");
-            }
-            ns.ip(&args);
-        }
-        ns.ip(&["link", "set", ifname, "up"]);
-        // veth gotcha 1: TX checksum offload leaves partial checksums an XDP_TX'd frame loses.
-        run(ns
-            .command("ethtool", &["-K", ifname, "tx", "off"])
-            .stdout(std::process::Stdio::null()));
+        crate::bring_up(ns, ifname, addrs);
     }
 }
 
