@@ -170,8 +170,30 @@ pub fn start(
             Err(err) => eprintln!("sshlb-agent: warning: cannot set {key}={value}: {err}"),
         }
     }
+    if let Some(warning) = port_range_overlap(config.agent.nat_ports, &read_local_port_range()) {
+        eprintln!("sshlb-agent: warning: {warning}");
+    }
     poke_backends(config);
     Ok(attached)
+}
+
+fn read_local_port_range() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default()
+}
+
+/// A warning when the full-NAT port range overlaps the kernel's ephemeral range (`range_text`
+/// as `/proc/sys/net/ipv4/ip_local_port_range` prints it): a host connection to a backend
+/// (a health check, an operator's ssh) could then share a tuple with a balanced flow.
+pub fn port_range_overlap(nat: (u16, u16), range_text: &str) -> Option<String> {
+    let mut parts = range_text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    let (lo, hi) = (parts.next()?, parts.next()?);
+    (nat.0 <= hi && lo <= nat.1).then(|| {
+        format!(
+            "agent.nat-ports {}-{} overlaps net.ipv4.ip_local_port_range {lo}-{hi}; \
+             move one of them so the host's own connections never collide with balanced flows",
+            nat.0, nat.1
+        )
+    })
 }
 
 fn poke_backends(config: &Config) {
@@ -224,6 +246,14 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warns_only_when_nat_ports_overlap_the_ephemeral_range() {
+        assert_eq!(port_range_overlap((10_000, 32_767), "32768\t60999\n"), None);
+        let warning = port_range_overlap((30_000, 40_000), "32768\t60999\n").expect("overlap");
+        assert!(warning.contains("30000-40000") && warning.contains("32768-60999"), "{warning}");
+        assert_eq!(port_range_overlap((30_000, 40_000), "garbage"), None);
+    }
 
     #[test]
     fn nat_address_is_never_a_vip_and_prefers_a_subnet_address() {
