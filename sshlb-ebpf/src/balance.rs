@@ -44,7 +44,12 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
     let fam = pkt.key.family;
     if dsr {
         // The backend owns the VIP: only the destination MAC changes.
-        return send(ctx, Path::Dsr, fam, &pkt.key.src, &backend.addr, pkt.ip_len);
+        return send(
+            ctx,
+            Path::Dsr,
+            &Hop { fam, src: &pkt.key.src, dst: &backend.addr, ip_len: pkt.ip_len },
+            now,
+        );
     }
     let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
     let nat_src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
@@ -55,7 +60,7 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
         dport_be: backend.port_be,
     };
     nat::rewrite(ctx, pkt, &to)?;
-    send(ctx, Path::Nat, fam, &nat_src, &backend.addr, pkt.ip_len)
+    send(ctx, Path::Nat, &Hop { fam, src: &nat_src, dst: &backend.addr, ip_len: pkt.ip_len }, now)
 }
 
 /// Follows the flow's entry, or creates one for a new (or recovered) flow.
@@ -145,10 +150,11 @@ fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     }
     // A miss is the balancer's own traffic (health checks, its own sshd): the kernel's.
     let Some(client) = nat::reverse_lookup(pkt) else { return Ok(Outcome::NotService) };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = flow::get(&client) {
-        // SAFETY: plain helper call; then a live map value.
-        let now = unsafe { bpf_ktime_get_ns() };
         flow::touch(entry, pkt.flags, now, false);
+        // SAFETY: a live map value, fields read once.
         let (service_id, backend_id) = unsafe { ((*entry).service_id, (*entry).backend_id) };
         traffic(service_id, backend_id, pkt.ip_len, false);
     }
@@ -160,21 +166,17 @@ fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
         dport_be: client.sport_be,
     };
     nat::rewrite(ctx, pkt, &to)?;
-    send(ctx, Path::ReverseNat, fam, &client.dst, &client.src, pkt.ip_len)
+    send(
+        ctx,
+        Path::ReverseNat,
+        &Hop { fam, src: &client.dst, dst: &client.src, ip_len: pkt.ip_len },
+        now,
+    )
 }
 
 #[inline(always)]
-fn send(
-    ctx: &XdpContext,
-    path: Path,
-    fam: u8,
-    src: &[u8; 16],
-    dst: &[u8; 16],
-    ip_len: u16,
-) -> Result<Outcome, Error> {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match xmit::route(ctx, &Hop { fam, src, dst, ip_len }, now)? {
+fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Outcome, Error> {
+    match xmit::route(ctx, hop, now)? {
         Next::Send(how) => Ok(Outcome::Forwarded(path, how)),
         Next::NoNeigh => Ok(Outcome::NoNeigh),
     }
