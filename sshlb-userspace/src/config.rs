@@ -128,8 +128,38 @@ pub struct Service {
     pub affinity: Affinity,
     /// Maglev ring size (prime).
     pub ring_size: u32,
+    /// `[service.health]`.
+    pub health: HealthCheck,
     /// `[[service.backend]]`.
     pub backends: Vec<Backend>,
+}
+
+/// `[service.health]`: how backends are checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Time one check may take (connect, read the identification line, close).
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// Prefix the backend's identification line must start with; empty = TCP connect only.
+    /// `"SSH-2.0-"` also accepts `"SSH-1.99-"` (RFC 4253 §5.1 compatibility servers).
+    pub expect: String,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            expect: "SSH-2.0-".to_owned(),
+        }
+    }
 }
 
 /// `[[service.backend]]`.
@@ -196,9 +226,19 @@ struct RawService {
     mode: Option<Spanned<String>>,
     affinity: Option<Spanned<String>>,
     ring_size: Option<Spanned<u32>>,
-    health: Option<toml::Table>,
+    health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHealth {
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    expect: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -433,7 +473,7 @@ fn validate_service(
             size
         }
     };
-    let _health = raw.health;
+    let health = validate_health(ctx, i, raw.health)?;
     let mut backends = Vec::with_capacity(raw.backend.len());
     let mut backend_names = HashSet::new();
     let mut backend_endpoints = HashSet::new();
@@ -514,7 +554,51 @@ fn validate_service(
         };
         backends.push(Backend { name: bname, address, port: bport, weight, state, group: b.group });
     }
-    Ok(Service { name, vip, port, mode, affinity, ring_size, backends })
+    Ok(Service { name, vip, port, mode, affinity, ring_size, health, backends })
+}
+
+fn validate_health(
+    ctx: &Ctx<'_>,
+    i: usize,
+    raw: Option<RawHealth>,
+) -> Result<HealthCheck, ConfigError> {
+    let defaults = HealthCheck::default();
+    let Some(raw) = raw else { return Ok(defaults) };
+    let at = |f: &str| format!("service[{i}].health.{f}");
+    let duration = |v: Option<Spanned<String>>, name: &str, default: Duration| {
+        match v {
+        None => Ok(default),
+        Some(s) => match parse_duration(s.get_ref()) {
+            Some(d) if d >= Duration::from_millis(10) && d <= Duration::from_secs(3600) => Ok(d),
+            _ => Err(ctx.err(
+                s.span(),
+                at(name),
+                format!("{:?}: expected a duration between \"10ms\" and \"1h\", like \"250ms\" or \"2s\"", s.get_ref()),
+            )),
+        },
+    }
+    };
+    let interval = duration(raw.interval, "interval", defaults.interval)?;
+    let timeout = duration(raw.timeout, "timeout", defaults.timeout)?;
+    let count = |v: Option<Spanned<u32>>, name: &str, default: u32| match v {
+        None => Ok(default),
+        Some(n) if (1..=100).contains(n.get_ref()) => Ok(*n.get_ref()),
+        Some(n) => Err(ctx.err(n.span(), at(name), "must be 1-100")),
+    };
+    let rise = count(raw.rise, "rise", defaults.rise)?;
+    let fall = count(raw.fall, "fall", defaults.fall)?;
+    let expect = match raw.expect {
+        None => defaults.expect,
+        Some(e) if e.get_ref().len() <= 64 && e.get_ref().is_ascii() => e.get_ref().clone(),
+        Some(e) => {
+            return Err(ctx.err(
+                e.span(),
+                at("expect"),
+                "must be ASCII, at most 64 characters (\"\" = TCP connect only)",
+            ));
+        }
+    };
+    Ok(HealthCheck { interval, timeout, rise, fall, expect })
 }
 
 /// `"FIRST-LAST"` → `(FIRST, LAST)` with `1024 <= FIRST <= LAST`.
@@ -602,6 +686,36 @@ state = "drain"
         assert_eq!((b.mode, b.affinity, b.ring_size), (Mode::Dsr, Affinity::Source, 4093));
         assert_eq!(b.backends[0].state, BackendState::Drain);
         assert_eq!(b.backends[0].ring_key(), "[fd00:1::21]:2222");
+        assert_eq!(git.health.interval, Duration::from_millis(250));
+        assert_eq!((git.health.rise, git.health.fall), (2, 3), "defaults");
+        assert_eq!(git.health.expect, "SSH-2.0-");
+    }
+
+    #[test]
+    fn health_section_is_validated() {
+        let cfg = parse(
+            "h.toml",
+            &GOOD.replace(
+                "interval = \"250ms\"",
+                "interval = \"2s\"\ntimeout = \"500ms\"\nrise = 1\nfall = 5\nexpect = \"\"",
+            ),
+        )
+        .expect("valid");
+        let h = &cfg.services[0].health;
+        assert_eq!(
+            (h.interval, h.timeout, h.rise, h.fall),
+            (Duration::from_secs(2), Duration::from_millis(500), 1, 5)
+        );
+        assert_eq!(h.expect, "");
+        let err = parse("h.toml", &GOOD.replace("interval = \"250ms\"", "interval = \"forever\""))
+            .expect_err("bad");
+        assert_eq!((err.line, err.field.as_str()), (14, "service[0].health.interval"), "{err}");
+        let err =
+            parse("h.toml", &GOOD.replace("interval = \"250ms\"", "rise = 0")).expect_err("bad");
+        assert!(err.to_string().contains("service[0].health.rise: must be 1-100"), "{err}");
+        let err = parse("h.toml", &GOOD.replace("interval = \"250ms\"", "intervall = \"1s\""))
+            .expect_err("bad");
+        assert!(err.to_string().contains("intervall"), "{err}");
     }
 
     fn error_for(edit: (&str, &str)) -> ConfigError {

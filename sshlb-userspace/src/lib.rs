@@ -6,6 +6,7 @@
 //! - [`maps`]: typed writers/readers for the data plane's maps.
 //! - [`plan`]: a configuration → the exact map contents (backend ids, rings).
 //! - [`expiry`]: removes flows idle past their state's timeout.
+//! - [`health`]: SSH banner health checks (state machine + the check).
 //! - [`stats`]: reads the data plane's per-CPU counters.
 //! - [`sys`]: the few host facts the loader needs (privileges, bpffs, interfaces).
 //! - [`cli`]: the command line.
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod expiry;
+pub mod health;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

@@ -5,6 +5,7 @@
 //! in `Drop` — so a failing (panicking) test cleans up too. Processes a test starts are killed by
 //! PID, never by name.
 
+pub mod sshd;
 pub mod topo;
 
 use std::{

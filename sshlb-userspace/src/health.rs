@@ -1,0 +1,226 @@
+//! SSH banner health checks: the state machine (sans-IO) and the check itself.
+//!
+//! A check connects, reads the backend's identification line within the timeout (RFC 4253 §4.2
+//! lets a server send other lines first), matches it against `expect`, answers with our own
+//! identification line (`SSH-2.0-sshlb-health`) so sshd records a client that went away rather
+//! than a protocol error, and closes. Everything is bounded by the timeout: a backend that sends
+//! garbage, is too slow or never closes is simply a failed check, and the socket is dropped.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+/// A backend's health as the balancer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Not checked yet. Counts as usable: a restarted agent must not drop capacity while its
+    /// first checks run.
+    Unknown,
+    /// Passing.
+    Up,
+    /// Failing: out of the ring for new flows (its established flows continue).
+    Down,
+}
+
+impl Health {
+    /// Whether new flows may be sent to a backend in this state.
+    pub fn usable(self) -> bool {
+        !matches!(self, Self::Down)
+    }
+
+    /// Stable name (status output, metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// Rise/fall bookkeeping for one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracker {
+    health: Health,
+    passes: u32,
+    failures: u32,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self { health: Health::Unknown, passes: 0, failures: 0 }
+    }
+}
+
+impl Tracker {
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Records one check result; returns the new health when it changed.
+    ///
+    /// Up after `rise` consecutive passes (the first pass of a never-checked backend is
+    /// enough), down after `fall` consecutive failures. A flapping backend that never strings
+    /// `rise` passes together stays down.
+    pub fn observe(&mut self, passed: bool, rise: u32, fall: u32) -> Option<Health> {
+        if passed {
+            self.passes = self.passes.saturating_add(1);
+            self.failures = 0;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.passes = 0;
+        }
+        let next = match self.health {
+            Health::Unknown if passed => Health::Up,
+            Health::Down if self.passes >= rise => Health::Up,
+            Health::Up | Health::Unknown if self.failures >= fall => Health::Down,
+            same => same,
+        };
+        (next != self.health).then(|| {
+            self.health = next;
+            next
+        })
+    }
+}
+
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Connecting failed (refused, unreachable, reset).
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The whole check took longer than the timeout.
+    #[error("no identification line within {0:?}")]
+    Timeout(Duration),
+    /// The backend closed before identifying itself.
+    #[error("closed before sending an identification line")]
+    Closed,
+    /// Reading or writing failed mid-check.
+    #[error("i/o: {0}")]
+    Io(#[source] std::io::Error),
+    /// The identification line is not what `expect` asks for.
+    #[error("identification {0:?} does not start with the expected prefix")]
+    Mismatch(String),
+    /// More than [`MAX_PREAMBLE`] bytes without an `SSH-` line.
+    #[error("no identification line in the first {MAX_PREAMBLE} bytes")]
+    TooLong,
+}
+
+/// Bytes a backend may send before its identification line (RFC 4253 allows other lines).
+pub const MAX_PREAMBLE: usize = 8192;
+
+/// Our identification line, sent before closing.
+pub const OUR_IDENTIFICATION: &[u8] = b"SSH-2.0-sshlb-health\r\n";
+
+/// Whether `line` (without CR LF) satisfies `expect`; `SSH-2.0-` also accepts `SSH-1.99-`.
+pub fn banner_matches(line: &str, expect: &str) -> bool {
+    line.starts_with(expect) || (expect == "SSH-2.0-" && line.starts_with("SSH-1.99-"))
+}
+
+/// One health check of `addr`. `expect` empty = TCP connect only.
+pub async fn check(addr: SocketAddr, timeout: Duration, expect: &str) -> Result<(), CheckError> {
+    match tokio::time::timeout(timeout, check_unbounded(addr, expect)).await {
+        Ok(result) => result,
+        Err(_) => Err(CheckError::Timeout(timeout)),
+    }
+}
+
+async fn check_unbounded(addr: SocketAddr, expect: &str) -> Result<(), CheckError> {
+    let mut stream = TcpStream::connect(addr).await.map_err(CheckError::Connect)?;
+    if expect.is_empty() {
+        return Ok(());
+    }
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    let mut total = 0usize;
+    let line = loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..end]).trim_end_matches('\r').to_owned();
+            if line.starts_with("SSH-") {
+                break line;
+            }
+            buf.drain(..=end);
+            continue;
+        }
+        if total > MAX_PREAMBLE {
+            return Err(CheckError::TooLong);
+        }
+        let n = stream.read(&mut chunk).await.map_err(CheckError::Io)?;
+        if n == 0 {
+            return Err(CheckError::Closed);
+        }
+        total += n;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if !banner_matches(&line, expect) {
+        return Err(CheckError::Mismatch(line.chars().take(80).collect()));
+    }
+    stream.write_all(OUR_IDENTIFICATION).await.map_err(CheckError::Io)?;
+    stream.shutdown().await.map_err(CheckError::Io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_backend_is_up_after_one_pass_and_down_after_fall_failures() {
+        let mut t = Tracker::default();
+        assert!(t.health().usable(), "unknown counts as usable");
+        assert_eq!(t.observe(true, 2, 3), Some(Health::Up));
+        assert_eq!(t.observe(false, 2, 3), None);
+        assert_eq!(t.observe(false, 2, 3), None);
+        assert_eq!(t.observe(false, 2, 3), Some(Health::Down));
+        assert!(!t.health().usable());
+    }
+
+    #[test]
+    fn down_backend_needs_rise_consecutive_passes() {
+        let mut t = Tracker::default();
+        for _ in 0..3 {
+            t.observe(false, 2, 3);
+        }
+        assert_eq!(t.health(), Health::Down, "never-seen backend that fails goes down after fall");
+        assert_eq!(t.observe(true, 2, 3), None);
+        assert_eq!(t.observe(false, 2, 3), None, "a failure resets the streak");
+        assert_eq!(t.observe(true, 2, 3), None);
+        assert_eq!(t.observe(true, 2, 3), Some(Health::Up));
+    }
+
+    #[test]
+    fn flapping_backend_stays_down() {
+        let mut t = Tracker::default();
+        for _ in 0..3 {
+            t.observe(false, 3, 3);
+        }
+        for i in 0..100 {
+            t.observe(i % 2 == 0, 3, 3);
+            assert_eq!(t.health(), Health::Down, "flap {i} brought it up");
+        }
+    }
+
+    #[test]
+    fn one_failure_does_not_take_an_up_backend_down() {
+        let mut t = Tracker::default();
+        t.observe(true, 2, 3);
+        for _ in 0..10 {
+            assert_eq!(t.observe(false, 2, 3), None);
+            assert_eq!(t.observe(true, 2, 3), None);
+        }
+        assert_eq!(t.health(), Health::Up);
+    }
+
+    #[test]
+    fn banners() {
+        assert!(banner_matches("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3", "SSH-2.0-"));
+        assert!(banner_matches("SSH-1.99-OpenSSH_3.9", "SSH-2.0-"));
+        assert!(!banner_matches("SSH-1.5-old", "SSH-2.0-"));
+        assert!(!banner_matches("HTTP/1.1 400 Bad Request", "SSH-2.0-"));
+        assert!(banner_matches("SSH-2.0-anything", "SSH-"));
+    }
+}

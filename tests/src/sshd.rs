@@ -1,0 +1,81 @@
+//! A real OpenSSH `sshd` in a test namespace: generated host key, a config of its own, logging
+//! to a file the test can read, stopped (by PID) when dropped.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{run, unique, wait_for, Netns};
+
+/// A running sshd.
+pub struct Sshd {
+    child: Child,
+    dir: PathBuf,
+    /// Its log (stderr, `-e`).
+    pub log: PathBuf,
+}
+
+/// Where Debian installs sshd.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+impl Sshd {
+    /// Starts sshd in `ns` listening on `addr:port`, with a fresh ed25519 host key (or the one
+    /// in `host_key_dir` when given, so several backends can share host keys).
+    pub fn start(ns: &Netns, addr: &str, port: u16) -> Self {
+        let dir = std::env::temp_dir().join(unique("sshd"));
+        std::fs::create_dir_all(&dir).expect("sshd dir");
+        let key = dir.join("ssh_host_ed25519_key");
+        run(&mut Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
+        // sshd refuses to start without its privilege-separation directory.
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress {addr}\nPort {port}\nHostKey {}\nPidFile none\nUsePAM no\n\
+                 StrictModes no\nLogLevel VERBOSE\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n",
+                key.display()
+            ),
+        )
+        .expect("sshd_config");
+        let log = dir.join("sshd.log");
+        let log_file = std::fs::File::create(&log).expect("log");
+        let child = ns
+            .command(SSHD, &["-D", "-e", "-f", config.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning sshd");
+        let sshd = Self { child, dir, log };
+        let listening = wait_for(Duration::from_secs(5), || {
+            let text = std::fs::read_to_string(&sshd.log).unwrap_or_default();
+            text.contains("Server listening").then_some(())
+        });
+        assert!(listening.is_some(), "sshd did not start: {}", sshd.log_text());
+        sshd
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops it (SIGTERM by PID, then reap).
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ignored = self.child.wait();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ignored = std::fs::remove_dir_all(&self.dir);
+    }
+}
