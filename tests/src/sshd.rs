@@ -27,9 +27,7 @@ impl Sshd {
         let dir = std::env::temp_dir().join(unique("sshd"));
         std::fs::create_dir_all(&dir).expect("sshd dir");
         let key = dir.join("ssh_host_ed25519_key");
-        run(&mut Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key));
+        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key));
         // sshd refuses to start without its privilege-separation directory.
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
         let config = dir.join("sshd_config");
