@@ -3,16 +3,19 @@
 
 use std::{
     future::Future,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
 
+use tokio::sync::mpsc;
+
 use sshlb_common::Config as DataplaneConfig;
 
 use crate::{
-    config::Config,
+    config::{Config, HealthCheck},
     expiry,
+    health::{self, Tracker},
     loader::{self, AttachMode, Attached, LoadOptions},
     plan::{self, Plan},
     stats, sys,
@@ -202,8 +205,37 @@ fn poke_backends(config: &Config) {
     }
 }
 
-/// Runs until `shutdown` resolves: sweeps expired flows, keeps neighbours resolved, prints
-/// counters every `stats_interval` (0 = never).
+/// One health-check result for backend `backend` of service `service` (file indexes).
+struct CheckResult {
+    service: usize,
+    backend: usize,
+    outcome: Result<(), String>,
+}
+
+/// Checks one backend forever, every `interval`, sending each result to the map owner.
+async fn checker(
+    service: usize,
+    backend: usize,
+    addr: SocketAddr,
+    check: HealthCheck,
+    results: mpsc::Sender<CheckResult>,
+) {
+    let mut ticker = tokio::time::interval(check.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let outcome =
+            health::check(addr, check.timeout, &check.expect).await.map_err(|e| e.to_string());
+        if results.send(CheckResult { service, backend, outcome }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves: health-checks every backend (a task each) and republishes
+/// a service's ring when one of its backends goes down or comes back, sweeps expired flows,
+/// keeps neighbours resolved, prints counters every `stats_interval` (0 = never). This loop
+/// is the only writer of the maps.
 pub async fn run(
     attached: &mut Attached,
     config: &Config,
@@ -211,12 +243,27 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let (tx, mut results) = mpsc::channel(1024);
+    let mut trackers: Vec<Vec<Tracker>> =
+        config.services.iter().map(|s| vec![Tracker::default(); s.backends.len()]).collect();
+    let mut checkers = Vec::new();
+    for (s, service) in config.services.iter().enumerate() {
+        for (b, backend) in service.backends.iter().enumerate() {
+            let addr = SocketAddr::new(backend.address, backend.port);
+            checkers.push(tokio::spawn(checker(s, b, addr, service.health.clone(), tx.clone())));
+        }
+    }
+    drop(tx);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (mut last_sweep, mut last_poke, mut last_stats) =
         (Instant::now(), Instant::now(), Instant::now());
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
+            Some(result) = results.recv() => {
+                on_check(attached, config, &mut trackers, &result);
+                continue;
+            }
             _ = tick.tick() => {}
         }
         if last_sweep.elapsed() >= SWEEP_EVERY {
@@ -239,6 +286,56 @@ pub async fn run(
             if let Ok(counters) = stats::read(&attached.dataplane.stats()) {
                 eprint!("--\n{}", stats::render(&counters, false));
             }
+        }
+    }
+    for task in checkers {
+        task.abort();
+    }
+}
+
+/// Records a check result; on a health change, rebuilds and republishes that service's ring.
+fn on_check(
+    attached: &mut Attached,
+    config: &Config,
+    trackers: &mut [Vec<Tracker>],
+    result: &CheckResult,
+) {
+    let service = &config.services[result.service];
+    let backend = &service.backends[result.backend];
+    let tracker = &mut trackers[result.service][result.backend];
+    let was_usable = tracker.health().usable();
+    let Some(health) =
+        tracker.observe(result.outcome.is_ok(), service.health.rise, service.health.fall)
+    else {
+        return;
+    };
+    let why = result.outcome.as_ref().err().map_or(String::new(), |e| format!(" ({e})"));
+    eprintln!(
+        "sshlb-agent: {}/{} {}:{} is {}{why}",
+        service.name,
+        backend.name,
+        backend.address,
+        backend.port,
+        health.as_str()
+    );
+    if health.usable() == was_usable {
+        return;
+    }
+    let usable = |s: usize, b: usize| trackers[s][b].health().usable();
+    match plan::plan_with(config, usable) {
+        Ok(plan) => {
+            let planned = &plan.services[result.service];
+            if let Err(err) = attached.dataplane.publish_service(
+                &planned.key,
+                planned.id,
+                planned.flags,
+                &planned.ring,
+            ) {
+                eprintln!("sshlb-agent: error: republishing {}'s ring failed: {err}", service.name);
+            }
+        }
+        Err(err) => {
+            eprintln!("sshlb-agent: error: rebuilding {}'s ring failed: {err}", service.name)
         }
     }
 }

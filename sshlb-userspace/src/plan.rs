@@ -54,12 +54,21 @@ fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// The map contents for `config`.
+/// The map contents for `config`, every backend considered healthy.
 pub fn plan(config: &Config) -> Result<Plan, PlanError> {
+    plan_with(config, |_, _| true)
+}
+
+/// The map contents for `config`; `usable(service, backend)` (indexes in the file) says which
+/// backends may take new flows (health). Unusable backends keep their `BACKENDS` entry.
+pub fn plan_with(
+    config: &Config,
+    usable: impl Fn(usize, usize) -> bool,
+) -> Result<Plan, PlanError> {
     let mut backends = Vec::new();
     let mut services = Vec::with_capacity(config.services.len());
     let mut next_backend = 0u32;
-    for (id, service) in (0u32..).zip(&config.services) {
+    for (s, (id, service)) in (0u32..).zip(&config.services).enumerate() {
         let (vip, _) = addr16(service.vip);
         let key = match service.vip {
             IpAddr::V4(a) => ServiceKey::v4(a.octets(), service.port, proto::TCP),
@@ -74,7 +83,7 @@ pub fn plan(config: &Config) -> Result<Plan, PlanError> {
         }
         let keys: Vec<String> = service.backends.iter().map(config::Backend::ring_key).collect();
         let mut members = Vec::new();
-        for (b, key_str) in service.backends.iter().zip(&keys) {
+        for (j, (b, key_str)) in service.backends.iter().zip(&keys).enumerate() {
             let backend_id = next_backend;
             next_backend += 1;
             let (addr, fam) = addr16(b.address);
@@ -82,7 +91,7 @@ pub fn plan(config: &Config) -> Result<Plan, PlanError> {
                 backend_id,
                 Backend { addr, port_be: b.port.to_be(), family: fam, flags: 0 },
             ));
-            if b.state == BackendState::Active && b.weight > 0 {
+            if b.state == BackendState::Active && b.weight > 0 && usable(s, j) {
                 members.push(RingMember { id: backend_id, key: key_str, weight: b.weight });
             }
         }
@@ -145,6 +154,14 @@ port = 2222
         let bastion = &plan.services[1];
         assert_eq!(bastion.flags, service_flags::DSR | service_flags::SOURCE_AFFINITY);
         assert!(bastion.ring.iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn unusable_backends_leave_the_ring_but_keep_their_entry() {
+        let cfg = parse("t.toml", CFG).expect("valid");
+        let plan = plan_with(&cfg, |s, b| !(s == 0 && b == 0)).expect("plannable");
+        assert_eq!(plan.backends.len(), 4, "b1 keeps its BACKENDS entry");
+        assert!(plan.services[0].ring.iter().all(|&id| id == 1), "only b2 remains in git's ring");
     }
 
     #[test]

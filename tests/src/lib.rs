@@ -145,6 +145,14 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered this namespace (std sockets then live in it).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn_thread(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Starts `f` on a background thread that has entered this namespace.
+    pub fn spawn_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         thread::spawn(move || {
             let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
@@ -153,8 +161,6 @@ impl Netns {
             assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
             f()
         })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 

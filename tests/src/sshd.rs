@@ -24,6 +24,12 @@ impl Sshd {
     /// Starts sshd in `ns` listening on `addr:port`, with a fresh ed25519 host key (or the one
     /// in `host_key_dir` when given, so several backends can share host keys).
     pub fn start(ns: &Netns, addr: &str, port: u16) -> Self {
+        Self::start_named(ns, addr, port, None)
+    }
+
+    /// Like [`Self::start`]; `name` is appended to the identification line (`VersionAddendum`),
+    /// so a client can tell backends apart by banner.
+    pub fn start_named(ns: &Netns, addr: &str, port: u16, name: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(unique("sshd"));
         std::fs::create_dir_all(&dir).expect("sshd dir");
         let key = dir.join("ssh_host_ed25519_key");
@@ -36,8 +42,9 @@ impl Sshd {
             format!(
                 "ListenAddress {addr}\nPort {port}\nHostKey {}\nPidFile none\nUsePAM no\n\
                  StrictModes no\nLogLevel VERBOSE\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n",
-                key.display()
+                 KbdInteractiveAuthentication no\nVersionAddendum {}\n",
+                key.display(),
+                name.unwrap_or("none"),
             ),
         )
         .expect("sshd_config");
