@@ -157,11 +157,16 @@ pub fn start(
 ) -> Result<Attached, StartError> {
     let plan = plan::plan(config)?;
     let nat = dataplane_config(config, iface)?;
-    let options = LoadOptions { max_flows: config.agent.max_flows };
+    let options = LoadOptions { max_flows: config.agent.max_flows, pin_dir: None };
     let mut attached = loader::up(pin_root, iface, mode, &options).map_err(Box::new)?;
     if let Err(err) = apply(&mut attached, &plan, &nat) {
+        // A fresh data plane that cannot be configured goes away again; an adopted one keeps
+        // carrying its established flows with the state it had.
+        let adopted = attached.adopted;
         drop(attached);
-        let _ignored = loader::down(pin_root, iface);
+        if !adopted {
+            let _ignored = loader::down(pin_root, iface);
+        }
         return Err(err.into());
     }
     let ipv6 = config.services.iter().any(|s| s.vip.is_ipv6());

@@ -144,6 +144,24 @@ pub enum LoaderError {
         #[source]
         source: ProgramError,
     },
+    /// The pinned maps were created by a binary with a different layout (or table size).
+    #[error(
+        "the pinned map {map} at {} has (key, value, entries) = {pinned:?} but this sshlb-agent \
+         expects {ours:?}: it was created by another version or with another agent.max-flows. \
+         Start the matching binary/configuration, or `sshlb-agent down` first (this drops \
+         established flows)",
+        pin_dir.display()
+    )]
+    LayoutMismatch {
+        /// Map name.
+        map: &'static str,
+        /// What is pinned.
+        pinned: (u32, u32, u32),
+        /// What this binary needs.
+        ours: (u32, u32, u32),
+        /// The pin directory.
+        pin_dir: PathBuf,
+    },
     /// A pin could not be created.
     #[error("pinning {what} at {} failed", path.display())]
     Pin {
@@ -184,17 +202,73 @@ pub fn pin_dir(pin_root: &Path, iface: &str) -> PathBuf {
     pin_root.join(iface)
 }
 
-/// Sizes fixed when the maps are created.
+/// Sizes fixed when the maps are created, and where they are pinned.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Connection-table entries (and full-NAT reverse entries).
     pub max_flows: u32,
+    /// Pin the maps here — reusing the ones already pinned there (adoption). `None`: private
+    /// maps (tests, benchmarks).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_flows: sshlb_common::DEFAULT_MAX_FLOWS }
+        Self { max_flows: sshlb_common::DEFAULT_MAX_FLOWS, pin_dir: None }
     }
+}
+
+/// `(map, key size, value size, max entries)` this binary expects for every pinned map.
+fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 9] {
+    use core::mem::size_of;
+
+    use sshlb_common::{
+        stats, Backend, Config, Flow, FlowKey, NatKey, Service, ServiceKey, Traffic, MAX_BACKENDS,
+        MAX_SERVICES, RING_STRIDE,
+    };
+    let size = |n: usize| n as u32;
+    [
+        (
+            map_names::SERVICES,
+            size(size_of::<ServiceKey>()),
+            size(size_of::<Service>()),
+            MAX_SERVICES,
+        ),
+        (map_names::BACKENDS, 4, size(size_of::<Backend>()), MAX_BACKENDS),
+        (map_names::RINGS, 4, 4, MAX_SERVICES * 2 * RING_STRIDE),
+        (map_names::FLOWS, size(size_of::<FlowKey>()), size(size_of::<Flow>()), options.max_flows),
+        (
+            map_names::NAT_REVERSE,
+            size(size_of::<NatKey>()),
+            size(size_of::<FlowKey>()),
+            options.max_flows,
+        ),
+        (map_names::CONFIG, 4, size(size_of::<Config>()), 1),
+        (map_names::STATS, 4, 8, stats::COUNT),
+        (map_names::SERVICE_STATS, 4, size(size_of::<Traffic>()), MAX_SERVICES),
+        (map_names::BACKEND_STATS, 4, size(size_of::<Traffic>()), MAX_BACKENDS),
+    ]
+}
+
+/// Refuses to adopt pinned maps whose layout differs from this binary's: reading them with the
+/// wrong layout would corrupt live state.
+fn verify_pinned_layout(pin_dir: &Path, options: &LoadOptions) -> Result<(), LoaderError> {
+    for (name, key, value, max) in expected_layout(options) {
+        let path = pin_dir.join(name);
+        let info = MapData::from_pin(&path).and_then(|map| map.info()).map_err(|e| {
+            LoaderError::OpenPinned { what: "map", path: path.clone(), source: Box::new(e) }
+        })?;
+        let pinned = (info.key_size(), info.value_size(), info.max_entries());
+        if pinned != (key, value, max) {
+            return Err(LoaderError::LayoutMismatch {
+                map: name,
+                pinned,
+                ours: (key, value, max),
+                pin_dir: pin_dir.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The loaded (not yet attached) data plane: the object with its program verified and loaded.
@@ -213,10 +287,19 @@ impl Dataplane {
         if OBJECT.is_empty() {
             return Err(LoaderError::ObjectMissing);
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_names::FLOWS, options.max_flows)
-            .map_max_entries(map_names::NAT_REVERSE, options.max_flows)
-            .load(OBJECT)?;
+            .map_max_entries(map_names::NAT_REVERSE, options.max_flows);
+        let pins: Vec<(&'static str, PathBuf)> = match &options.pin_dir {
+            Some(dir) => PINNED_MAPS.iter().map(|name| (*name, dir.join(name))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            // Opens the pinned map when it exists (adoption), else creates and pins it.
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .expect("the object defines the sshlb program")
@@ -266,6 +349,8 @@ pub struct Attached {
     pub dataplane: Dataplane,
     /// Where everything is pinned.
     pub pin_dir: PathBuf,
+    /// Whether this took over a data plane that was already attached (restart or upgrade).
+    pub adopted: bool,
 }
 
 /// The checks every attach starts with, in the order an operator would fix them: an object to
@@ -299,23 +384,69 @@ pub fn up(
 ) -> Result<Attached, LoaderError> {
     let ifindex = preflight(pin_root, iface)?;
     let pin_dir = pin_dir(pin_root, iface);
-    if pin_dir.exists() {
-        return Err(LoaderError::AlreadyAttached { iface: iface.to_owned(), pin_dir });
+    let options = LoadOptions { pin_dir: Some(pin_dir.clone()), ..options.clone() };
+    let link_path = pin_dir.join(PIN_LINK);
+    if link_path.exists() {
+        return adopt(&pin_dir, &link_path, &options);
     }
-    let mut dataplane = Dataplane::load_with(options)?;
+    // Pins without a link are the remains of an `up` that died half-way: nothing carries
+    // traffic through them, start clean.
+    remove_pins(&pin_dir);
     fs::create_dir_all(&pin_dir).map_err(|source| LoaderError::Fs {
         what: "creating pin directory",
         path: pin_dir.clone(),
         source,
     })?;
+    let mut dataplane = match Dataplane::load_with(&options) {
+        Ok(dataplane) => dataplane,
+        Err(err) => {
+            remove_pins(&pin_dir);
+            return Err(err);
+        }
+    };
     match attach_and_pin(&mut dataplane, &pin_dir, iface, ifindex, mode) {
-        Ok(()) => Ok(Attached { dataplane, pin_dir }),
+        Ok(()) => Ok(Attached { dataplane, pin_dir, adopted: false }),
         Err(err) => {
             // Dropping `dataplane` detaches a link that was attached but not pinned.
             remove_pins(&pin_dir);
             Err(err)
         }
     }
+}
+
+/// Takes over a data plane a previous agent pinned (after a crash, restart or upgrade): reuses
+/// its maps — connection table included — and swaps this binary's program into the existing
+/// link atomically (`bpf_link_update`), so no packet goes unprocessed and no flow is lost.
+fn adopt(pin_dir: &Path, link_path: &Path, options: &LoadOptions) -> Result<Attached, LoaderError> {
+    verify_pinned_layout(pin_dir, options)?;
+    let mut dataplane = Dataplane::load_with(options)?;
+    let pinned = PinnedLink::from_pin(link_path).map_err(|e| LoaderError::OpenPinned {
+        what: "XDP link",
+        path: link_path.to_owned(),
+        source: Box::new(e),
+    })?;
+    let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
+        LoaderError::OpenPinned {
+            what: "XDP link",
+            path: link_path.to_owned(),
+            source: Box::new(e),
+        }
+    })?;
+    let program = dataplane.program();
+    program.attach_to_link(link).map_err(|source| LoaderError::Attach {
+        iface: pin_dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        mode: AttachMode::Native,
+        hint: ": replacing the pinned program failed",
+        source,
+    })?;
+    let prog_path = pin_dir.join(PIN_PROGRAM);
+    let _ignored = fs::remove_file(&prog_path);
+    program.pin(&prog_path).map_err(|source| LoaderError::Pin {
+        what: "program",
+        path: prog_path,
+        source,
+    })?;
+    Ok(Attached { dataplane, pin_dir: pin_dir.to_owned(), adopted: true })
 }
 
 fn attach_and_pin(
@@ -325,11 +456,7 @@ fn attach_and_pin(
     ifindex: u32,
     mode: AttachMode,
 ) -> Result<(), LoaderError> {
-    for name in PINNED_MAPS {
-        let path = pin_dir.join(name);
-        let map = dataplane.ebpf.map(name).expect("object defines every pinned map");
-        map.pin(&path).map_err(|source| LoaderError::Pin { what: "map", path, source })?;
-    }
+    // The maps were pinned as they were created (LoadOptions::pin_dir).
     let program = dataplane.program();
     let path = pin_dir.join(PIN_PROGRAM);
     program.pin(&path).map_err(|source| LoaderError::Pin { what: "program", path, source })?;

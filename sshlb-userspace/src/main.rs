@@ -35,11 +35,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => config::parse("(none)", "").expect("the empty configuration is valid"),
             };
             let mut attached = daemon::start(&cli.pin_root, &iface, xdp_mode, &config)?;
-            eprintln!(
-                "sshlb-agent: attached to {iface} in {xdp_mode} mode, {} service(s), pinned at {}",
-                config.services.len(),
-                attached.pin_dir.display()
-            );
+            if attached.adopted {
+                eprintln!(
+                    "sshlb-agent: took over the data plane already on {iface} (pinned at {}): \
+                     flows kept, program replaced, {} service(s) applied",
+                    attached.pin_dir.display(),
+                    config.services.len()
+                );
+            } else {
+                eprintln!(
+                    "sshlb-agent: attached to {iface} in {xdp_mode} mode, {} service(s), pinned at {}",
+                    config.services.len(),
+                    attached.pin_dir.display()
+                );
+            }
             if detach {
                 return Ok(());
             }

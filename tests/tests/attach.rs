@@ -111,10 +111,32 @@ fn up_counts_real_tcp_and_down_leaves_nothing() {
         }
     }
 
-    // A second `up` on the same interface is refused and changes nothing.
-    let again = lb.command(agent, &["up", &lb_if, "--detach"]).output().expect("spawn");
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already attached"), "{again:?}");
+    // A second `up` (the agent restarted, or upgraded) takes over what is pinned: the program
+    // stays attached throughout and the counters — the maps — carry on from where they were.
+    let passed_before = counter(&counters, "pass_not_service");
+    let again = run(&mut lb.command(agent, &["up", &lb_if, "--detach"]));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("took over"), "{again:?}");
+    let after = stats(&lb, &lb_if);
+    assert!(counter(&after, "pass_not_service") >= passed_before, "maps were recreated: {after:?}");
+    let link = String::from_utf8_lossy(&lb.ip(&["link", "show", &lb_if]).stdout).into_owned();
+    assert!(
+        link.contains("prog/xdp") && link.contains("name sshlb"),
+        "not attached after takeover"
+    );
+
+    // A binary/config whose map layout differs (here: another table size) is refused, and the
+    // running data plane is left exactly as it was.
+    let config = std::env::temp_dir().join(format!("{lb_if}.toml"));
+    std::fs::write(&config, "[agent]\nmax-flows = 4096\n").expect("config");
+    let refused = lb
+        .command(agent, &["up", &lb_if, "--detach", "--config", config.to_str().expect("utf-8")])
+        .output()
+        .expect("spawn");
+    let _ = std::fs::remove_file(&config);
+    assert!(!refused.status.success());
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(msg.contains("FLOWS") && msg.contains("max-flows"), "{msg}");
+    assert!(pin_dir(&lb_if).join("link").exists(), "a refused takeover must leave the pins");
 
     run(&mut lb.command(agent, &["down", &lb_if]));
     let link = String::from_utf8_lossy(&lb.ip(&["link", "show", &lb_if]).stdout).into_owned();
