@@ -1,5 +1,7 @@
-//! The running balancer: attach, write the configuration into the maps, prepare the interface,
-//! then (in the foreground) expire flows and keep backends' neighbours resolved until shutdown.
+//! The running balancer: attach (or take over), write the configuration into the maps, prepare
+//! the interface; then, in the foreground, health-check backends, reload on SIGHUP, expire flows
+//! and keep backends' neighbours resolved until shutdown — applying only differences, always
+//! from this one loop.
 
 use std::{
     future::Future,
@@ -17,7 +19,7 @@ use crate::{
     expiry,
     health::{self, Tracker},
     loader::{self, AttachMode, Attached, LoadOptions},
-    plan::{self, Plan},
+    plan::{self, Ids, Plan},
     stats, sys,
 };
 
@@ -105,24 +107,6 @@ pub fn dataplane_config(config: &Config, iface: &str) -> Result<DataplaneConfig,
     })
 }
 
-/// Writes `plan` and the NAT settings into the maps: backends first, then each service with its
-/// ring (standby half, then the flip), so no packet ever sees a ring naming an unknown backend.
-pub fn apply(
-    attached: &mut Attached,
-    plan: &Plan,
-    nat: &DataplaneConfig,
-) -> Result<(), crate::maps::MapsError> {
-    let dp = &mut attached.dataplane;
-    dp.set_config(nat)?;
-    for (id, backend) in &plan.backends {
-        dp.set_backend(*id, backend)?;
-    }
-    for service in &plan.services {
-        dp.publish_service(&service.key, service.id, service.flags, &service.ring)?;
-    }
-    Ok(())
-}
-
 /// Interface settings the data plane depends on, as `(sysctl, value)`:
 /// - forwarding on the interface: `bpf_fib_lookup` answers "forwarding disabled" otherwise;
 /// - `accept_local`: a frame the program rewrote but could not send (neighbour unresolved) goes
@@ -147,28 +131,53 @@ pub fn interface_sysctls(iface: &str, ipv6: bool) -> Vec<(String, &'static str)>
     sysctls
 }
 
-/// Attaches the data plane on `iface` and writes `config` into it. On failure after attaching,
-/// detaches again: a failed start leaves nothing behind.
+/// The running balancer: the attached data plane and everything the map owner must remember
+/// to apply only differences (ids, what each service's ring is, each backend's health).
+pub struct Balancer {
+    /// The data plane.
+    pub attached: Attached,
+    /// The configuration in force.
+    pub config: Config,
+    iface: String,
+    ids: Ids,
+    plan: Plan,
+    trackers: Vec<Vec<Tracker>>,
+}
+
+/// Attaches (or takes over) the data plane on `iface` and writes `config` into it. On failure
+/// after a fresh attach, detaches again: a failed start leaves nothing behind.
 pub fn start(
     pin_root: &Path,
     iface: &str,
     mode: AttachMode,
     config: &Config,
-) -> Result<Attached, StartError> {
-    let plan = plan::plan(config)?;
+) -> Result<Balancer, StartError> {
+    plan::plan(config)?;
     let nat = dataplane_config(config, iface)?;
     let options = LoadOptions { max_flows: config.agent.max_flows, pin_dir: None };
     let mut attached = loader::up(pin_root, iface, mode, &options).map_err(Box::new)?;
-    if let Err(err) = apply(&mut attached, &plan, &nat) {
-        // A fresh data plane that cannot be configured goes away again; an adopted one keeps
-        // carrying its established flows with the state it had.
-        let adopted = attached.adopted;
-        drop(attached);
-        if !adopted {
-            let _ignored = loader::down(pin_root, iface);
+    // Ids already in the maps (a takeover) stay what they are: flows name backends by id.
+    let previous = attached.dataplane.existing_ids();
+    let trackers = new_trackers(config, None);
+    let applied = plan::plan_with(config, |_, _| true, &previous)
+        .map_err(StartError::from)
+        .and_then(|(plan, ids)| {
+            apply(&mut attached, &plan, None, &nat)?;
+            Ok((plan, ids))
+        });
+    let (plan, ids) = match applied {
+        Ok(done) => done,
+        Err(err) => {
+            // A fresh data plane that cannot be configured goes away again; an adopted one
+            // keeps carrying its established flows with the state it had.
+            let adopted = attached.adopted;
+            drop(attached);
+            if !adopted {
+                let _ignored = loader::down(pin_root, iface);
+            }
+            return Err(err);
         }
-        return Err(err.into());
-    }
+    };
     let ipv6 = config.services.iter().any(|s| s.vip.is_ipv6());
     for (key, value) in interface_sysctls(iface, ipv6) {
         match sys::set_sysctl(&key, value) {
@@ -182,7 +191,99 @@ pub fn start(
         eprintln!("sshlb-agent: warning: {warning}");
     }
     poke_backends(config);
-    Ok(attached)
+    Ok(Balancer { attached, config: config.clone(), iface: iface.to_owned(), ids, plan, trackers })
+}
+
+/// Writes `plan` into the maps, touching only what differs from `old` (all of it when `None`):
+/// NAT settings and backends first, then each changed service's ring (standby half, then the
+/// flip), then services that are gone. No packet ever sees a ring naming an unknown backend.
+fn apply(
+    attached: &mut Attached,
+    plan: &Plan,
+    old: Option<&Plan>,
+    nat: &DataplaneConfig,
+) -> Result<(), crate::maps::MapsError> {
+    let dp = &mut attached.dataplane;
+    dp.set_config(nat)?;
+    for (id, backend) in &plan.backends {
+        dp.set_backend(*id, backend)?;
+    }
+    for service in &plan.services {
+        let unchanged = old.is_some_and(|old| old.services.iter().any(|o| o == service));
+        if !unchanged {
+            dp.publish_service(&service.key, service.id, service.flags, &service.ring)?;
+        }
+    }
+    for gone in old.iter().flat_map(|old| &old.services) {
+        if !plan.services.iter().any(|s| s.key == gone.key) {
+            dp.remove_service(&gone.key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fresh trackers for `config`, carrying the state of backends that were already checked
+/// (same service name, same address and port) from `previous`.
+fn new_trackers(
+    config: &Config,
+    previous: Option<(&Config, &[Vec<Tracker>])>,
+) -> Vec<Vec<Tracker>> {
+    config
+        .services
+        .iter()
+        .map(|service| {
+            service
+                .backends
+                .iter()
+                .map(|backend| {
+                    previous
+                        .and_then(|(old, trackers)| {
+                            let s = old.services.iter().position(|o| o.name == service.name)?;
+                            let b = old.services[s]
+                                .backends
+                                .iter()
+                                .position(|o| o.ring_key() == backend.ring_key())?;
+                            Some(trackers[s][b])
+                        })
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+impl Balancer {
+    /// Re-plans with current health and applies the difference.
+    fn replan(&mut self) -> Result<(), String> {
+        let trackers = &self.trackers;
+        let usable = |s: usize, b: usize| trackers[s][b].health().usable();
+        let (plan, ids) =
+            plan::plan_with(&self.config, usable, &self.ids).map_err(|e| e.to_string())?;
+        let nat = dataplane_config(&self.config, &self.iface).map_err(|e| e.to_string())?;
+        apply(&mut self.attached, &plan, Some(&self.plan), &nat).map_err(|e| e.to_string())?;
+        self.plan = plan;
+        self.ids = ids;
+        Ok(())
+    }
+
+    /// Switches to `config` (already validated), applying only the difference. On error the
+    /// previous configuration stays in force.
+    pub fn reload(&mut self, config: Config) -> Result<(), String> {
+        if config.agent.max_flows != self.config.agent.max_flows {
+            return Err("agent.max-flows cannot change while running (the table is sized at \
+                        attach); restart with `down` + `up` to resize it"
+                .to_owned());
+        }
+        let trackers = new_trackers(&config, Some((&self.config, &self.trackers)));
+        let old_config = std::mem::replace(&mut self.config, config);
+        let old_trackers = std::mem::replace(&mut self.trackers, trackers);
+        if let Err(err) = self.replan() {
+            self.config = old_config;
+            self.trackers = old_trackers;
+            return Err(err);
+        }
+        Ok(())
+    }
 }
 
 fn read_local_port_range() -> String {
@@ -210,8 +311,10 @@ fn poke_backends(config: &Config) {
     }
 }
 
-/// One health-check result for backend `backend` of service `service` (file indexes).
+/// One health-check result for backend `backend` of service `service` (file indexes of the
+/// configuration generation `generation`).
 struct CheckResult {
+    generation: u64,
     service: usize,
     backend: usize,
     outcome: Result<(), String>,
@@ -219,8 +322,8 @@ struct CheckResult {
 
 /// Checks one backend forever, every `interval`, sending each result to the map owner.
 async fn checker(
-    service: usize,
-    backend: usize,
+    generation: u64,
+    (service, backend): (usize, usize),
     addr: SocketAddr,
     check: HealthCheck,
     results: mpsc::Sender<CheckResult>,
@@ -231,34 +334,45 @@ async fn checker(
         ticker.tick().await;
         let outcome =
             health::check(addr, check.timeout, &check.expect).await.map_err(|e| e.to_string());
-        if results.send(CheckResult { service, backend, outcome }).await.is_err() {
+        let result = CheckResult { generation, service, backend, outcome };
+        if results.send(result).await.is_err() {
             return;
         }
     }
 }
 
-/// Runs until `shutdown` resolves: health-checks every backend (a task each) and republishes
-/// a service's ring when one of its backends goes down or comes back, sweeps expired flows,
-/// keeps neighbours resolved, prints counters every `stats_interval` (0 = never). This loop
-/// is the only writer of the maps.
-pub async fn run(
-    attached: &mut Attached,
+fn spawn_checkers(
     config: &Config,
+    generation: u64,
+    results: &mpsc::Sender<CheckResult>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (s, service) in config.services.iter().enumerate() {
+        for (b, backend) in service.backends.iter().enumerate() {
+            let addr = SocketAddr::new(backend.address, backend.port);
+            let check = service.health.clone();
+            tasks.push(tokio::spawn(checker(generation, (s, b), addr, check, results.clone())));
+        }
+    }
+    tasks
+}
+
+/// Runs until `shutdown` resolves. This loop is the only writer of the maps: it health-checks
+/// every backend (a task each) and republishes a service's ring when a backend goes down or
+/// comes back; on SIGHUP it re-reads `config_path` and applies only the difference (a bad file
+/// is refused and the running state is left exactly as it was); it sweeps expired flows, keeps
+/// neighbours resolved, and prints counters every `stats_interval` (0 = never).
+pub async fn run(
+    balancer: &mut Balancer,
+    config_path: Option<&Path>,
     stats_interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let (tx, mut results) = mpsc::channel(1024);
-    let mut trackers: Vec<Vec<Tracker>> =
-        config.services.iter().map(|s| vec![Tracker::default(); s.backends.len()]).collect();
-    let mut checkers = Vec::new();
-    for (s, service) in config.services.iter().enumerate() {
-        for (b, backend) in service.backends.iter().enumerate() {
-            let addr = SocketAddr::new(backend.address, backend.port);
-            checkers.push(tokio::spawn(checker(s, b, addr, service.health.clone(), tx.clone())));
-        }
-    }
-    drop(tx);
+    let mut generation = 0u64;
+    let mut checkers = spawn_checkers(&balancer.config, generation, &tx);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (mut last_sweep, mut last_poke, mut last_stats) =
         (Instant::now(), Instant::now(), Instant::now());
@@ -266,7 +380,27 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             Some(result) = results.recv() => {
-                on_check(attached, config, &mut trackers, &result);
+                if result.generation == generation {
+                    on_check(balancer, &result);
+                }
+                continue;
+            }
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                let Some(path) = config_path else {
+                    eprintln!("sshlb-agent: SIGHUP ignored: started without --config");
+                    continue;
+                };
+                match reload_from(balancer, path) {
+                    Ok(()) => {
+                        for task in checkers.drain(..) {
+                            task.abort();
+                        }
+                        generation += 1;
+                        checkers = spawn_checkers(&balancer.config, generation, &tx);
+                        eprintln!("sshlb-agent: reloaded {}", path.display());
+                    }
+                    Err(err) => eprintln!("sshlb-agent: reload refused, nothing changed: {err}"),
+                }
                 continue;
             }
             _ = tick.tick() => {}
@@ -274,7 +408,8 @@ pub async fn run(
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
             let now = sys::monotonic_ns();
-            match expiry::sweep(&mut attached.dataplane, now, &config.agent.timeouts) {
+            let timeouts = balancer.config.agent.timeouts;
+            match expiry::sweep(&mut balancer.attached.dataplane, now, &timeouts) {
                 Ok(s) if s.expired > 0 => {
                     eprintln!("sshlb-agent: expired {} of {} flows", s.expired, s.scanned);
                 }
@@ -284,11 +419,11 @@ pub async fn run(
         }
         if last_poke.elapsed() >= POKE_EVERY {
             last_poke = Instant::now();
-            poke_backends(config);
+            poke_backends(&balancer.config);
         }
         if !stats_interval.is_zero() && last_stats.elapsed() >= stats_interval {
             last_stats = Instant::now();
-            if let Ok(counters) = stats::read(&attached.dataplane.stats()) {
+            if let Ok(counters) = stats::read(&balancer.attached.dataplane.stats()) {
                 eprint!("--\n{}", stats::render(&counters, false));
             }
         }
@@ -298,20 +433,23 @@ pub async fn run(
     }
 }
 
-/// Records a check result; on a health change, rebuilds and republishes that service's ring.
-fn on_check(
-    attached: &mut Attached,
-    config: &Config,
-    trackers: &mut [Vec<Tracker>],
-    result: &CheckResult,
-) {
-    let service = &config.services[result.service];
+/// Reads, validates and applies the configuration at `path`.
+pub fn reload_from(balancer: &mut Balancer, path: &Path) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let config =
+        crate::config::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    balancer.reload(config)
+}
+
+/// Records a check result; on a change of usability, re-plans (only that ring changes).
+fn on_check(balancer: &mut Balancer, result: &CheckResult) {
+    let service = &balancer.config.services[result.service];
     let backend = &service.backends[result.backend];
-    let tracker = &mut trackers[result.service][result.backend];
+    let (rise, fall) = (service.health.rise, service.health.fall);
+    let tracker = &mut balancer.trackers[result.service][result.backend];
     let was_usable = tracker.health().usable();
-    let Some(health) =
-        tracker.observe(result.outcome.is_ok(), service.health.rise, service.health.fall)
-    else {
+    let Some(health) = tracker.observe(result.outcome.is_ok(), rise, fall) else {
         return;
     };
     let why = result.outcome.as_ref().err().map_or(String::new(), |e| format!(" ({e})"));
@@ -323,56 +461,9 @@ fn on_check(
         backend.port,
         health.as_str()
     );
-    if health.usable() == was_usable {
-        return;
-    }
-    let usable = |s: usize, b: usize| trackers[s][b].health().usable();
-    match plan::plan_with(config, usable) {
-        Ok(plan) => {
-            let planned = &plan.services[result.service];
-            if let Err(err) = attached.dataplane.publish_service(
-                &planned.key,
-                planned.id,
-                planned.flags,
-                &planned.ring,
-            ) {
-                eprintln!("sshlb-agent: error: republishing {}'s ring failed: {err}", service.name);
-            }
+    if health.usable() != was_usable {
+        if let Err(err) = balancer.replan() {
+            eprintln!("sshlb-agent: error: applying a health change failed: {err}");
         }
-        Err(err) => {
-            eprintln!("sshlb-agent: error: rebuilding {}'s ring failed: {err}", service.name)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn warns_only_when_nat_ports_overlap_the_ephemeral_range() {
-        assert_eq!(port_range_overlap((10_000, 32_767), "32768\t60999\n"), None);
-        let warning = port_range_overlap((30_000, 40_000), "32768\t60999\n").expect("overlap");
-        assert!(warning.contains("30000-40000") && warning.contains("32768-60999"), "{warning}");
-        assert_eq!(port_range_overlap((30_000, 40_000), "garbage"), None);
-    }
-
-    #[test]
-    fn nat_address_is_never_a_vip_and_prefers_a_subnet_address() {
-        let a = |s: &str| s.parse::<IpAddr>().expect("address");
-        // The kernel lists IPv6 addresses newest first: VIPs added after the subnet address.
-        let addrs = [
-            (a("fd00::101"), 128),
-            (a("fd00::100"), 128),
-            (a("fd00::2"), 64),
-            (a("198.18.0.2"), 24),
-        ];
-        let vips = [a("fd00::100"), a("fd00::101")];
-        assert_eq!(pick_nat_address(&addrs, &vips, true), Some(a("fd00::2")));
-        assert_eq!(pick_nat_address(&addrs, &vips, false), Some(a("198.18.0.2")));
-        // Only VIPs: nothing usable.
-        assert_eq!(pick_nat_address(&addrs[..2], &vips, true), None);
-        // A lone host address that is not a VIP is acceptable.
-        assert_eq!(pick_nat_address(&[(a("fd00::9"), 128)], &vips, true), Some(a("fd00::9")));
     }
 }

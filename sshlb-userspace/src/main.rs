@@ -30,11 +30,13 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { iface, config, xdp_mode, stats_interval, detach } => {
-            let config = match config {
-                Some(path) => load_config(&path)?,
+            let config_path = config;
+            let config = match &config_path {
+                Some(path) => load_config(path)?,
                 None => config::parse("(none)", "").expect("the empty configuration is valid"),
             };
-            let mut attached = daemon::start(&cli.pin_root, &iface, xdp_mode, &config)?;
+            let mut balancer = daemon::start(&cli.pin_root, &iface, xdp_mode, &config)?;
+            let attached = &balancer.attached;
             if attached.adopted {
                 eprintln!(
                     "sshlb-agent: took over the data plane already on {iface} (pinned at {}): \
@@ -57,8 +59,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("starting the tokio runtime")?;
             let interval = Duration::from_secs(stats_interval);
-            runtime.block_on(daemon::run(&mut attached, &config, interval, shutdown_signal()?));
-            eprint!("{}", stats::render(&stats::read(&attached.dataplane.stats())?, false));
+            let shutdown = shutdown_signal()?;
+            runtime.block_on(daemon::run(
+                &mut balancer,
+                config_path.as_deref(),
+                interval,
+                shutdown,
+            ));
+            eprint!(
+                "{}",
+                stats::render(&stats::read(&balancer.attached.dataplane.stats())?, false)
+            );
             eprintln!(
                 "sshlb-agent: exiting; the data plane stays attached to {iface} \
                  (`sshlb-agent down {iface}` detaches it)"

@@ -118,6 +118,23 @@ impl Dataplane {
         active
     }
 
+    /// The ids the maps already use (after a takeover): services by key, backends by address.
+    pub fn existing_ids(&mut self) -> crate::plan::Ids {
+        let mut ids = crate::plan::Ids::default();
+        for (key, service) in self.services().iter().filter_map(Result::ok) {
+            ids.insert_service(&key, service.id);
+        }
+        let backends = self.array::<Backend>(map_names::BACKENDS);
+        for id in 0..MAX_BACKENDS {
+            if let Ok(backend) = backends.get(&id, 0) {
+                if backend.family != 0 {
+                    ids.insert_backend(&backend, id);
+                }
+            }
+        }
+        ids
+    }
+
     /// Writes the balancer's NAT addresses and port range.
     pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
         self.array::<Config>(map_names::CONFIG)

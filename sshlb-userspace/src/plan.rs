@@ -1,11 +1,14 @@
 //! From a validated [`Config`] to the exact contents of the data plane's maps (sans-IO).
 //!
-//! Service ids are the services' positions in the file; backend ids are assigned in file order
-//! across services. A backend is in its service's ring when it is `active` with a weight above
-//! zero; `drain`/`disabled` backends and weight 0 keep their `BACKENDS` entry (established flows
-//! still reach them) but get no ring slots.
+//! Ids are stable (see [`Ids`]). A backend is in its service's ring when it is `active` with a
+//! weight above zero and healthy; `drain`/`disabled` backends, weight 0 and unhealthy ones keep
+//! their `BACKENDS` entry (established flows still reach them) but get no ring slots. A backend
+//! listed in several services has one id and one entry.
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use sshlb_common::{family, proto, service_flags, v4_in_16, Backend, ServiceKey};
 
@@ -36,15 +39,24 @@ pub struct Plan {
     pub services: Vec<PlannedService>,
 }
 
-/// A ring that cannot be built.
+/// A configuration that cannot be turned into map contents.
 #[derive(Debug, thiserror::Error)]
-#[error("service {service:?}: {source}")]
-pub struct PlanError {
-    /// Service name.
-    pub service: String,
-    /// Why its ring cannot be built.
-    #[source]
-    pub source: RingError,
+pub enum PlanError {
+    /// A service's ring cannot be built.
+    #[error("service {service:?}: {source}")]
+    Ring {
+        /// Service name.
+        service: String,
+        /// Why.
+        #[source]
+        source: RingError,
+    },
+    /// Every id is taken (backend ids stay reserved while the agent runs).
+    #[error("no free {what} id left; restart the agent to release the ids of removed {what}s")]
+    OutOfIds {
+        /// "service" or "backend".
+        what: &'static str,
+    },
 }
 
 fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
@@ -54,26 +66,76 @@ fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// The map contents for `config`, every backend considered healthy.
+/// Id assignments that must survive reloads and restarts: a flow in the connection table names
+/// its backend by id, so an id may never come to mean another backend while flows may use it.
+///
+/// Seeded from the maps at start ([`crate::maps`]), carried from plan to plan: a service keeps
+/// its id while its (VIP, port) exists, a backend keeps its id for as long as the agent runs
+/// (re-adding a removed backend gives it its old id back); new ones take the lowest free id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    /// Service key → service id.
+    pub services: BTreeMap<ServiceKeyOrd, u32>,
+    /// (family, address, port in network order) → backend id.
+    pub backends: BTreeMap<(u8, [u8; 16], u16), u32>,
+}
+
+/// [`ServiceKey`] with an order, for maps.
+pub type ServiceKeyOrd = ([u8; 16], u16, u8, u8);
+
+fn ord(key: &ServiceKey) -> ServiceKeyOrd {
+    (key.addr, key.port_be, key.proto, key.family)
+}
+
+impl Ids {
+    /// Records an existing service.
+    pub fn insert_service(&mut self, key: &ServiceKey, id: u32) {
+        self.services.insert(ord(key), id);
+    }
+
+    /// Records an existing backend.
+    pub fn insert_backend(&mut self, backend: &Backend, id: u32) {
+        self.backends.insert((backend.family, backend.addr, backend.port_be), id);
+    }
+}
+
+/// Lowest id in `0..limit` not in `used`.
+fn lowest_free(used: &BTreeSet<u32>, limit: u32) -> Option<u32> {
+    (0..limit).find(|id| !used.contains(id))
+}
+
+/// The map contents for `config`, every backend considered healthy, fresh ids.
 pub fn plan(config: &Config) -> Result<Plan, PlanError> {
-    plan_with(config, |_, _| true)
+    plan_with(config, |_, _| true, &Ids::default()).map(|(plan, _)| plan)
 }
 
 /// The map contents for `config`; `usable(service, backend)` (indexes in the file) says which
-/// backends may take new flows (health). Unusable backends keep their `BACKENDS` entry.
+/// backends may take new flows (health); ids come from `previous` where they exist. Returns the
+/// plan and the ids to carry into the next one.
 pub fn plan_with(
     config: &Config,
     usable: impl Fn(usize, usize) -> bool,
-) -> Result<Plan, PlanError> {
+    previous: &Ids,
+) -> Result<(Plan, Ids), PlanError> {
+    let mut ids = Ids { services: BTreeMap::new(), backends: previous.backends.clone() };
+    let mut used_backend_ids: BTreeSet<u32> = ids.backends.values().copied().collect();
+    let keys: Vec<ServiceKey> = config.services.iter().map(service_key).collect();
+    // Services keep their id while their (VIP, port) exists; ids of removed services are free.
+    let mut used_service_ids: BTreeSet<u32> =
+        keys.iter().filter_map(|k| previous.services.get(&ord(k)).copied()).collect();
     let mut backends = Vec::new();
     let mut services = Vec::with_capacity(config.services.len());
-    let mut next_backend = 0u32;
-    for (s, (id, service)) in (0u32..).zip(&config.services).enumerate() {
-        let (vip, _) = addr16(service.vip);
-        let key = match service.vip {
-            IpAddr::V4(a) => ServiceKey::v4(a.octets(), service.port, proto::TCP),
-            IpAddr::V6(_) => ServiceKey::v6(vip, service.port, proto::TCP),
+    for (s, (service, key)) in config.services.iter().zip(&keys).enumerate() {
+        let id = match previous.services.get(&ord(key)) {
+            Some(&id) => id,
+            None => {
+                let id = lowest_free(&used_service_ids, sshlb_common::MAX_SERVICES)
+                    .ok_or(PlanError::OutOfIds { what: "service" })?;
+                used_service_ids.insert(id);
+                id
+            }
         };
+        ids.services.insert(ord(key), id);
         let mut flags = 0;
         if service.mode == Mode::Dsr {
             flags |= service_flags::DSR;
@@ -81,25 +143,43 @@ pub fn plan_with(
         if service.affinity == Affinity::Source {
             flags |= service_flags::SOURCE_AFFINITY;
         }
-        let keys: Vec<String> = service.backends.iter().map(config::Backend::ring_key).collect();
+        let ring_keys: Vec<String> =
+            service.backends.iter().map(config::Backend::ring_key).collect();
         let mut members = Vec::new();
-        for (j, (b, key_str)) in service.backends.iter().zip(&keys).enumerate() {
-            let backend_id = next_backend;
-            next_backend += 1;
+        for (j, (b, key_str)) in service.backends.iter().zip(&ring_keys).enumerate() {
             let (addr, fam) = addr16(b.address);
-            backends.push((
-                backend_id,
-                Backend { addr, port_be: b.port.to_be(), family: fam, flags: 0 },
-            ));
+            let entry = Backend { addr, port_be: b.port.to_be(), family: fam, flags: 0 };
+            let ident = (fam, addr, entry.port_be);
+            let backend_id = match ids.backends.get(&ident) {
+                Some(&id) => id,
+                None => {
+                    let id = lowest_free(&used_backend_ids, sshlb_common::MAX_BACKENDS)
+                        .ok_or(PlanError::OutOfIds { what: "backend" })?;
+                    used_backend_ids.insert(id);
+                    ids.backends.insert(ident, id);
+                    id
+                }
+            };
+            if !backends.iter().any(|(id, _)| *id == backend_id) {
+                backends.push((backend_id, entry));
+            }
             if b.state == BackendState::Active && b.weight > 0 && usable(s, j) {
                 members.push(RingMember { id: backend_id, key: key_str, weight: b.weight });
             }
         }
         let ring = build_ring(&members, service.ring_size)
-            .map_err(|source| PlanError { service: service.name.clone(), source })?;
-        services.push(PlannedService { key, id, flags, ring });
+            .map_err(|source| PlanError::Ring { service: service.name.clone(), source })?;
+        services.push(PlannedService { key: *key, id, flags, ring });
     }
-    Ok(Plan { backends, services })
+    Ok((Plan { backends, services }, ids))
+}
+
+/// The `SERVICES` key of a configured service.
+pub fn service_key(service: &config::Service) -> ServiceKey {
+    match service.vip {
+        IpAddr::V4(a) => ServiceKey::v4(a.octets(), service.port, proto::TCP),
+        IpAddr::V6(a) => ServiceKey::v6(a.octets(), service.port, proto::TCP),
+    }
 }
 
 #[cfg(test)]
@@ -159,9 +239,39 @@ port = 2222
     #[test]
     fn unusable_backends_leave_the_ring_but_keep_their_entry() {
         let cfg = parse("t.toml", CFG).expect("valid");
-        let plan = plan_with(&cfg, |s, b| !(s == 0 && b == 0)).expect("plannable");
+        let (plan, _) =
+            plan_with(&cfg, |s, b| !(s == 0 && b == 0), &Ids::default()).expect("plannable");
         assert_eq!(plan.backends.len(), 4, "b1 keeps its BACKENDS entry");
         assert!(plan.services[0].ring.iter().all(|&id| id == 1), "only b2 remains in git's ring");
+    }
+
+    #[test]
+    fn ids_survive_reordering_insertion_and_removal() {
+        let cfg = parse("t.toml", CFG).expect("valid");
+        let (_, ids) = plan_with(&cfg, |_, _| true, &Ids::default()).expect("plannable");
+        let id_of = |ids: &Ids, last: u8| {
+            ids.backends
+                .iter()
+                .find(|(k, _)| k.1[3] == last && k.0 == family::V4)
+                .map(|(_, &id)| id)
+        };
+        // A new backend inserted first, b1 removed, services swapped: nobody's id changes.
+        let edited = CFG.replacen(
+            "[[service.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\n",
+            "[[service.backend]]\nname = \"b0\"\naddress = \"198.18.0.10\"\n",
+            1,
+        );
+        let cfg2 = parse("t.toml", &edited).expect("valid");
+        let (plan2, ids2) = plan_with(&cfg2, |_, _| true, &ids).expect("plannable");
+        assert_eq!(id_of(&ids2, 12), id_of(&ids, 12), "b2 keeps its id");
+        assert_eq!(id_of(&ids2, 13), id_of(&ids, 13), "b3 keeps its id");
+        assert_eq!(id_of(&ids2, 11), id_of(&ids, 11), "removed b1's id stays reserved");
+        let b0 = id_of(&ids2, 10).expect("b0 has an id");
+        assert!(!ids.backends.values().any(|&id| id == b0), "b0 took a fresh id, not b1's");
+        assert_eq!(plan2.services[0].id, 0, "service keeps its id");
+        // b1 comes back: same id as before.
+        let (_, ids3) = plan_with(&cfg, |_, _| true, &ids2).expect("plannable");
+        assert_eq!(id_of(&ids3, 11), id_of(&ids, 11));
     }
 
     #[test]

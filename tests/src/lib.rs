@@ -143,6 +143,21 @@ impl Netns {
         pid
     }
 
+    /// Like [`Self::spawn`], with stdout and stderr going to the file `log`.
+    pub fn spawn_logged(&mut self, program: &str, args: &[&str], log: &std::path::Path) -> u32 {
+        let file = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = file.try_clone().expect("dup log");
+        let child = self
+            .command(program, args)
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", self.name));
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
     /// Runs `f` on a thread that has entered this namespace (std sockets then live in it).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         self.spawn_thread(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))

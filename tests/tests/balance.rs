@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::PathBuf};
 
 use sshlb::{
     config, daemon,
-    loader::{self, AttachMode, Attached},
+    loader::{self, AttachMode},
     plan,
 };
 use sshlb_tests::{
@@ -18,7 +18,7 @@ const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
 /// The balancer, started in-process inside the lb namespace; detached (and unpinned) on drop.
 struct Balancer {
-    attached: Option<Attached>,
+    attached: Option<daemon::Balancer>,
     iface: String,
     pass_port: String,
 }
@@ -28,7 +28,7 @@ impl Drop for Balancer {
         // A failing test shows what the data plane did with its packets.
         if std::thread::panicking() {
             if let Some(attached) = &self.attached {
-                if let Ok(counters) = sshlb::stats::read(&attached.dataplane.stats()) {
+                if let Ok(counters) = sshlb::stats::read(&attached.attached.dataplane.stats()) {
                     eprintln!("data plane counters:\n{}", sshlb::stats::render(&counters, false));
                 }
             }
@@ -145,7 +145,7 @@ fn weighted_spread_and_backend_removal_moves_no_established_flow() {
     assert!(established.iter().any(|c| c.backend == "b3"), "no established flow on b3 to protect");
     // The agent sees them: per-backend live flows from the table, per-service traffic counters.
     {
-        let dp = &mut balancer.attached.as_mut().expect("attached").dataplane;
+        let dp = &mut balancer.attached.as_mut().expect("attached").attached.dataplane;
         let active = dp.active_flows();
         let on_b3 = established.iter().filter(|c| c.backend == "b3").count() as u64;
         assert!(
@@ -160,7 +160,7 @@ fn weighted_spread_and_backend_removal_moves_no_established_flow() {
     let before = plan::plan(&cfg).expect("plan");
     let removed = config::parse("test.toml", &config_text(weights, "disabled")).expect("config");
     let after = plan::plan(&removed).expect("plan");
-    let dp = &mut balancer.attached.as_mut().expect("attached").dataplane;
+    let dp = &mut balancer.attached.as_mut().expect("attached").attached.dataplane;
     let nat4 = &after.services[0];
     dp.publish_service(&nat4.key, nat4.id, nat4.flags, &nat4.ring).expect("republish");
 

@@ -66,10 +66,11 @@ fn main() -> Result<()> {
              [[service.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\nport = 2222\n\
              [[service.backend]]\nname = \"b2\"\naddress = \"198.18.0.12\"\nport = 2222\n";
         let cfg = config::parse("bench.toml", text).context("bench config")?;
-        let mut attached =
+        let mut balancer =
             daemon::start(&PathBuf::from(PIN_ROOT), "bl0", loader::AttachMode::Native, &cfg)
                 .context("starting the balancer")?;
         let started = Instant::now();
+        let attached = &mut balancer.attached;
         prefill_flows(&mut attached.dataplane, prefill)?;
         eprintln!("prefilled {prefill} flows in {:.1} s", started.elapsed().as_secs_f64());
         let sock = PacketSocket::open("bg0")?;
@@ -101,7 +102,7 @@ fn main() -> Result<()> {
         results.push(measure_once(dp.program(), &sock, &new_flows, "new flow (nat)", label)?);
         let other = frames(1000, Some(0x10), 80);
         results.push(measure(dp.program(), &sock, &other, budget, "non-service", label)?);
-        drop(attached);
+        drop(balancer);
         loader::down(&PathBuf::from(PIN_ROOT), "bl0").context("down")?;
     }
     // The baseline on the same interface, same frames.
