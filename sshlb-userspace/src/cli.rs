@@ -13,6 +13,9 @@ pub struct Cli {
     /// Directory on the BPF filesystem holding one pin directory per interface.
     #[arg(long, global = true, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
     pub pin_root: PathBuf,
+    /// The running agent's control socket (`agent.control` in its configuration).
+    #[arg(long, global = true, default_value = crate::control::DEFAULT_SOCKET, value_name = "PATH")]
+    pub control: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -60,6 +63,43 @@ pub enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// Show services and backends: health, state, weight, flows, traffic (from the running agent).
+    Status {
+        /// The documented JSON schema instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a backend's weight (0 drains it). Takes effect at once; established flows stay.
+    SetWeight {
+        /// SERVICE/BACKEND.
+        target: String,
+        /// New weight (0-65535).
+        weight: u32,
+    },
+    /// Stop sending new flows to SERVICE/BACKEND; its established flows continue.
+    Drain {
+        /// SERVICE/BACKEND.
+        target: String,
+    },
+    /// Put SERVICE/BACKEND back into service.
+    Enable {
+        /// SERVICE/BACKEND.
+        target: String,
+    },
+    /// Take SERVICE/BACKEND out of service; its established flows continue.
+    Disable {
+        /// SERVICE/BACKEND.
+        target: String,
+    },
+    /// Blue-green: send every new flow of SERVICE to the backends of GROUP, at once.
+    Switch {
+        /// Service name.
+        service: String,
+        /// Group name (`group = "..."` on backends).
+        group: String,
+    },
+    /// Make the running agent re-read its configuration file (as SIGHUP does).
+    Reload,
     /// Print the data plane's counters on IFACE.
     Stats {
         /// Interface the data plane is attached to.

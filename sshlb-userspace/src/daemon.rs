@@ -10,12 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use sshlb_common::Config as DataplaneConfig;
 
 use crate::{
-    config::{Config, HealthCheck},
+    config::{BackendState, Config, HealthCheck},
+    control::{self, BackendStatus, Reply, Request, ServiceStatus, Status},
     expiry,
     health::{self, Tracker},
     loader::{self, AttachMode, Attached, LoadOptions},
@@ -266,6 +267,78 @@ impl Balancer {
         Ok(())
     }
 
+    /// The backend id of backend `b` of service `s`.
+    fn backend_id(&self, s: usize, b: usize) -> Option<u32> {
+        let backend = &self.config.services.get(s)?.backends.get(b)?;
+        let (addr, fam) = match backend.address {
+            IpAddr::V4(a) => (sshlb_common::v4_in_16(a.octets()), sshlb_common::family::V4),
+            IpAddr::V6(a) => (a.octets(), sshlb_common::family::V6),
+        };
+        self.ids.backends.get(&(fam, addr, backend.port.to_be())).copied()
+    }
+
+    /// Everything `status` shows.
+    pub fn status(&mut self) -> Status {
+        let active = self.attached.dataplane.active_flows();
+        let mut services = Vec::new();
+        for (s, service) in self.config.services.iter().enumerate() {
+            let id = self.plan.services.get(s).map_or(0, |p| p.id);
+            let traffic = self.attached.dataplane.service_traffic(id).unwrap_or_default();
+            let mut backends = Vec::new();
+            for (b, backend) in service.backends.iter().enumerate() {
+                let health = self.trackers[s][b].health();
+                let backend_id = self.backend_id(s, b);
+                let t = backend_id
+                    .and_then(|id| self.attached.dataplane.backend_traffic(id).ok())
+                    .unwrap_or_default();
+                backends.push(BackendStatus {
+                    name: backend.name.clone(),
+                    address: backend.address.to_string(),
+                    port: backend.port,
+                    health: health.as_str().to_owned(),
+                    state: match backend.state {
+                        BackendState::Active => "active",
+                        BackendState::Drain => "drain",
+                        BackendState::Disabled => "disabled",
+                    }
+                    .to_owned(),
+                    weight: backend.weight,
+                    group: backend.group.clone(),
+                    in_ring: backend.state == BackendState::Active
+                        && backend.weight > 0
+                        && health.usable(),
+                    active_flows: backend_id
+                        .and_then(|id| active.per_backend.get(id as usize).copied())
+                        .unwrap_or(0),
+                    new_flows: t.new_flows,
+                    packets: t.packets,
+                    bytes: t.bytes,
+                });
+            }
+            services.push(ServiceStatus {
+                name: service.name.clone(),
+                vip: service.vip.to_string(),
+                port: service.port,
+                mode: match service.mode {
+                    crate::config::Mode::Nat => "nat",
+                    crate::config::Mode::Dsr => "dsr",
+                }
+                .to_owned(),
+                affinity: match service.affinity {
+                    crate::config::Affinity::Flow => "flow",
+                    crate::config::Affinity::Source => "source",
+                }
+                .to_owned(),
+                active_flows: active.per_service.get(id as usize).copied().unwrap_or(0),
+                new_flows: traffic.new_flows,
+                packets: traffic.packets,
+                bytes: traffic.bytes,
+                backends,
+            });
+        }
+        Status { interface: self.iface.clone(), services }
+    }
+
     /// Switches to `config` (already validated), applying only the difference. On error the
     /// previous configuration stays in force.
     pub fn reload(&mut self, config: Config) -> Result<(), String> {
@@ -362,16 +435,26 @@ fn spawn_checkers(
 /// comes back; on SIGHUP it re-reads `config_path` and applies only the difference (a bad file
 /// is refused and the running state is left exactly as it was); it sweeps expired flows, keeps
 /// neighbours resolved, and prints counters every `stats_interval` (0 = never).
-pub async fn run(
-    balancer: &mut Balancer,
-    config_path: Option<&Path>,
-    stats_interval: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Future<Output = ()>) {
+    let RunOptions { config_path, stats_interval, control } = options;
+    let config_path = config_path.as_deref();
     tokio::pin!(shutdown);
     let (tx, mut results) = mpsc::channel(1024);
     let mut generation = 0u64;
     let mut checkers = spawn_checkers(&balancer.config, generation, &tx);
+    let (request_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<Reply>)>(64);
+    let socket_path = control
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let server = match control.map(tokio::net::UnixListener::from_std) {
+        Some(Ok(listener)) => Some(tokio::spawn(serve_control(listener, request_tx))),
+        Some(Err(err)) => {
+            eprintln!("sshlb-agent: warning: control socket unusable: {err}");
+            None
+        }
+        None => None,
+    };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (mut last_sweep, mut last_poke, mut last_stats) =
@@ -386,21 +469,32 @@ pub async fn run(
                 continue;
             }
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                let Some(path) = config_path else {
-                    eprintln!("sshlb-agent: SIGHUP ignored: started without --config");
-                    continue;
-                };
-                match reload_from(balancer, path) {
-                    Ok(()) => {
-                        for task in checkers.drain(..) {
-                            task.abort();
-                        }
-                        generation += 1;
-                        checkers = spawn_checkers(&balancer.config, generation, &tx);
-                        eprintln!("sshlb-agent: reloaded {}", path.display());
-                    }
-                    Err(err) => eprintln!("sshlb-agent: reload refused, nothing changed: {err}"),
+                if let Err(err) = reload_and_recheck(balancer, config_path, &mut checkers, &mut generation, &tx) {
+                    eprintln!("sshlb-agent: reload refused, nothing changed: {err}");
                 }
+                continue;
+            }
+            Some((request, reply)) = requests.recv() => {
+                let answer = match request {
+                    Request::Status => Reply { status: Some(balancer.status()), ..Reply::done() },
+                    Request::Reload => {
+                        match reload_and_recheck(balancer, config_path, &mut checkers, &mut generation, &tx) {
+                            Ok(()) => Reply::done(),
+                            Err(err) => Reply::failed(format!("reload refused, nothing changed: {err}")),
+                        }
+                    }
+                    edit_request => {
+                        let mut config = balancer.config.clone();
+                        match control::edit(&mut config, &edit_request).and_then(|()| balancer.reload(config)) {
+                            Ok(()) => {
+                                eprintln!("sshlb-agent: applied {edit_request:?}");
+                                Reply::done()
+                            }
+                            Err(err) => Reply::failed(err),
+                        }
+                    }
+                };
+                let _ignored = reply.send(answer);
                 continue;
             }
             _ = tick.tick() => {}
@@ -430,6 +524,101 @@ pub async fn run(
     }
     for task in checkers {
         task.abort();
+    }
+    if let Some(server) = server {
+        server.abort();
+    }
+    if let Some(path) = socket_path {
+        let _ignored = std::fs::remove_file(path);
+    }
+}
+
+/// How [`run`] runs.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// The configuration file, re-read on SIGHUP and `reload`.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Print counters this often (zero: never).
+    pub stats_interval: Duration,
+    /// The bound control socket ([`bind_control`]).
+    pub control: Option<std::os::unix::net::UnixListener>,
+}
+
+/// Reloads from `path` and restarts the checkers for the new backend set.
+fn reload_and_recheck(
+    balancer: &mut Balancer,
+    config_path: Option<&Path>,
+    checkers: &mut Vec<tokio::task::JoinHandle<()>>,
+    generation: &mut u64,
+    results: &mpsc::Sender<CheckResult>,
+) -> Result<(), String> {
+    let path = config_path.ok_or("the agent was started without --config")?;
+    reload_from(balancer, path)?;
+    for task in checkers.drain(..) {
+        task.abort();
+    }
+    *generation += 1;
+    *checkers = spawn_checkers(&balancer.config, *generation, results);
+    eprintln!("sshlb-agent: reloaded {}", path.display());
+    Ok(())
+}
+
+/// Binds the control socket at `path` (mode 0600 in a 0700 directory). Refuses when another
+/// agent answers there — two agents writing one data plane's maps would fight — and replaces a
+/// stale socket left by a crashed one.
+pub fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "another sshlb-agent is running (its control socket {} answers)",
+            path.display()
+        ));
+    }
+    let _ignored = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let _ignored = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| format!("binding {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    listener.set_nonblocking(true).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts control connections; each gets one request line and one reply line.
+async fn serve_control(
+    listener: tokio::net::UnixListener,
+    requests: mpsc::Sender<(Request, oneshot::Sender<Reply>)>,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+            let (read, mut write) = stream.into_split();
+            let mut lines =
+                tokio::io::BufReader::new(read.take(control::MAX_REQUEST as u64)).lines();
+            let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await;
+            let reply = match line {
+                Ok(Ok(Some(line))) => match serde_json::from_str::<Request>(&line) {
+                    Ok(request) => {
+                        let (tx, rx) = oneshot::channel();
+                        if requests.send((request, tx)).await.is_err() {
+                            Reply::failed("the agent is shutting down")
+                        } else {
+                            rx.await.unwrap_or_else(|_| Reply::failed("the agent is shutting down"))
+                        }
+                    }
+                    Err(err) => Reply::failed(format!("not a valid request: {err}")),
+                },
+                _ => Reply::failed("expected one JSON request line"),
+            };
+            if let Ok(mut text) = serde_json::to_string(&reply) {
+                text.push('\n');
+                let _ignored = write.write_all(text.as_bytes()).await;
+            }
+        });
     }
 }
 

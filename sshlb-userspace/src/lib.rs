@@ -12,9 +12,11 @@
 //! - [`cli`]: the command line.
 //! - [`daemon`]: start (attach + write the config) and the foreground loop (expiry, neighbours).
 //! - [`config`]: the TOML configuration file, validated into a typed model.
+//! - [`control`]: the control socket protocol, `status` schema and client.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod expiry;
 pub mod health;

@@ -7,6 +7,7 @@ use clap::Parser as _;
 use sshlb::{
     cli::{Cli, Command},
     config::{self, Config},
+    control::{self, Request},
     daemon, loader, stats,
 };
 
@@ -35,6 +36,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => load_config(path)?,
                 None => config::parse("(none)", "").expect("the empty configuration is valid"),
             };
+            if !sshlb::sys::is_root() {
+                return Err(loader::LoaderError::NotRoot.into());
+            }
+            // The control socket first: a second agent for the same socket stops here, before
+            // it touches the data plane.
+            let control = if detach {
+                None
+            } else {
+                let path = std::path::PathBuf::from(&config.agent.control);
+                Some(daemon::bind_control(&path).map_err(anyhow::Error::msg)?)
+            };
             let mut balancer = daemon::start(&cli.pin_root, &iface, xdp_mode, &config)?;
             let attached = &balancer.attached;
             if attached.adopted {
@@ -60,12 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the tokio runtime")?;
             let interval = Duration::from_secs(stats_interval);
             let shutdown = shutdown_signal()?;
-            runtime.block_on(daemon::run(
-                &mut balancer,
-                config_path.as_deref(),
-                interval,
-                shutdown,
-            ));
+            let options = daemon::RunOptions { config_path, stats_interval: interval, control };
+            runtime.block_on(daemon::run(&mut balancer, options, shutdown));
             eprint!(
                 "{}",
                 stats::render(&stats::read(&balancer.attached.dataplane.stats())?, false)
@@ -86,6 +94,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok, {} service(s)", file.display(), config.services.len());
             Ok(())
         }
+        Command::Status { json } => {
+            let reply = control::call(&cli.control, &Request::Status)?;
+            let status = reply_ok(reply)?.status.context("the agent sent no status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", control::render(&status));
+            }
+            Ok(())
+        }
+        Command::SetWeight { target, weight } => {
+            let (service, backend) = control::parse_target(&target).map_err(anyhow::Error::msg)?;
+            reply_ok(control::call(
+                &cli.control,
+                &Request::SetWeight { service, backend, weight },
+            )?)?;
+            Ok(())
+        }
+        Command::Drain { target } => {
+            simple(&cli.control, &target, |service, backend| Request::Drain { service, backend })
+        }
+        Command::Enable { target } => {
+            simple(&cli.control, &target, |service, backend| Request::Enable { service, backend })
+        }
+        Command::Disable { target } => {
+            simple(&cli.control, &target, |service, backend| Request::Disable { service, backend })
+        }
+        Command::Switch { service, group } => {
+            reply_ok(control::call(&cli.control, &Request::Switch { service, group })?)?;
+            Ok(())
+        }
+        Command::Reload => {
+            reply_ok(control::call(&cli.control, &Request::Reload)?)?;
+            Ok(())
+        }
         Command::XdpPass { iface, remove } => {
             if remove {
                 loader::detach_pass(&cli.pin_root, &iface)?;
@@ -100,6 +143,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The reply if the agent carried the request out, its reason as the error otherwise.
+fn reply_ok(reply: control::Reply) -> anyhow::Result<control::Reply> {
+    if reply.ok {
+        Ok(reply)
+    } else {
+        anyhow::bail!("{}", reply.error.unwrap_or_else(|| "the agent refused".to_owned()))
+    }
+}
+
+/// A `SERVICE/BACKEND` request.
+fn simple(
+    socket: &std::path::Path,
+    target: &str,
+    request: impl FnOnce(String, String) -> Request,
+) -> anyhow::Result<()> {
+    let (service, backend) = control::parse_target(target).map_err(anyhow::Error::msg)?;
+    reply_ok(control::call(socket, &request(service, backend))?)?;
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM. Must be called inside no runtime: it builds the futures only.

@@ -69,7 +69,7 @@ fn stopped_sshd_leaves_the_ring_in_time_and_rejoins() {
                 .unwrap_or_else(|e| panic!("start: {e}"));
         let _ = ready_tx.send(());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        rt.block_on(daemon::run(&mut attached, None, Duration::ZERO, async {
+        rt.block_on(daemon::run(&mut attached, daemon::RunOptions::default(), async {
             let _ = stop_rx.await;
         }));
         drop(attached);

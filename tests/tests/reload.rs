@@ -14,9 +14,10 @@ use sshlb_tests::{
 
 const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
-fn config(backends: &[(&str, u32)]) -> String {
-    let mut text =
-        format!("[[service]]\nname = \"git\"\nvip = \"{VIP4}\"\nport = 22\nring-size = 4093\n");
+fn config(control: &str, backends: &[(&str, u32)]) -> String {
+    let mut text = format!(
+        "[agent]\ncontrol = \"{control}\"\n\n[[service]]\nname = \"git\"\nvip = \"{VIP4}\"\nport = 22\nring-size = 4093\n"
+    );
     for (name, weight) in backends {
         let (_, v4, _) = BACKENDS.iter().find(|(n, _, _)| n == name).expect("known backend");
         text += &format!(
@@ -37,13 +38,14 @@ fn sighup_applies_changes_without_touching_established_flows() {
     let dir = std::env::temp_dir();
     let cfg_path = dir.join(format!("{}.toml", topo.lb_if));
     let log = dir.join(format!("{}.log", topo.lb_if));
-    std::fs::write(&cfg_path, config(&[("b1", 100), ("b2", 100)])).expect("config");
+    let control = format!("/run/sshlb/test-{}.sock", topo.lb_if);
+    std::fs::write(&cfg_path, config(&control, &[("b1", 100), ("b2", 100)])).expect("config");
     let pass_port = topo.lb_port.clone();
     topo.sw.run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
     let _cleanup = Cleanup {
         iface: topo.lb_if.clone(),
         pass_port: topo.lb_port.clone(),
-        files: vec![cfg_path.clone(), log.clone()],
+        files: vec![cfg_path.clone(), log.clone(), PathBuf::from(&control)],
     };
     let lb_if = topo.lb_if.clone();
     let cfg = cfg_path.to_str().expect("utf-8").to_owned();
@@ -60,7 +62,8 @@ fn sighup_applies_changes_without_touching_established_flows() {
     let removed = if kept == "b1" { "b2" } else { "b1" };
 
     // b3 inserted first, the other original backend removed, weights changed.
-    std::fs::write(&cfg_path, config(&[("b3", 300), (kept.as_str(), 100)])).expect("config");
+    std::fs::write(&cfg_path, config(&control, &[("b3", 300), (kept.as_str(), 100)]))
+        .expect("config");
     // SAFETY: kill(2) on a PID this test spawned.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     assert!(

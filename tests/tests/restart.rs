@@ -22,8 +22,10 @@ fn established_flow_survives_agent_sigkill_and_restart() {
     let agent = agent.to_str().expect("utf-8").to_owned();
     let mut topo = Topo::new(22);
     let config = std::env::temp_dir().join(format!("{}.toml", topo.lb_if));
-    let mut text =
-        format!("[[service]]\nname = \"git\"\nvip = \"{VIP4}\"\nport = 22\nring-size = 4093\n");
+    let mut text = format!(
+        "[agent]\ncontrol = \"/run/sshlb/test-{}.sock\"\n\n[[service]]\nname = \"git\"\nvip = \"{VIP4}\"\nport = 22\nring-size = 4093\n",
+        topo.lb_if
+    );
     for (name, v4, _) in BACKENDS {
         text += &format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{v4}\"\n");
     }
@@ -92,5 +94,7 @@ impl Drop for Cleanup {
         let _ = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
         let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
         let _ = std::fs::remove_file(&self.config);
+        // The SIGKILLed agent could not remove its control socket.
+        let _ = std::fs::remove_file(format!("/run/sshlb/test-{}.sock", self.iface));
     }
 }

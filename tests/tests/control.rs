@@ -1,0 +1,162 @@
+//! The control socket with the real agent binary: status, set-weight, drain, enable, disable,
+//! blue-green switch and reload, each taking effect for new flows at once while established
+//! flows keep carrying bytes.
+
+use std::{
+    path::PathBuf,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use sshlb::{control::Status, loader};
+use sshlb_tests::{
+    agent_binary, root_or_skip,
+    topo::{payload, Conn, Topo, BACKENDS, VIP4},
+    wait_for,
+};
+
+const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
+
+#[test]
+fn control_commands_steer_new_flows_and_spare_established_ones() {
+    if !root_or_skip("control_commands_steer_new_flows_and_spare_established_ones") {
+        return;
+    }
+    let agent = agent_binary();
+    let agent = agent.to_str().expect("utf-8").to_owned();
+    let mut topo = Topo::new(22);
+    let dir = std::env::temp_dir();
+    let cfg_path = dir.join(format!("{}.toml", topo.lb_if));
+    let log = dir.join(format!("{}.log", topo.lb_if));
+    let control = format!("/run/sshlb/test-{}.sock", topo.lb_if);
+    let mut text = format!(
+        "[agent]\ncontrol = \"{control}\"\n\n[[service]]\nname = \"git\"\nvip = \"{VIP4}\"\nport = 22\nring-size = 4093\n\
+         [service.health]\ninterval = \"100ms\"\nexpect = \"\"\n"
+    );
+    for (name, v4, _) in BACKENDS {
+        let group = if name == "b3" { "green" } else { "blue" };
+        text += &format!(
+            "[[service.backend]]\nname = \"{name}\"\naddress = \"{v4}\"\ngroup = \"{group}\"\n"
+        );
+    }
+    std::fs::write(&cfg_path, text).expect("config");
+    let pass_port = topo.lb_port.clone();
+    topo.sw.run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
+    let _cleanup = Cleanup {
+        iface: topo.lb_if.clone(),
+        pass_port: topo.lb_port.clone(),
+        files: vec![cfg_path.clone(), log.clone(), PathBuf::from(&control)],
+    };
+    let lb_if = topo.lb_if.clone();
+    let cfg = cfg_path.to_str().expect("utf-8").to_owned();
+    topo.lb.spawn_logged(&agent, &["up", &lb_if, "--config", &cfg], &log);
+    let ctl = |args: &[&str]| -> Output {
+        let mut full = vec!["--control", control.as_str()];
+        full.extend_from_slice(args);
+        std::process::Command::new(&agent).args(&full).output().expect("spawn agent client")
+    };
+    let status = || -> Status {
+        let out = ctl(&["status", "--json"]);
+        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status --json parses")
+    };
+    let all_up = wait_for(Duration::from_secs(10), || {
+        let out = ctl(&["status", "--json"]);
+        let s: Status = serde_json::from_slice(&out.stdout).ok()?;
+        s.services[0].backends.iter().all(|b| b.health == "up").then_some(())
+    });
+    assert!(
+        all_up.is_some(),
+        "backends never reported up:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let mut established = topo
+        .client
+        .run(|| (0..12).map(|_| Conn::open(VIP4, 22).expect("connect")).collect::<Vec<_>>());
+    let new_backends = |n: usize| {
+        topo.client.run(move || {
+            (0..n)
+                .map(|_| {
+                    Conn::open(VIP4, 22)
+                        .map(|c| c.backend)
+                        .unwrap_or_else(|e| format!("error: {e}"))
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let only = |got: &[String], allowed: &[&str]| got.iter().all(|b| allowed.contains(&b.as_str()));
+    let timed = |args: &[&str]| {
+        let started = Instant::now();
+        let out = ctl(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!("{args:?} took {:?} to be in the data plane", started.elapsed());
+    };
+
+    timed(&["switch", "git", "green"]);
+    let got = new_backends(30);
+    assert!(only(&got, &["b3"]), "after switch to green: {got:?}");
+    timed(&["switch", "git", "blue"]);
+    let got = new_backends(30);
+    assert!(
+        only(&got, &["b1", "b2"]) && got.iter().any(|b| b == "b1"),
+        "after switch to blue: {got:?}"
+    );
+    timed(&["set-weight", "git/b1", "0"]);
+    let got = new_backends(30);
+    assert!(only(&got, &["b2"]), "after b1 weight 0: {got:?}");
+    timed(&["enable", "git/b3"]);
+    timed(&["disable", "git/b2"]);
+    let got = new_backends(30);
+    assert!(only(&got, &["b3"]), "after enable b3, disable b2: {got:?}");
+
+    let s = status();
+    let b = &s.services[0].backends;
+    assert_eq!((b[0].weight, b[0].in_ring), (0, false));
+    assert_eq!((b[1].state.as_str(), b[1].in_ring), ("disabled", false));
+    assert_eq!((b[2].state.as_str(), b[2].in_ring), ("active", true));
+    assert!(s.services[0].active_flows >= 12, "{:?}", s.services[0]);
+    assert!(b.iter().map(|b| b.new_flows).sum::<u64>() >= 12 + 120);
+
+    // Errors name what is wrong and change nothing.
+    let out = ctl(&["drain", "git/nope"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("\"nope\""));
+    let out = ctl(&["switch", "git", "red"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("\"red\""));
+    // `reload` returns to what the file says: all three active again.
+    timed(&["reload"]);
+    let got = new_backends(60);
+    for name in ["b1", "b2", "b3"] {
+        assert!(got.iter().any(|b| b == name), "{name} missing after reload: {got:?}");
+    }
+    // Through all of it, every established flow kept its backend and its bytes.
+    topo.client.run(move || {
+        for (i, conn) in established.iter_mut().enumerate() {
+            let data = payload(32 * 1024, i as u64);
+            assert!(conn
+                .echo(&data)
+                .unwrap_or_else(|e| panic!("flow {i} on {}: {e}", conn.backend)));
+        }
+    });
+    // A second agent for the same socket is refused before touching anything.
+    let second =
+        topo.lb.command(&agent, &["up", &lb_if, "--config", &cfg]).output().expect("spawn");
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another sshlb-agent is running"));
+}
+
+struct Cleanup {
+    iface: String,
+    pass_port: String,
+    files: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
+        let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
