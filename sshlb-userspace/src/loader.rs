@@ -274,6 +274,9 @@ fn verify_pinned_layout(pin_dir: &Path, options: &LoadOptions) -> Result<(), Loa
 /// The loaded (not yet attached) data plane: the object with its program verified and loaded.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// What this process last wrote into each ring half (by first slot), so a republish
+    /// writes only the slots that differ.
+    pub(crate) ring_cache: std::collections::HashMap<u32, Vec<u32>>,
 }
 
 impl Dataplane {
@@ -306,7 +309,7 @@ impl Dataplane {
             .try_into()
             .expect("sshlb is an XDP program");
         program.load().map_err(LoaderError::Load)?;
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, ring_cache: std::collections::HashMap::new() })
     }
 
     /// The loaded XDP program (e.g. for `BPF_PROG_TEST_RUN`).

@@ -184,11 +184,18 @@ impl Dataplane {
             _ => base,
         };
         {
+            // Maglev moves few slots per change: write only those that differ from what this
+            // process last put in the standby half (all of them when it does not know).
+            let known = self.ring_cache.remove(&standby).filter(|old| old.len() == ring.len());
             let mut rings = self.array::<u32>(map_names::RINGS);
-            for (slot, backend) in (standby..).zip(ring) {
+            for (i, (slot, backend)) in (standby..).zip(ring).enumerate() {
+                if known.as_ref().is_some_and(|old| old[i] == *backend) {
+                    continue;
+                }
                 rings.set(slot, backend, 0).map_err(map_err("writing", map_names::RINGS))?;
             }
         }
+        self.ring_cache.insert(standby, ring.to_vec());
         let service = Service { id, flags, ring_size: ring.len() as u32, ring_offset: standby };
         self.services().insert(key, service, 0).map_err(map_err("writing", map_names::SERVICES))
     }

@@ -14,27 +14,21 @@ use crate::{build, cmd, setup};
 pub enum Bench {
     /// ns/packet of the data plane vs a trivial XDP program, 1k and 1M flows in the table.
     Dataplane,
+    /// Maglev rebuild times and set-weight → kernel latency.
+    Agent,
 }
 
 /// Runs `which` with `seconds` of traffic per scenario.
 pub fn bench(which: Bench, seconds: u64) -> Result<()> {
     ensure!(crate::is_root(), "benchmarks need root (network namespaces, XDP, BPF statistics)");
     setup::setup()?;
-    match which {
-        Bench::Dataplane => {
-            let mut cargo = build::cargo();
-            cargo.args([
-                "run",
-                "--release",
-                "--package",
-                "sshlb-tests",
-                "--bin",
-                "dataplane-bench",
-                "--",
-            ]);
-            cargo.arg(seconds.to_string());
-            cmd::run(&mut cargo).context("the data-plane benchmark failed")?;
-        }
-    }
+    let (bin, args) = match which {
+        Bench::Dataplane => ("dataplane-bench", vec![seconds.to_string()]),
+        Bench::Agent => ("agent-bench", vec![]),
+    };
+    let mut cargo = build::cargo();
+    cargo.args(["run", "--release", "--package", "sshlb-tests", "--bin", bin, "--"]);
+    cargo.args(args);
+    cmd::run(&mut cargo).with_context(|| format!("the {bin} benchmark failed"))?;
     Ok(())
 }
