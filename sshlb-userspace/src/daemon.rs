@@ -20,6 +20,7 @@ use crate::{
     expiry,
     health::{self, Tracker},
     loader::{self, AttachMode, Attached, LoadOptions},
+    metrics,
     plan::{self, Ids, Plan},
     stats, sys,
 };
@@ -143,6 +144,8 @@ pub struct Balancer {
     ids: Ids,
     plan: Plan,
     trackers: Vec<Vec<Tracker>>,
+    latency: metrics::CheckLatency,
+    config_state: metrics::ConfigState,
 }
 
 /// Attaches (or takes over) the data plane on `iface` and writes `config` into it. On failure
@@ -192,7 +195,20 @@ pub fn start(
         eprintln!("sshlb-agent: warning: {warning}");
     }
     poke_backends(config);
-    Ok(Balancer { attached, config: config.clone(), iface: iface.to_owned(), ids, plan, trackers })
+    Ok(Balancer {
+        attached,
+        config: config.clone(),
+        iface: iface.to_owned(),
+        ids,
+        plan,
+        trackers,
+        latency: metrics::CheckLatency::default(),
+        config_state: metrics::ConfigState {
+            generation: 0,
+            last_reload_ok: true,
+            last_reload_unix: 0,
+        },
+    })
 }
 
 /// Writes `plan` into the maps, touching only what differs from `old` (all of it when `None`):
@@ -355,7 +371,20 @@ impl Balancer {
             self.trackers = old_trackers;
             return Err(err);
         }
+        self.config_state.generation += 1;
         Ok(())
+    }
+
+    /// A Prometheus scrape of the running balancer.
+    pub fn metrics(&mut self) -> String {
+        let status = self.status();
+        let counters = stats::read(&self.attached.dataplane.stats()).unwrap_or_default();
+        metrics::render(&metrics::Snapshot {
+            status: &status,
+            counters: &counters,
+            latency: &self.latency,
+            config: self.config_state,
+        })
     }
 }
 
@@ -391,6 +420,7 @@ struct CheckResult {
     service: usize,
     backend: usize,
     outcome: Result<(), String>,
+    seconds: f64,
 }
 
 /// Checks one backend forever, every `interval`, sending each result to the map owner.
@@ -405,9 +435,11 @@ async fn checker(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let started = Instant::now();
         let outcome =
             health::check(addr, check.timeout, &check.expect).await.map_err(|e| e.to_string());
-        let result = CheckResult { generation, service, backend, outcome };
+        let seconds = started.elapsed().as_secs_f64();
+        let result = CheckResult { generation, service, backend, outcome, seconds };
         if results.send(result).await.is_err() {
             return;
         }
@@ -443,6 +475,17 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
     let mut generation = 0u64;
     let mut checkers = spawn_checkers(&balancer.config, generation, &tx);
     let (request_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<Reply>)>(64);
+    let (scrape_tx, mut scrapes) = mpsc::channel::<oneshot::Sender<String>>(16);
+    let metrics_server = match tokio::net::TcpListener::bind(&balancer.config.agent.metrics).await {
+        Ok(listener) => Some(tokio::spawn(serve_metrics(listener, scrape_tx))),
+        Err(err) => {
+            eprintln!(
+                "sshlb-agent: warning: metrics not served, cannot bind {}: {err}",
+                balancer.config.agent.metrics
+            );
+            None
+        }
+    };
     let socket_path = control
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -472,6 +515,10 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
                 if let Err(err) = reload_and_recheck(balancer, config_path, &mut checkers, &mut generation, &tx) {
                     eprintln!("sshlb-agent: reload refused, nothing changed: {err}");
                 }
+                continue;
+            }
+            Some(reply) = scrapes.recv() => {
+                let _ignored = reply.send(balancer.metrics());
                 continue;
             }
             Some((request, reply)) = requests.recv() => {
@@ -525,8 +572,8 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
     for task in checkers {
         task.abort();
     }
-    if let Some(server) = server {
-        server.abort();
+    for task in [server, metrics_server].into_iter().flatten() {
+        task.abort();
     }
     if let Some(path) = socket_path {
         let _ignored = std::fs::remove_file(path);
@@ -622,6 +669,41 @@ async fn serve_control(
     }
 }
 
+/// Serves `GET /metrics`: each scrape asks the map owner for a snapshot.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    scrapes: mpsc::Sender<oneshot::Sender<String>>,
+) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let scrapes = scrapes.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut head = Vec::with_capacity(512);
+            let mut buf = [0u8; 512];
+            let read = tokio::time::timeout(Duration::from_secs(2), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            let body = if scrapes.send(tx).await.is_ok() {
+                rx.await.unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let response = metrics::respond(&String::from_utf8_lossy(&head), || body);
+            let _ignored = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
 /// Reads, validates and applies the configuration at `path`.
 pub fn reload_from(balancer: &mut Balancer, path: &Path) -> Result<(), String> {
     let text =
@@ -633,6 +715,7 @@ pub fn reload_from(balancer: &mut Balancer, path: &Path) -> Result<(), String> {
 
 /// Records a check result; on a change of usability, re-plans (only that ring changes).
 fn on_check(balancer: &mut Balancer, result: &CheckResult) {
+    balancer.latency.observe(result.seconds);
     let service = &balancer.config.services[result.service];
     let backend = &service.backends[result.backend];
     let (rise, fall) = (service.health.rise, service.health.fall);

@@ -4,6 +4,7 @@
 //!   `/sys/fs/bpf/sshlb/<iface>`, and detaches/unpins it.
 //! - [`maglev`]: builds weighted Maglev rings (pure: backends' keys and weights → slots).
 //! - [`maps`]: typed writers/readers for the data plane's maps.
+//! - [`metrics`]: Prometheus exposition.
 //! - [`plan`]: a configuration → the exact map contents (backend ids, rings).
 //! - [`expiry`]: removes flows idle past their state's timeout.
 //! - [`health`]: SSH banner health checks (state machine + the check).
@@ -23,6 +24,7 @@ pub mod health;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod plan;
 pub mod stats;
 pub mod sys;

@@ -138,6 +138,32 @@ fn control_commands_steer_new_flows_and_spare_established_ones() {
                 .unwrap_or_else(|e| panic!("flow {i} on {}: {e}", conn.backend)));
         }
     });
+    // Prometheus metrics, scraped from inside the balancer's namespace (loopback by default).
+    let scrape = topo.lb.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9734").expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        text
+    });
+    assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
+    for needle in [
+        "sshlb_backend_health{service=\"git\",backend=\"b3\",state=\"up\"} 1",
+        "sshlb_backend_weight{service=\"git\",backend=\"b1\"} 100",
+        "sshlb_packets_total{outcome=\"fwd_nat\"}",
+        "sshlb_health_check_duration_seconds_count",
+        "sshlb_config_last_reload_success 1",
+    ] {
+        assert!(scrape.contains(needle), "metrics lack {needle:?}:\n{scrape}");
+    }
+    let generation = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("sshlb_config_generation "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("generation");
+    assert!(generation >= 6, "six changes were applied, generation says {generation}");
+
     // A second agent for the same socket is refused before touching anything.
     let second =
         topo.lb.command(&agent, &["up", &lb_if, "--config", &cfg]).output().expect("spawn");

@@ -1,0 +1,258 @@
+//! Prometheus text exposition (format 0.0.4): rendering is sans-IO ([`render`]); the agent
+//! serves it on `agent.metrics` (`GET /metrics`, loopback by default).
+
+use std::fmt::Write as _;
+
+use crate::{
+    control::{BackendStatus, ServiceStatus, Status},
+    stats::Counter,
+};
+
+/// Upper bounds (seconds) of the health-check latency histogram buckets.
+pub const CHECK_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Health-check latency histogram (cumulative on render).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckLatency {
+    /// Observations per bucket (not cumulative), plus the +Inf overflow last.
+    pub buckets: [u64; CHECK_BUCKETS.len() + 1],
+    /// Sum of observed seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl CheckLatency {
+    /// Records one check's duration.
+    pub fn observe(&mut self, seconds: f64) {
+        let i = CHECK_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(CHECK_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// The configuration's history, for `sshlb_config_*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConfigState {
+    /// Increments on every applied change (reload or runtime command).
+    pub generation: u64,
+    /// Whether the last reload attempt succeeded (true until one fails).
+    pub last_reload_ok: bool,
+    /// Unix time of the last reload attempt (0 = none yet).
+    pub last_reload_unix: u64,
+}
+
+/// Everything one scrape shows.
+pub struct Snapshot<'a> {
+    /// Services and backends.
+    pub status: &'a Status,
+    /// Global per-outcome counters.
+    pub counters: &'a [Counter],
+    /// Health-check latency.
+    pub latency: &'a CheckLatency,
+    /// Configuration history.
+    pub config: ConfigState,
+}
+
+/// One per-service metric family: name, type, help, value.
+type ServiceFamily = (&'static str, &'static str, &'static str, fn(&ServiceStatus) -> u64);
+/// One per-backend metric family: name, type, help, value.
+type BackendFamily = (&'static str, &'static str, &'static str, fn(&BackendStatus) -> u64);
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders a scrape.
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        name.to_owned()
+    };
+    let _ = family(
+        "sshlb_packets_total",
+        "counter",
+        "Packets by data-plane outcome (every packet counts once; event_* are not packets).",
+    );
+    let mut body = String::new();
+    for c in s.counters {
+        let _ = writeln!(body, "sshlb_packets_total{{outcome=\"{}\"}} {}", c.name, c.value);
+    }
+    out.push_str(&body);
+
+    let service_metrics: [ServiceFamily; 4] = [
+        ("sshlb_service_active_flows", "gauge", "Live flows in the connection table.", |x| {
+            x.active_flows
+        }),
+        ("sshlb_service_new_flows_total", "counter", "Flows started.", |x| x.new_flows),
+        ("sshlb_service_packets_total", "counter", "Packets forwarded.", |x| x.packets),
+        ("sshlb_service_bytes_total", "counter", "Bytes forwarded.", |x| x.bytes),
+    ];
+    for (name, kind, help, get) in service_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for svc in &s.status.services {
+            let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", escape(&svc.name), get(svc));
+        }
+    }
+    let backend_metrics: [BackendFamily; 6] = [
+        ("sshlb_backend_weight", "gauge", "Weight in force.", |b| u64::from(b.weight)),
+        ("sshlb_backend_in_ring", "gauge", "1 when new flows can reach the backend.", |b| {
+            u64::from(b.in_ring)
+        }),
+        ("sshlb_backend_active_flows", "gauge", "Live flows in the connection table.", |b| {
+            b.active_flows
+        }),
+        ("sshlb_backend_new_flows_total", "counter", "Flows started.", |b| b.new_flows),
+        ("sshlb_backend_packets_total", "counter", "Packets forwarded.", |b| b.packets),
+        ("sshlb_backend_bytes_total", "counter", "Bytes forwarded.", |b| b.bytes),
+    ];
+    for (name, kind, help, get) in backend_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for svc in &s.status.services {
+            for b in &svc.backends {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\",backend=\"{}\"}} {}",
+                    escape(&svc.name),
+                    escape(&b.name),
+                    get(b)
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP sshlb_backend_health 1 for the backend's current health state.\n# TYPE sshlb_backend_health gauge");
+    for svc in &s.status.services {
+        for b in &svc.backends {
+            for state in ["up", "down", "unknown"] {
+                let _ = writeln!(
+                    out,
+                    "sshlb_backend_health{{service=\"{}\",backend=\"{}\",state=\"{state}\"}} {}",
+                    escape(&svc.name),
+                    escape(&b.name),
+                    u8::from(b.health == state)
+                );
+            }
+        }
+    }
+    let name = "sshlb_health_check_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Health check duration (connect, banner, close).\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0;
+    for (i, bound) in CHECK_BUCKETS.iter().enumerate() {
+        cumulative += s.latency.buckets[i];
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += s.latency.buckets[CHECK_BUCKETS.len()];
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", s.latency.sum, s.latency.count);
+    let _ = writeln!(
+        out,
+        "# HELP sshlb_config_generation Applied configuration changes since start.\n# TYPE sshlb_config_generation counter\n\
+         sshlb_config_generation {}\n\
+         # HELP sshlb_config_last_reload_success 1 if the last reload succeeded.\n# TYPE sshlb_config_last_reload_success gauge\n\
+         sshlb_config_last_reload_success {}\n\
+         # HELP sshlb_config_last_reload_timestamp_seconds Unix time of the last reload attempt.\n# TYPE sshlb_config_last_reload_timestamp_seconds gauge\n\
+         sshlb_config_last_reload_timestamp_seconds {}",
+        s.config.generation,
+        u8::from(s.config.last_reload_ok),
+        s.config.last_reload_unix
+    );
+    out
+}
+
+/// The HTTP response for a request head (`GET /metrics` → 200 with `body`; else 404/405).
+pub fn respond(request_head: &str, body: impl FnOnce() -> String) -> String {
+    let mut parts = request_head.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => ("200 OK", body()),
+        ("GET", _) => ("404 Not Found", "try /metrics\n".to_owned()),
+        _ => ("405 Method Not Allowed", "GET only\n".to_owned()),
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{content}",
+        content.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            interface: "eth0".into(),
+            services: vec![ServiceStatus {
+                name: "git".into(),
+                packets: 10,
+                backends: vec![BackendStatus {
+                    name: "b\"1".into(),
+                    health: "down".into(),
+                    weight: 7,
+                    bytes: 99,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn renders_families_labels_and_a_cumulative_histogram() {
+        let mut latency = CheckLatency::default();
+        for s in [0.0005, 0.003, 0.003, 2.0] {
+            latency.observe(s);
+        }
+        let counters = [Counter { name: "fwd_nat", value: 5 }];
+        let text = render(&Snapshot {
+            status: &status(),
+            counters: &counters,
+            latency: &latency,
+            config: ConfigState {
+                generation: 3,
+                last_reload_ok: false,
+                last_reload_unix: 1700000000,
+            },
+        });
+        for line in [
+            "sshlb_packets_total{outcome=\"fwd_nat\"} 5",
+            "sshlb_service_packets_total{service=\"git\"} 10",
+            "sshlb_backend_weight{service=\"git\",backend=\"b\\\"1\"} 7",
+            "sshlb_backend_bytes_total{service=\"git\",backend=\"b\\\"1\"} 99",
+            "sshlb_backend_health{service=\"git\",backend=\"b\\\"1\",state=\"down\"} 1",
+            "sshlb_backend_health{service=\"git\",backend=\"b\\\"1\",state=\"up\"} 0",
+            "sshlb_health_check_duration_seconds_bucket{le=\"0.001\"} 1",
+            "sshlb_health_check_duration_seconds_bucket{le=\"0.005\"} 3",
+            "sshlb_health_check_duration_seconds_bucket{le=\"1\"} 3",
+            "sshlb_health_check_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "sshlb_health_check_duration_seconds_count 4",
+            "sshlb_config_generation 3",
+            "sshlb_config_last_reload_success 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        // Every sample line belongs to a declared family.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{name} has no TYPE");
+        }
+    }
+
+    #[test]
+    fn http_routing() {
+        assert!(respond("GET /metrics HTTP/1.1\r\nHost: x\r\n", || "x 1\n".into())
+            .starts_with("HTTP/1.1 200 OK"));
+        assert!(respond("GET /metrics?x=1 HTTP/1.0", String::new).starts_with("HTTP/1.1 200"));
+        assert!(respond("GET / HTTP/1.1", || unreachable!()).starts_with("HTTP/1.1 404"));
+        assert!(respond("POST /metrics HTTP/1.1", || unreachable!()).starts_with("HTTP/1.1 405"));
+        assert!(respond("", || unreachable!()).starts_with("HTTP/1.1 405"));
+    }
+}
