@@ -185,14 +185,14 @@ pub fn start(
     let ipv6 = config.services.iter().any(|s| s.vip.is_ipv6());
     for (key, value) in interface_sysctls(iface, ipv6) {
         match sys::set_sysctl(&key, value) {
-            Ok(Some(old)) => eprintln!("sshlb-agent: set {key}={value} (was {old})"),
+            Ok(Some(old)) => tracing::info!("set {key}={value} (was {old})"),
             Ok(None) => {}
             // IPv6 may be disabled on the host: that only matters for IPv6 services.
-            Err(err) => eprintln!("sshlb-agent: warning: cannot set {key}={value}: {err}"),
+            Err(err) => tracing::warn!("cannot set {key}={value}: {err}"),
         }
     }
     if let Some(warning) = port_range_overlap(config.agent.nat_ports, &read_local_port_range()) {
-        eprintln!("sshlb-agent: warning: {warning}");
+        tracing::warn!("{warning}");
     }
     poke_backends(config);
     Ok(Balancer {
@@ -479,8 +479,8 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
     let metrics_server = match tokio::net::TcpListener::bind(&balancer.config.agent.metrics).await {
         Ok(listener) => Some(tokio::spawn(serve_metrics(listener, scrape_tx))),
         Err(err) => {
-            eprintln!(
-                "sshlb-agent: warning: metrics not served, cannot bind {}: {err}",
+            tracing::warn!(
+                "metrics not served, cannot bind {}: {err}",
                 balancer.config.agent.metrics
             );
             None
@@ -493,7 +493,7 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
     let server = match control.map(tokio::net::UnixListener::from_std) {
         Some(Ok(listener)) => Some(tokio::spawn(serve_control(listener, request_tx))),
         Some(Err(err)) => {
-            eprintln!("sshlb-agent: warning: control socket unusable: {err}");
+            tracing::warn!("control socket unusable: {err}");
             None
         }
         None => None,
@@ -513,7 +513,7 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
             }
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 if let Err(err) = reload_and_recheck(balancer, config_path, &mut checkers, &mut generation, &tx) {
-                    eprintln!("sshlb-agent: reload refused, nothing changed: {err}");
+                    tracing::warn!("reload refused, nothing changed: {err}");
                 }
                 continue;
             }
@@ -534,7 +534,7 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
                         let mut config = balancer.config.clone();
                         match control::edit(&mut config, &edit_request).and_then(|()| balancer.reload(config)) {
                             Ok(()) => {
-                                eprintln!("sshlb-agent: applied {edit_request:?}");
+                                tracing::info!("applied {edit_request:?}");
                                 Reply::done()
                             }
                             Err(err) => Reply::failed(err),
@@ -552,10 +552,10 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
             let timeouts = balancer.config.agent.timeouts;
             match expiry::sweep(&mut balancer.attached.dataplane, now, &timeouts) {
                 Ok(s) if s.expired > 0 => {
-                    eprintln!("sshlb-agent: expired {} of {} flows", s.expired, s.scanned);
+                    tracing::info!("expired {} of {} flows", s.expired, s.scanned);
                 }
                 Ok(_) => {}
-                Err(err) => eprintln!("sshlb-agent: warning: flow expiry failed: {err}"),
+                Err(err) => tracing::warn!("flow expiry failed: {err}"),
             }
         }
         if last_poke.elapsed() >= POKE_EVERY {
@@ -606,7 +606,7 @@ fn reload_and_recheck(
     }
     *generation += 1;
     *checkers = spawn_checkers(&balancer.config, *generation, results);
-    eprintln!("sshlb-agent: reloaded {}", path.display());
+    tracing::info!("reloaded {}", path.display());
     Ok(())
 }
 
@@ -725,8 +725,8 @@ fn on_check(balancer: &mut Balancer, result: &CheckResult) {
         return;
     };
     let why = result.outcome.as_ref().err().map_or(String::new(), |e| format!(" ({e})"));
-    eprintln!(
-        "sshlb-agent: {}/{} {}:{} is {}{why}",
+    tracing::info!(
+        "{}/{} {}:{} is {}{why}",
         service.name,
         backend.name,
         backend.address,
@@ -735,7 +735,7 @@ fn on_check(balancer: &mut Balancer, result: &CheckResult) {
     );
     if health.usable() != was_usable {
         if let Err(err) = balancer.replan() {
-            eprintln!("sshlb-agent: error: applying a health change failed: {err}");
+            tracing::error!("applying a health change failed: {err}");
         }
     }
 }

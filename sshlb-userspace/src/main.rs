@@ -13,6 +13,9 @@ use sshlb::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Structured, timestamped lines on stderr (journald keeps them under systemd).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(tty).init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -50,15 +53,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut balancer = daemon::start(&cli.pin_root, &iface, xdp_mode, &config)?;
             let attached = &balancer.attached;
             if attached.adopted {
-                eprintln!(
-                    "sshlb-agent: took over the data plane already on {iface} (pinned at {}): \
+                tracing::info!(
+                    "took over the data plane already on {iface} (pinned at {}): \
                      flows kept, program replaced, {} service(s) applied",
                     attached.pin_dir.display(),
                     config.services.len()
                 );
             } else {
-                eprintln!(
-                    "sshlb-agent: attached to {iface} in {xdp_mode} mode, {} service(s), pinned at {}",
+                tracing::info!(
+                    "attached to {iface} in {xdp_mode} mode, {} service(s), pinned at {}",
                     config.services.len(),
                     attached.pin_dir.display()
                 );
@@ -78,8 +81,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 stats::render(&stats::read(&balancer.attached.dataplane.stats())?, false)
             );
-            eprintln!(
-                "sshlb-agent: exiting; the data plane stays attached to {iface} \
+            tracing::info!(
+                "exiting; the data plane stays attached to {iface} \
                  (`sshlb-agent down {iface}` detaches it)"
             );
             Ok(())
