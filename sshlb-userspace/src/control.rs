@@ -153,6 +153,9 @@ pub struct BackendStatus {
     pub group: Option<String>,
     /// Whether new flows can reach it now (active, weight > 0, not down).
     pub in_ring: bool,
+    /// Health state changes since the agent started.
+    #[serde(default)]
+    pub health_changes: u64,
     /// Live flows in the connection table.
     pub active_flows: u64,
     /// Flows started.

@@ -320,6 +320,7 @@ impl Balancer {
                     .to_owned(),
                     weight: backend.weight,
                     group: backend.group.clone(),
+                    health_changes: self.trackers[s][b].changes(),
                     in_ring: backend.state == BackendState::Active
                         && backend.weight > 0
                         && health.usable(),

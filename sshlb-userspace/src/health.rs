@@ -47,11 +47,12 @@ pub struct Tracker {
     health: Health,
     passes: u32,
     failures: u32,
+    changes: u64,
 }
 
 impl Default for Tracker {
     fn default() -> Self {
-        Self { health: Health::Unknown, passes: 0, failures: 0 }
+        Self { health: Health::Unknown, passes: 0, failures: 0, changes: 0 }
     }
 }
 
@@ -59,6 +60,11 @@ impl Tracker {
     /// Current health.
     pub fn health(&self) -> Health {
         self.health
+    }
+
+    /// How many times the health changed.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Records one check result; returns the new health when it changed.
@@ -82,6 +88,7 @@ impl Tracker {
         };
         (next != self.health).then(|| {
             self.health = next;
+            self.changes += 1;
             next
         })
     }
@@ -177,6 +184,7 @@ mod tests {
         assert_eq!(t.observe(false, 2, 3), None);
         assert_eq!(t.observe(false, 2, 3), Some(Health::Down));
         assert!(!t.health().usable());
+        assert_eq!(t.changes(), 2, "unknown → up → down");
     }
 
     #[test]

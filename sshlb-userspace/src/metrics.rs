@@ -96,7 +96,10 @@ pub fn render(s: &Snapshot<'_>) -> String {
             let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", escape(&svc.name), get(svc));
         }
     }
-    let backend_metrics: [BackendFamily; 6] = [
+    let backend_metrics: [BackendFamily; 7] = [
+        ("sshlb_backend_health_changes_total", "counter", "Health state changes.", |b| {
+            b.health_changes
+        }),
         ("sshlb_backend_weight", "gauge", "Weight in force.", |b| u64::from(b.weight)),
         ("sshlb_backend_in_ring", "gauge", "1 when new flows can reach the backend.", |b| {
             u64::from(b.in_ring)

@@ -168,6 +168,36 @@ fn clear_errors_for_bad_interface_mode_and_state() {
         assert!(err.contains("native") && err.contains("--xdp-mode generic"), "{err}");
         assert!(!pin.exists(), "a failed up left pins behind");
     }
+    // check-config needs no root: a bad file names file, line and field; a good one passes.
+    let dir = std::env::temp_dir();
+    let bad = dir.join(format!("{}-bad.toml", ns.name));
+    let good = dir.join(format!("{}-good.toml", ns.name));
+    std::fs::write(
+        &bad,
+        "[[service]]\nname = \"git\"\nvip = \"198.18.0.100\"\nport = 22\nmode = \"ipip\"\n",
+    )
+    .expect("write");
+    std::fs::write(&good, "[[service]]\nname = \"git\"\nvip = \"198.18.0.100\"\nport = 22\n")
+        .expect("write");
+    let as_nobody = |file: &std::path::Path| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", agent, "check-config"])
+            .arg(file)
+            .output()
+            .expect("spawn setpriv")
+    };
+    let out = as_nobody(&bad);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && msg.contains(":5: service[0].mode")
+            && msg.contains("\"nat\" or \"dsr\""),
+        "{msg}"
+    );
+    let out = as_nobody(&good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_file(&bad);
+    let _ = std::fs::remove_file(&good);
     // Not root: refused before touching anything (nobody = 65534).
     let out = ns
         .command(
