@@ -9,6 +9,33 @@ use std::{
 
 use crate::{run, unique, wait_for, Netns};
 
+/// How to run an sshd.
+#[derive(Clone, Debug)]
+pub struct SshdOptions {
+    /// `ListenAddress` lines.
+    pub listen: Vec<String>,
+    /// Port.
+    pub port: u16,
+    /// `VersionAddendum` (tells backends apart by banner).
+    pub name: Option<String>,
+    /// A host key to share between backends (a fresh one when `None`).
+    pub host_key: Option<PathBuf>,
+    /// `AuthorizedKeysFile` (absolute; the lab's key, not the host's).
+    pub authorized_keys: Option<PathBuf>,
+}
+
+impl Default for SshdOptions {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0".into()],
+            port: 22,
+            name: None,
+            host_key: None,
+            authorized_keys: None,
+        }
+    }
+}
+
 /// A running sshd.
 pub struct Sshd {
     child: Child,
@@ -30,28 +57,54 @@ impl Sshd {
     /// Like [`Self::start`]; `name` is appended to the identification line (`VersionAddendum`),
     /// so a client can tell backends apart by banner.
     pub fn start_named(ns: &Netns, addr: &str, port: u16, name: Option<&str>) -> Self {
+        Self::start_with(
+            ns,
+            &SshdOptions {
+                listen: vec![addr.to_owned()],
+                port,
+                name: name.map(str::to_owned),
+                ..SshdOptions::default()
+            },
+        )
+    }
+
+    /// Starts sshd in `ns` as `options` say.
+    pub fn start_with(ns: &Netns, options: &SshdOptions) -> Self {
         let dir = std::env::temp_dir().join(unique("sshd"));
         std::fs::create_dir_all(&dir).expect("sshd dir");
-        let key = dir.join("ssh_host_ed25519_key");
-        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key));
+        let key = match &options.host_key {
+            Some(key) => key.clone(),
+            None => {
+                let key = dir.join("ssh_host_ed25519_key");
+                run(Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(&key));
+                key
+            }
+        };
         // sshd refuses to start without its privilege-separation directory.
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "ListenAddress {addr}\nPort {port}\nHostKey {}\nPidFile none\nUsePAM no\n\
-                 StrictModes no\nLogLevel VERBOSE\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nVersionAddendum {}\n",
-                key.display(),
-                name.unwrap_or("none"),
-            ),
-        )
-        .expect("sshd_config");
+        let mut config = String::new();
+        for addr in &options.listen {
+            config += &format!("ListenAddress {addr}\n");
+        }
+        config += &format!(
+            "Port {}\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nVersionAddendum {}\n\
+             AllowTcpForwarding yes\nPermitRootLogin prohibit-password\n",
+            options.port,
+            key.display(),
+            options.name.as_deref().unwrap_or("none"),
+        );
+        if let Some(keys) = &options.authorized_keys {
+            config += &format!("AuthorizedKeysFile {}\n", keys.display());
+        }
+        let config_path = dir.join("sshd_config");
+        std::fs::write(&config_path, config).expect("sshd_config");
         let log = dir.join("sshd.log");
         let log_file = std::fs::File::create(&log).expect("log");
         let child = ns
-            .command(SSHD, &["-D", "-e", "-f", config.to_str().expect("utf-8")])
+            .command(SSHD, &["-D", "-e", "-f", config_path.to_str().expect("utf-8")])
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

@@ -239,6 +239,26 @@ impl Conn {
         Ok(Self { stream, backend: String::from_utf8_lossy(&name).into_owned() })
     }
 
+    /// Connects to an sshd behind `addr:port` and returns the last word of its identification
+    /// line (the backends' `VersionAddendum` names them).
+    pub fn open_banner(addr: &str, port: u16) -> std::io::Result<String> {
+        let ip: std::net::IpAddr = addr.parse().expect("address");
+        let stream = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut s = &stream;
+        while line.len() < 255 {
+            s.read_exact(&mut byte)?;
+            if byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+        Ok(line.rsplit(' ').next().unwrap_or_default().to_owned())
+    }
+
     /// Sends `data` and reads it back; returns whether every byte came back intact.
     pub fn echo(&mut self, data: &[u8]) -> std::io::Result<bool> {
         let mut writer = self.stream.try_clone()?;
