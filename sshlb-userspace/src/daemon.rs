@@ -428,7 +428,7 @@ struct CheckResult {
 async fn checker(
     generation: u64,
     (service, backend): (usize, usize),
-    addr: SocketAddr,
+    (addr, source): (SocketAddr, Option<IpAddr>),
     check: HealthCheck,
     results: mpsc::Sender<CheckResult>,
 ) {
@@ -437,8 +437,9 @@ async fn checker(
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let outcome =
-            health::check(addr, check.timeout, &check.expect).await.map_err(|e| e.to_string());
+        let outcome = health::check(addr, check.timeout, &check.expect, source)
+            .await
+            .map_err(|e| e.to_string());
         let seconds = started.elapsed().as_secs_f64();
         let result = CheckResult { generation, service, backend, outcome, seconds };
         if results.send(result).await.is_err() {
@@ -448,16 +449,27 @@ async fn checker(
 }
 
 fn spawn_checkers(
-    config: &Config,
+    balancer: &Balancer,
     generation: u64,
     results: &mpsc::Sender<CheckResult>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    // Checks leave from the balancer's own (NAT) address, never from a VIP.
+    let nat = dataplane_config(&balancer.config, &balancer.iface).ok();
+    let source = |v6: bool| -> Option<IpAddr> {
+        let nat = nat.as_ref()?;
+        if v6 {
+            (nat.nat_v6 != [0; 16]).then(|| IpAddr::from(nat.nat_v6))
+        } else {
+            (nat.nat_v4 != [0; 4]).then(|| IpAddr::from(nat.nat_v4))
+        }
+    };
     let mut tasks = Vec::new();
-    for (s, service) in config.services.iter().enumerate() {
+    for (s, service) in balancer.config.services.iter().enumerate() {
         for (b, backend) in service.backends.iter().enumerate() {
             let addr = SocketAddr::new(backend.address, backend.port);
+            let target = (addr, source(addr.is_ipv6()));
             let check = service.health.clone();
-            tasks.push(tokio::spawn(checker(generation, (s, b), addr, check, results.clone())));
+            tasks.push(tokio::spawn(checker(generation, (s, b), target, check, results.clone())));
         }
     }
     tasks
@@ -474,7 +486,7 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
     tokio::pin!(shutdown);
     let (tx, mut results) = mpsc::channel(1024);
     let mut generation = 0u64;
-    let mut checkers = spawn_checkers(&balancer.config, generation, &tx);
+    let mut checkers = spawn_checkers(balancer, generation, &tx);
     let (request_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<Reply>)>(64);
     let (scrape_tx, mut scrapes) = mpsc::channel::<oneshot::Sender<String>>(16);
     let metrics_server = match tokio::net::TcpListener::bind(&balancer.config.agent.metrics).await {
@@ -606,7 +618,7 @@ fn reload_and_recheck(
         task.abort();
     }
     *generation += 1;
-    *checkers = spawn_checkers(&balancer.config, *generation, results);
+    *checkers = spawn_checkers(balancer, *generation, results);
     tracing::info!("reloaded {}", path.display());
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 /// A backend's health as the balancer sees it.
@@ -128,16 +128,38 @@ pub fn banner_matches(line: &str, expect: &str) -> bool {
     line.starts_with(expect) || (expect == "SSH-2.0-" && line.starts_with("SSH-1.99-"))
 }
 
-/// One health check of `addr`. `expect` empty = TCP connect only.
-pub async fn check(addr: SocketAddr, timeout: Duration, expect: &str) -> Result<(), CheckError> {
-    match tokio::time::timeout(timeout, check_unbounded(addr, expect)).await {
+/// One health check of `addr` from `source` (the kernel picks when `None`). `expect` empty =
+/// TCP connect only.
+///
+/// The agent passes the balancer's own NAT address: left to itself the kernel may pick a VIP
+/// held on the same interface as the source (Linux prefers a /128 whose bits match longer), and
+/// a DSR backend that owns that VIP would answer itself.
+pub async fn check(
+    addr: SocketAddr,
+    timeout: Duration,
+    expect: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<(), CheckError> {
+    match tokio::time::timeout(timeout, check_unbounded(addr, expect, source)).await {
         Ok(result) => result,
         Err(_) => Err(CheckError::Timeout(timeout)),
     }
 }
 
-async fn check_unbounded(addr: SocketAddr, expect: &str) -> Result<(), CheckError> {
-    let mut stream = TcpStream::connect(addr).await.map_err(CheckError::Connect)?;
+async fn check_unbounded(
+    addr: SocketAddr,
+    expect: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<(), CheckError> {
+    let mut stream = match source.filter(|s| s.is_ipv4() == addr.is_ipv4()) {
+        Some(source) => {
+            let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+                .map_err(CheckError::Connect)?;
+            socket.bind(SocketAddr::new(source, 0)).map_err(CheckError::Connect)?;
+            socket.connect(addr).await.map_err(CheckError::Connect)?
+        }
+        None => TcpStream::connect(addr).await.map_err(CheckError::Connect)?,
+    };
     if expect.is_empty() {
         return Ok(());
     }

@@ -5,6 +5,7 @@
 //! in `Drop` — so a failing (panicking) test cleans up too. Processes a test starts are killed by
 //! PID, never by name.
 
+pub mod lab;
 pub mod sshd;
 pub mod topo;
 
@@ -88,6 +89,20 @@ pub fn agent_binary() -> PathBuf {
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
+thread_local! {
+    /// When set, namespaces made on this thread are named `<prefix>-<role>` (the lab's fixed
+    /// names, so `lab down` can find them after a crash) instead of unique test names.
+    static NAME_PREFIX: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Names namespaces created by `f` on this thread `<prefix>-<role>`.
+pub fn with_name_prefix<T>(prefix: &str, f: impl FnOnce() -> T) -> T {
+    NAME_PREFIX.with(|p| *p.borrow_mut() = Some(prefix.to_owned()));
+    let out = f();
+    NAME_PREFIX.with(|p| *p.borrow_mut() = None);
+    out
+}
+
 /// A short name unique to this process and call, e.g. `t4711x3` (fits IFNAMSIZ with a prefix).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id() % 100_000, NEXT_ID.fetch_add(1, Ordering::Relaxed))
@@ -103,7 +118,11 @@ pub struct Netns {
 impl Netns {
     /// Creates `sshlb-<unique>` with loopback up.
     pub fn new(role: &str) -> Self {
-        let name = format!("sshlb-{}-{role}", unique("t"));
+        let prefix = NAME_PREFIX.with(|p| p.borrow().clone());
+        let name = match prefix {
+            Some(prefix) => format!("{prefix}-{role}"),
+            None => format!("sshlb-{}-{role}", unique("t")),
+        };
         run(&mut cmd("ip", &["netns", "add", &name]));
         let ns = Self { name, children: Vec::new() };
         ns.ip(&["link", "set", "lo", "up"]);

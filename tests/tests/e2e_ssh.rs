@@ -4,91 +4,21 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Output,
     time::Duration,
 };
 
-use sshlb::{config, daemon, loader};
+use sshlb::{config, control, daemon, loader};
 use sshlb_tests::{
-    root_or_skip, run,
-    sshd::{Sshd, SshdOptions},
-    topo::{payload, Conn, Topo, BACKENDS, DSR4, DSR6, VIP4, VIP6},
+    lab::{Files, Lab},
+    root_or_skip,
+    topo::{payload, Conn, DSR4, DSR6, VIP4, VIP6},
     unique, wait_for, Netns,
 };
 
 const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
-/// Keys, known_hosts and a bare repository shared by every backend (one filesystem).
-struct Fixture {
-    dir: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("e2e"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let f = Self { dir };
-        for key in ["host_key", "client_key"] {
-            run(Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(f.path(key)));
-        }
-        std::fs::copy(f.path("client_key.pub"), f.path("authorized_keys"))
-            .expect("authorized_keys");
-        // Every VIP presents the one shared host key: known_hosts names them all.
-        let host_pub = std::fs::read_to_string(f.path("host_key.pub")).expect("host key");
-        let known: String =
-            [VIP4, VIP6, DSR4, DSR6].iter().map(|vip| format!("{vip} {host_pub}")).collect();
-        std::fs::write(f.path("known_hosts"), known).expect("known_hosts");
-        // A few MB of history in a bare repository.
-        let work = f.path("work");
-        run(Command::new("git").args(["init", "-q", "-b", "main"]).arg(&work));
-        for i in 0..4 {
-            std::fs::write(work.join(format!("blob{i}.bin")), payload(1 << 20, i)).expect("blob");
-            run(Command::new("git").arg("-C").arg(&work).args(["add", "."]));
-            run(Command::new("git").arg("-C").arg(&work).args([
-                "-c",
-                "user.name=lab",
-                "-c",
-                "user.email=lab@example.invalid",
-                "commit",
-                "-q",
-                "-m",
-                &format!("commit {i}"),
-            ]));
-        }
-        run(Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(f.path("repo.git")));
-        f
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// `ssh` options for the client: our key, strict host checking against the shared key.
-    fn ssh_args(&self) -> Vec<String> {
-        vec![
-            "-i".into(),
-            self.path("client_key").display().to_string(),
-            "-o".into(),
-            format!("UserKnownHostsFile={}", self.path("known_hosts").display()),
-            "-o".into(),
-            "StrictHostKeyChecking=yes".into(),
-            "-o".into(),
-            "BatchMode=yes".into(),
-            "-o".into(),
-            "ConnectTimeout=5".into(),
-        ]
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ssh(client: &Netns, f: &Fixture, vip: &str, extra: &[&str], command: &str) -> Output {
+fn ssh(client: &Netns, f: &Files, vip: &str, extra: &[&str], command: &str) -> Output {
     let mut args = f.ssh_args();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args.push(format!("root@{vip}"));
@@ -97,7 +27,7 @@ fn ssh(client: &Netns, f: &Fixture, vip: &str, extra: &[&str], command: &str) ->
     client.command("ssh", &args).output().expect("spawn ssh")
 }
 
-fn git(client: &Netns, f: &Fixture, args: &[&str], cwd: &Path) -> Output {
+fn git(client: &Netns, f: &Files, args: &[&str], cwd: &Path) -> Output {
     let ssh_command = format!("ssh {}", f.ssh_args().join(" "));
     let mut cmd = client.command("git", args);
     cmd.current_dir(cwd).env("GIT_SSH_COMMAND", ssh_command);
@@ -120,53 +50,44 @@ fn ssh_git_and_tunnels_through_every_vip() {
         return;
     }
     // The topology's echo servers on port 7 serve as the tunnel target.
-    let topo = Topo::new(7);
-    let f = Fixture::new();
-    let _sshds: Vec<Sshd> = BACKENDS
-        .iter()
-        .zip(&topo.backends)
-        .map(|((name, _, _), ns)| {
-            Sshd::start_with(
-                ns,
-                &SshdOptions {
-                    listen: vec!["0.0.0.0".into(), "::".into()],
-                    name: Some((*name).to_owned()),
-                    host_key: Some(f.path("host_key")),
-                    authorized_keys: Some(f.path("authorized_keys")),
-                    ..SshdOptions::default()
-                },
-            )
-        })
-        .collect();
-    let mut text = format!("[agent]\ncontrol = \"/run/sshlb/test-{}.sock\"\n", topo.lb_if);
-    for (name, vip, mode, v6) in [
-        ("nat4", VIP4, "nat", false),
-        ("nat6", VIP6, "nat", true),
-        ("dsr4", DSR4, "dsr", false),
-        ("dsr6", DSR6, "dsr", true),
-    ] {
-        text += &format!("[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 22\nmode = \"{mode}\"\nring-size = 4093\n");
-        for (bname, a4, a6) in BACKENDS {
-            let weight = if bname == "b3" { 200 } else { 100 };
-            text += &format!(
-                "[[service.backend]]\nname = \"{bname}\"\naddress = \"{}\"\nweight = {weight}\n",
-                if v6 { a6 } else { a4 }
-            );
-        }
-    }
-    let cfg = config::parse("e2e.toml", &text).expect("config");
+    let lab = Lab::build(&std::env::temp_dir().join(unique("e2e")), true);
+    let (topo, f) = (&lab.topo, &lab.files);
+    let cfg =
+        config::parse("e2e.toml", &lab.config(&format!("/run/sshlb/test-{}.sock", topo.lb_if)))
+            .expect("config");
     let pass_port = topo.lb_port.clone();
     topo.sw.run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
+    // The whole agent (health checks, control socket) runs in the lb namespace.
     let iface = topo.lb_if.clone();
-    let balancer = topo.lb.run(move || {
-        daemon::start(&PathBuf::from(PIN_ROOT), &iface, loader::AttachMode::Native, &cfg)
-            .unwrap_or_else(|e| panic!("start: {e}"))
+    let control = PathBuf::from(format!("/run/sshlb/test-{}.sock", topo.lb_if));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let socket = control.clone();
+    let agent = topo.lb.spawn_thread(move || {
+        let listener = daemon::bind_control(&socket).expect("control socket");
+        let mut balancer =
+            daemon::start(&PathBuf::from(PIN_ROOT), &iface, loader::AttachMode::Native, &cfg)
+                .unwrap_or_else(|e| panic!("start: {e}"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let options = daemon::RunOptions { control: Some(listener), ..Default::default() };
+        rt.block_on(daemon::run(&mut balancer, options, async {
+            let _ = stop_rx.await;
+        }));
     });
     let _cleanup = Cleanup { iface: topo.lb_if.clone(), pass_port: topo.lb_port.clone() };
+    // Every backend of every service, IPv4 and IPv6, passes its SSH banner check (the checks
+    // leave from the balancer's own address, not from a VIP it also holds).
+    let all_up = wait_for(Duration::from_secs(10), || {
+        let status = control::call(&control, &control::Request::Status).ok()?.status?;
+        let healths: Vec<_> =
+            status.services.iter().flat_map(|s| &s.backends).map(|b| b.health.clone()).collect();
+        (healths.len() == 12 && healths.iter().all(|h| h == "up")).then_some(())
+    });
+    let status = control::call(&control, &control::Request::Status).ok().and_then(|r| r.status);
+    assert!(all_up.is_some(), "not every backend is up: {status:?}");
 
     // ssh runs a command and gets the right answer, through every VIP, with strict host keys.
     for vip in [VIP4, VIP6, DSR4, DSR6] {
-        let out = ssh(&topo.client, &f, vip, &[], "echo $((6*7)) via $SSH_CONNECTION");
+        let out = ssh(&topo.client, f, vip, &[], "echo $((6*7)) via $SSH_CONNECTION");
         let answer = ok(&out, &format!("ssh via {vip}"));
         assert!(answer.starts_with("42 via "), "{vip}: {answer}");
         // NAT: the backend sees the balancer; DSR: it sees the client itself.
@@ -177,15 +98,11 @@ fn ssh_git_and_tunnels_through_every_vip() {
     // git clone (objects verified), push, and a second clone through another VIP sees the push.
     let work = f.path("clones");
     std::fs::create_dir_all(&work).expect("clones");
-    let repo = f.path("repo.git");
-    let url = |vip: &str| {
-        let host = if vip.contains(':') { format!("[{vip}]") } else { vip.to_owned() };
-        format!("ssh://root@{host}{}", repo.display())
-    };
-    ok(&git(&topo.client, &f, &["clone", "-q", &url(VIP4), "a"], &work), "git clone via nat4");
-    ok(&git(&topo.client, &f, &["fsck", "--strict"], &work.join("a")), "git fsck");
+    let url = |vip: &str| f.repo_url(vip);
+    ok(&git(&topo.client, f, &["clone", "-q", &url(VIP4), "a"], &work), "git clone via nat4");
+    ok(&git(&topo.client, f, &["fsck", "--strict"], &work.join("a")), "git fsck");
     std::fs::write(work.join("a/pushed.txt"), "through the balancer\n").expect("write");
-    ok(&git(&topo.client, &f, &["add", "pushed.txt"], &work.join("a")), "git add");
+    ok(&git(&topo.client, f, &["add", "pushed.txt"], &work.join("a")), "git add");
     let commit = [
         "-c",
         "user.name=e2e",
@@ -196,13 +113,13 @@ fn ssh_git_and_tunnels_through_every_vip() {
         "-m",
         "push via dsr6",
     ];
-    ok(&git(&topo.client, &f, &commit, &work.join("a")), "git commit");
+    ok(&git(&topo.client, f, &commit, &work.join("a")), "git commit");
     ok(
-        &git(&topo.client, &f, &["push", "-q", &url(DSR6), "main"], &work.join("a")),
+        &git(&topo.client, f, &["push", "-q", &url(DSR6), "main"], &work.join("a")),
         "git push via dsr6",
     );
-    ok(&git(&topo.client, &f, &["clone", "-q", &url(VIP6), "b"], &work), "git clone via nat6");
-    ok(&git(&topo.client, &f, &["fsck", "--strict"], &work.join("b")), "git fsck");
+    ok(&git(&topo.client, f, &["clone", "-q", &url(VIP6), "b"], &work), "git clone via nat6");
+    ok(&git(&topo.client, f, &["fsck", "--strict"], &work.join("b")), "git fsck");
     assert_eq!(
         std::fs::read_to_string(work.join("b/pushed.txt")).expect("pushed file"),
         "through the balancer\n"
@@ -247,7 +164,8 @@ fn ssh_git_and_tunnels_through_every_vip() {
     let _ = tunnel.kill();
     let _ = tunnel.wait();
     assert!(echoed.is_some(), "nothing came back through the ssh -L tunnel");
-    drop(balancer);
+    let _ = stop_tx.send(());
+    agent.join().expect("agent thread");
 }
 
 struct Cleanup {

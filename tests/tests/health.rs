@@ -32,7 +32,7 @@ fn run_check(
     ns.run(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let addr: SocketAddr = format!("{ADDR}:{port}").parse().expect("addr");
-        rt.block_on(check(addr, timeout, expect))
+        rt.block_on(check(addr, timeout, expect, None))
     })
 }
 

@@ -5,8 +5,7 @@
 mod bench;
 mod build;
 mod cmd;
-mod netns;
-mod run;
+mod lab;
 mod setup;
 mod test;
 
@@ -48,7 +47,14 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         seconds: u64,
     },
-    /// Run the agent on a throwaway veth topology with a small traffic generator, until Ctrl-C.
+    /// The test lab: `up` (background), `down` (removes everything, also after a crash), `status`.
+    Lab {
+        /// What to do.
+        #[arg(value_enum)]
+        action: lab::Action,
+    },
+    /// Build everything and run the balancer in the lab (client, router, three OpenSSH backends)
+    /// in the foreground, printing the ssh and git commands that go through it; Ctrl-C ends it.
     Run {
         /// Stop by itself after SECS seconds.
         #[arg(long, value_name = "SECS")]
@@ -64,7 +70,8 @@ fn main() -> ExitCode {
             println!("{}", agent.display());
         }),
         Command::Test { quick } => test::test(quick),
-        Command::Run { duration } => run::run(duration.map(std::time::Duration::from_secs)),
+        Command::Run { duration } => lab::run(duration.map(std::time::Duration::from_secs)),
+        Command::Lab { action } => lab::lab(action),
         Command::Bench { which, seconds } => bench::bench(which, seconds),
     };
     match result {

@@ -1,0 +1,161 @@
+//! The lab: the one-armed topology ([`crate::topo`]) with real OpenSSH backends sharing one host
+//! key, a client key, a `known_hosts` naming every VIP, and a bare git repository of a few MB —
+//! what `cargo xtask run` and the end-to-end tests stand on.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{
+    run,
+    sshd::{Sshd, SshdOptions},
+    topo::{payload, Topo, BACKENDS, DSR4, DSR6, VIP4, VIP6},
+};
+
+/// Keys, known_hosts and the bare repository in one directory (every backend sees it: the
+/// namespaces share the filesystem).
+pub struct Files {
+    /// The directory.
+    pub dir: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl Files {
+    /// Generates everything in `dir` (created; removed on drop when `remove_on_drop`).
+    pub fn create(dir: &Path, remove_on_drop: bool) -> Self {
+        std::fs::create_dir_all(dir).expect("lab dir");
+        let f = Self { dir: dir.to_owned(), remove_on_drop };
+        for key in ["host_key", "client_key"] {
+            let path = f.path(key);
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path.with_extension("pub"));
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&path));
+        }
+        std::fs::copy(f.path("client_key.pub"), f.path("authorized_keys"))
+            .expect("authorized_keys");
+        // Every VIP presents the one shared host key: known_hosts names them all.
+        let host_pub = std::fs::read_to_string(f.path("host_key.pub")).expect("host key");
+        let known: String =
+            [VIP4, VIP6, DSR4, DSR6].iter().map(|vip| format!("{vip} {host_pub}")).collect();
+        std::fs::write(f.path("known_hosts"), known).expect("known_hosts");
+        // A few MB of history in a bare repository, identical from every backend.
+        let work = f.path("work");
+        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_dir_all(f.path("repo.git"));
+        run(Command::new("git").args(["init", "-q", "-b", "main"]).arg(&work));
+        for i in 0..4 {
+            std::fs::write(work.join(format!("blob{i}.bin")), payload(1 << 20, i)).expect("blob");
+            run(Command::new("git").arg("-C").arg(&work).args(["add", "."]));
+            run(Command::new("git").arg("-C").arg(&work).args([
+                "-c",
+                "user.name=lab",
+                "-c",
+                "user.email=lab@example.invalid",
+                "commit",
+                "-q",
+                "-m",
+                &format!("commit {i}"),
+            ]));
+        }
+        run(Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(f.path("repo.git")));
+        f
+    }
+
+    /// A file in the lab directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `ssh` options: the lab's client key, strict host checking against the shared host key.
+    pub fn ssh_args(&self) -> Vec<String> {
+        vec![
+            "-i".into(),
+            self.path("client_key").display().to_string(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.path("known_hosts").display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "ConnectTimeout=5".into(),
+        ]
+    }
+
+    /// The repository's `ssh://` URL through `vip`.
+    pub fn repo_url(&self, vip: &str) -> String {
+        let host = if vip.contains(':') { format!("[{vip}]") } else { vip.to_owned() };
+        format!("ssh://root@{host}{}", self.path("repo.git").display())
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The lab: topology, files and an sshd on every backend (port 22, all addresses).
+pub struct Lab {
+    /// Namespaces and links.
+    pub topo: Topo,
+    /// Keys and repository.
+    pub files: Files,
+    /// One per backend, in [`BACKENDS`] order.
+    pub sshds: Vec<Sshd>,
+}
+
+impl Lab {
+    /// Builds it; `files` in `dir`. The topology's echo servers listen on port 7.
+    pub fn build(dir: &Path, remove_files: bool) -> Self {
+        let topo = Topo::new(7);
+        let files = Files::create(dir, remove_files);
+        let sshds = BACKENDS
+            .iter()
+            .zip(&topo.backends)
+            .map(|((name, _, _), ns)| {
+                Sshd::start_with(
+                    ns,
+                    &SshdOptions {
+                        listen: vec!["0.0.0.0".into(), "::".into()],
+                        name: Some((*name).to_owned()),
+                        host_key: Some(files.path("host_key")),
+                        authorized_keys: Some(files.path("authorized_keys")),
+                        ..SshdOptions::default()
+                    },
+                )
+            })
+            .collect();
+        Self { topo, files, sshds }
+    }
+
+    /// A configuration for the lab: full NAT and DSR services over IPv4 and IPv6, three
+    /// backends each (weights 100, 100, 200), control socket `control`.
+    pub fn config(&self, control: &str) -> String {
+        let mut text = format!("[agent]\ncontrol = \"{control}\"\n");
+        for (name, vip, mode, v6) in [
+            ("nat4", VIP4, "nat", false),
+            ("nat6", VIP6, "nat", true),
+            ("dsr4", DSR4, "dsr", false),
+            ("dsr6", DSR6, "dsr", true),
+        ] {
+            text += &format!(
+                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 22\nmode = \"{mode}\"\n\
+                 ring-size = 4093\n\n[service.health]\ninterval = \"250ms\"\n"
+            );
+            for (bname, a4, a6) in BACKENDS {
+                let weight = if bname == "b3" { 200 } else { 100 };
+                let addr = if v6 { a6 } else { a4 };
+                text += &format!(
+                    "\n[[service.backend]]\nname = \"{bname}\"\naddress = \"{addr}\"\nweight = {weight}\n"
+                );
+            }
+        }
+        text
+    }
+}
