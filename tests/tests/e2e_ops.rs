@@ -1,0 +1,243 @@
+//! Operations under load, end to end: one long `ssh … cat` transfer through the VIP while the
+//! operator drains, re-weights, switches, reloads and restarts the agent, while a backend's sshd
+//! dies, and while outsiders send garbage, hold idle connections and scan the VIP's ports. The
+//! transfer must complete with every byte right; new connections must keep working.
+
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use sshlb::{config, control, daemon, loader};
+use sshlb_tests::{
+    lab::Lab,
+    root_or_skip,
+    topo::{payload, BACKENDS, VIP4},
+    unique, wait_for,
+};
+
+const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
+const CHUNK: usize = 256 * 1024;
+const ROUNDS: usize = 50;
+
+/// Runs the agent (start + foreground loop with a control socket) on a thread in the lb
+/// namespace until `stop` fires.
+fn spawn_agent(
+    lab: &Lab,
+    cfg: &config::Config,
+    control: &Path,
+    cfg_path: &Path,
+) -> (std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (iface, cfg, socket) = (lab.topo.lb_if.clone(), cfg.clone(), control.to_path_buf());
+    let config_path = Some(cfg_path.to_path_buf());
+    let handle = lab.topo.lb.spawn_thread(move || {
+        let listener = daemon::bind_control(&socket).expect("control socket");
+        let mut balancer =
+            daemon::start(&PathBuf::from(PIN_ROOT), &iface, loader::AttachMode::Native, &cfg)
+                .unwrap_or_else(|e| panic!("start: {e}"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let options =
+            daemon::RunOptions { control: Some(listener), config_path, ..Default::default() };
+        rt.block_on(daemon::run(&mut balancer, options, async {
+            let _ = stop_rx.await;
+        }));
+    });
+    (handle, stop_tx)
+}
+
+fn ctl(control: &Path, request: control::Request) {
+    let reply = control::call(control, &request).unwrap_or_else(|e| panic!("{request:?}: {e}"));
+    assert!(reply.ok, "{request:?}: {:?}", reply.error);
+}
+
+fn all_up(control: &Path) -> bool {
+    let Some(status) =
+        control::call(control, &control::Request::Status).ok().and_then(|r| r.status)
+    else {
+        return false;
+    };
+    status.services.iter().flat_map(|s| &s.backends).all(|b| b.health == "up")
+}
+
+#[test]
+fn long_transfer_survives_operations_failures_and_hostile_clients() {
+    if !root_or_skip("long_transfer_survives_operations_failures_and_hostile_clients") {
+        return;
+    }
+    let mut lab = Lab::build(&std::env::temp_dir().join(unique("ops")), true);
+    let control = PathBuf::from(format!("/run/sshlb/test-{}.sock", lab.topo.lb_if));
+    let mut text = lab.config(&control.display().to_string());
+    text = text.replace(
+        "interval = \"250ms\"",
+        "interval = \"100ms\"\nfall = 2\nrise = 2\ntimeout = \"300ms\"",
+    );
+    // Blue-green groups for the switch: b1, b2 blue; b3 green.
+    text = text.replace("name = \"b3\"\n", "name = \"b3\"\ngroup = \"green\"\n");
+    text = text.replace("name = \"b1\"\n", "name = \"b1\"\ngroup = \"blue\"\n");
+    text = text.replace("name = \"b2\"\n", "name = \"b2\"\ngroup = \"blue\"\n");
+    let cfg_path = lab.files.path("sshlb.toml");
+    std::fs::write(&cfg_path, &text).expect("config");
+    let cfg = config::parse("ops.toml", &text).expect("config");
+    let pass_port = lab.topo.lb_port.clone();
+    lab.topo
+        .sw
+        .run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
+    let _cleanup = Cleanup { iface: lab.topo.lb_if.clone(), pass_port: lab.topo.lb_port.clone() };
+    let (mut agent, mut stop) = spawn_agent(&lab, &cfg, &control, &cfg_path);
+    assert!(
+        wait_for(Duration::from_secs(10), || all_up(&control).then_some(())).is_some(),
+        "backends not up"
+    );
+
+    // The long transfer: first line names the backend, then ROUNDS copies of a fixed chunk,
+    // paced so the transfer spans every operation below.
+    let chunk_path = lab.files.path("chunk.bin");
+    let chunk = payload(CHUNK, 77);
+    std::fs::write(&chunk_path, &chunk).expect("chunk");
+    let remote = format!(
+        "echo $SSH_CONNECTION; for i in $(seq {ROUNDS}); do cat {}; sleep 0.1; done",
+        chunk_path.display()
+    );
+    let mut ssh_args = lab.files.ssh_args();
+    ssh_args.extend([format!("root@{VIP4}"), remote]);
+    let ssh_args: Vec<&str> = ssh_args.iter().map(String::as_str).collect();
+    let mut transfer = lab
+        .topo
+        .client
+        .command("ssh", &ssh_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh transfer");
+    let mut stdout = std::io::BufReader::new(transfer.stdout.take().expect("stdout"));
+    let mut header = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut header).expect("the transfer's first line");
+    let served_by = header.split_whitespace().nth(2).unwrap_or_default().to_owned();
+    assert!(BACKENDS.iter().any(|(_, a, _)| *a == served_by), "{header}");
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        stdout.read_to_end(&mut all).expect("read transfer");
+        all
+    });
+
+    // Operations, one after another, while the transfer runs.
+    ctl(&control, control::Request::Drain { service: "nat4".into(), backend: "b1".into() });
+    ctl(
+        &control,
+        control::Request::SetWeight { service: "nat4".into(), backend: "b2".into(), weight: 300 },
+    );
+    ctl(&control, control::Request::Switch { service: "nat4".into(), group: "green".into() });
+    ctl(&control, control::Request::Switch { service: "nat4".into(), group: "blue".into() });
+    ctl(&control, control::Request::Reload);
+    // Agent restart: the loop stops, a new agent takes over the pinned data plane.
+    let _ = stop.send(());
+    agent.join().expect("agent thread");
+    (agent, stop) = spawn_agent(&lab, &cfg, &control, &cfg_path);
+    assert!(
+        wait_for(Duration::from_secs(10), || all_up(&control).then_some(())).is_some(),
+        "not up after restart"
+    );
+
+    // Hostile outsiders: garbage to the SSH port, idle connections held open, a port scan.
+    let garbage = lab.topo.client.run(|| {
+        let mut done = 0;
+        for i in 0..20 {
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(
+                &format!("{VIP4}:22").parse().expect("addr"),
+                Duration::from_secs(2),
+            ) else {
+                continue;
+            };
+            let _ = s.write_all(&payload(4096, i));
+            done += 1;
+        }
+        done
+    });
+    assert_eq!(garbage, 20, "garbage clients could not even connect");
+    let idle = lab.topo.client.run(|| {
+        (0..50)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(
+                    &format!("{VIP4}:22").parse().expect("addr"),
+                    Duration::from_secs(2),
+                )
+                .ok()
+            })
+            .collect::<Vec<_>>()
+    });
+    let pass_not_service = || {
+        let map = loader::pinned_stats(&PathBuf::from(PIN_ROOT), &lab.topo.lb_if).expect("stats");
+        let counters = sshlb::stats::read(&map).expect("read stats");
+        counters.iter().find(|c| c.name == "pass_not_service").map_or(0, |c| c.value)
+    };
+    let before_scan = pass_not_service();
+    let scanned = lab.topo.client.run(|| {
+        (1..=300u16)
+            .filter(|p| *p != 22)
+            .filter(|p| {
+                std::net::TcpStream::connect_timeout(
+                    &format!("{VIP4}:{p}").parse().expect("addr"),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
+            .count()
+    });
+    assert_eq!(scanned, 0, "a port other than 22 answered on the VIP");
+    // Every probe of a non-service port was seen, counted, and left to the balancer's kernel.
+    assert!(pass_not_service() - before_scan >= 299, "the scan's SYNs were not all counted");
+    // The idle holders go: each sits in an sshd's pre-authentication slots (MaxStartups 10:30:100),
+    // where they would make sshd itself refuse newcomers — the backend's limit, not ours.
+    drop(idle);
+
+    // A backend that does not carry the transfer dies: after detection (fall 2 × 100 ms + one
+    // interval; 600 ms allowed) no new connection fails.
+    let victim = BACKENDS.iter().position(|(_, a, _)| *a != served_by).expect("another backend");
+    lab.sshds[victim].stop();
+    std::thread::sleep(Duration::from_millis(600));
+    let fresh: Vec<_> = (0..10)
+        .map(|_| {
+            let mut args = lab.files.ssh_args();
+            args.extend([format!("root@{VIP4}"), "echo ok".to_owned()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            lab.topo.client.command("ssh", &args).output().expect("ssh")
+        })
+        .collect();
+    for out in &fresh {
+        assert!(
+            out.status.success(),
+            "a new ssh failed after b1 died: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The transfer completes, every byte right.
+    let status = transfer.wait().expect("transfer");
+    let mut stderr = String::new();
+    let _ = transfer.stderr.take().map(|mut e| e.read_to_string(&mut stderr));
+    let all = reader.join().expect("reader");
+    assert!(status.success(), "the transfer failed: {stderr}");
+    let body = all.as_slice();
+    assert_eq!(body.len(), CHUNK * ROUNDS, "transfer via {served_by} truncated");
+    assert!(
+        body.chunks(CHUNK).all(|c| c == chunk.as_slice()),
+        "transfer via {served_by} corrupted"
+    );
+    let _ = stop.send(());
+    agent.join().expect("agent thread");
+}
+
+struct Cleanup {
+    iface: String,
+    pass_port: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
+        let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
+    }
+}
