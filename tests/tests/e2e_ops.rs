@@ -197,7 +197,14 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     // interval; 600 ms allowed) no new connection fails.
     let victim = BACKENDS.iter().position(|(_, a, _)| *a != served_by).expect("another backend");
     lab.sshds[victim].stop();
-    std::thread::sleep(Duration::from_millis(600));
+    let victim_name = BACKENDS[victim].0;
+    let detected = wait_for(Duration::from_secs(5), || {
+        let status = control::call(&control, &control::Request::Status).ok()?.status?;
+        let nat4 = status.services.iter().find(|s| s.name == "nat4")?;
+        let b = nat4.backends.iter().find(|b| b.name == victim_name)?;
+        (b.health == "down" && !b.in_ring).then_some(())
+    });
+    assert!(detected.is_some(), "{victim_name} was not detected down within 5 s");
     let fresh: Vec<_> = (0..10)
         .map(|_| {
             let mut args = lab.files.ssh_args();
