@@ -16,6 +16,9 @@ pub enum Bench {
     Dataplane,
     /// Maglev rebuild times and set-weight → kernel latency.
     Agent,
+    /// sshlb vs direct, HAProxy and netfilter DNAT in the lab: logins/s, latency, throughput,
+    /// CPU per GB, failover time.
+    Lab,
 }
 
 /// Runs `which` with `seconds` of traffic per scenario.
@@ -25,6 +28,10 @@ pub fn bench(which: Bench, seconds: u64) -> Result<()> {
     let (bin, args) = match which {
         Bench::Dataplane => ("dataplane-bench", vec![seconds.to_string()]),
         Bench::Agent => ("agent-bench", vec![]),
+        Bench::Lab => {
+            // It drives the real agent binary's library in-process; the lab needs nothing else.
+            ("lab-bench", vec![])
+        }
     };
     let mut cargo = build::cargo();
     cargo.args(["run", "--release", "--package", "sshlb-tests", "--bin", bin, "--"]);
