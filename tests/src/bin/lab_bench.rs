@@ -39,6 +39,7 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     ssh_mb_s: f64,
+    ssh_mb_s_no_offload: f64,
     iperf_gbit_s: f64,
     iperf_gbit_s_no_offload: f64,
     cpu_s_per_gb: f64,
@@ -57,6 +58,13 @@ fn main() -> Result<()> {
     for vip in [HAPROXY_VIP, DNAT_VIP] {
         lab.topo.lb.ip(&["addr", "add", &format!("{vip}/32"), "dev", &lab.topo.lb_if]);
     }
+    // Every peer presents the backends' one host key: known_hosts names them all.
+    let host_pub = std::fs::read_to_string(lab.files.path("host_key.pub"))?;
+    let mut known = std::fs::read_to_string(lab.files.path("known_hosts"))?;
+    for addr in BACKENDS.iter().map(|(_, v4, _)| *v4).chain([HAPROXY_VIP, DNAT_VIP]) {
+        known += &format!("{addr} {host_pub}");
+    }
+    std::fs::write(lab.files.path("known_hosts"), known)?;
     let pass_port = lab.topo.lb_port.clone();
     lab.topo
         .sw
@@ -74,11 +82,11 @@ fn main() -> Result<()> {
     let control = PathBuf::from(format!("/run/sshlb/bench-{}.sock", lab.topo.lb_if));
     let mut text = lab.config(&control.display().to_string());
     for (name, vip, mode) in [("nat4-iperf", VIP4, "nat"), ("dsr4-iperf", DSR4, "dsr")] {
-        text += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 5201\nmode = \"{mode}\"\nring-size = 4093\n[service.health]\nexpect = \"\"\n");
-        for (b, v4, _) in BACKENDS {
-            let weight = if b == "b3" { 200 } else { 100 };
-            text += &format!("[[service.backend]]\nname = \"{b}\"\naddress = \"{v4}\"\nport = 5201\nweight = {weight}\n");
-        }
+        text += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 5201\nmode = \"{mode}\"\nring-size = 4093\n[service.health]\nexpect = \"\"\ninterval = \"1h\"\n");
+        // iperf3 opens a control and a data connection that must meet the same server: every
+        // peer sends iperf3 to b1 only (the path is what is measured, not the spread).
+        let (b, v4, _) = BACKENDS[0];
+        text += &format!("[[service.backend]]\nname = \"{b}\"\naddress = \"{v4}\"\nport = 5201\n");
     }
     let cfg = config::parse("bench.toml", &text).context("bench config")?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -142,7 +150,7 @@ fn inter_ms(inter: &str) -> u64 {
 
 fn haproxy_config(inter: &str) -> String {
     let mut cfg = format!(
-        "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\n\
+        "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\n\
          frontend ssh\n  bind {HAPROXY_VIP}:22\n  default_backend ssh\n\
          backend ssh\n  balance roundrobin\n  option tcp-check\n  tcp-check expect string SSH-2.0-\n"
     );
@@ -152,10 +160,8 @@ fn haproxy_config(inter: &str) -> String {
             &format!("  server {name} {v4}:22 weight {weight} check inter {inter} fall 3 rise 2\n");
     }
     cfg += &format!("\nfrontend iperf\n  bind {HAPROXY_VIP}:5201\n  default_backend iperf\nbackend iperf\n  balance roundrobin\n");
-    for (name, v4, _) in BACKENDS {
-        let weight = if name == "b3" { 200 } else { 100 };
-        cfg += &format!("  server {name} {v4}:5201 weight {weight} check inter {inter}\n");
-    }
+    // iperf3 to b1 only, unchecked (its server serves one client at a time; a probe is one).
+    cfg += &format!("  server b1 {}:5201\n", BACKENDS[0].1);
     cfg
 }
 
@@ -172,7 +178,25 @@ fn iptables(ns: &Netns, add: bool, args: &[&str]) -> Result<()> {
 /// DNAT to b1/b2/b3 with weights 1:1:2 (statistic random), SNAT to the balancer's address.
 fn dnat(ns: &Netns, add: bool) -> Result<()> {
     let target = |i: usize, port: &str| format!("{}:{port}", BACKENDS[i].1);
-    for port in ["22", "5201"] {
+    iptables(
+        ns,
+        add,
+        &[
+            "PREROUTING",
+            "-d",
+            DNAT_VIP,
+            "-p",
+            "tcp",
+            "--dport",
+            "5201",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{}:5201", BACKENDS[0].1),
+        ],
+    )?;
+    {
+        let port = "22";
         let t0 = target(0, port);
         let t1 = target(1, port);
         let t2 = target(2, port);
@@ -317,12 +341,48 @@ fn iperf(lab: &Lab, target: &str) -> Result<f64> {
     let out = lab
         .topo
         .client
-        .command("iperf3", &["-c", target, "-p", "5201", "-t", "3", "-J"])
+        .command(
+            "timeout",
+            &[
+                "20",
+                "iperf3",
+                "-c",
+                target,
+                "-p",
+                "5201",
+                "-t",
+                "3",
+                "-J",
+                "--connect-timeout",
+                "3000",
+            ],
+        )
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text).context("iperf3 output")?;
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        eprintln!("  iperf3 via {target} gave no result");
+        return Ok(f64::NAN);
+    };
     let bps = json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     Ok(bps / 1e9)
+}
+
+/// One SSH session streaming BULK_BYTES: (MB/s, bytes received).
+fn ssh_bulk(lab: &Lab, target: &str) -> Result<(f64, u64)> {
+    let t0 = Instant::now();
+    let mut child = run_ssh(lab, target, &format!("head -c {BULK_BYTES} /dev/zero"))?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    loop {
+        let n = stdout.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    child.wait()?;
+    Ok((got as f64 / t0.elapsed().as_secs_f64() / 1e6, got))
 }
 
 fn measure(lab: &Lab, peer: &str, target: &str, process: Option<u32>) -> Result<Row> {
@@ -341,6 +401,7 @@ fn measure(lab: &Lab, peer: &str, target: &str, process: Option<u32>) -> Result<
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    eprintln!("  {} of {LOGINS} logins in {wall:.1} s", latencies.len());
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         latencies
@@ -350,34 +411,26 @@ fn measure(lab: &Lab, peer: &str, target: &str, process: Option<u32>) -> Result<
     };
     // Bulk through one SSH session, with CPU accounting.
     let (soft0, proc0) = (softirq_jiffies(), process_jiffies(process));
-    let t0 = Instant::now();
-    let mut child = run_ssh(lab, target, &format!("head -c {BULK_BYTES} /dev/zero"))?;
-    let mut stdout = child.stdout.take().context("stdout")?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut got = 0u64;
-    loop {
-        let n = stdout.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        got += n as u64;
-    }
-    child.wait()?;
-    let secs = t0.elapsed().as_secs_f64();
+    let (ssh_mb_s, got) = ssh_bulk(lab, target)?;
+    eprintln!("  ssh bulk: {ssh_mb_s:.0} MB/s");
     let iperf_on = iperf(lab, target)?;
+    eprintln!("  iperf3: {iperf_on:.2} Gbit/s");
     let (soft1, proc1) = (softirq_jiffies(), process_jiffies(process));
     // CPU per GB over the ssh bulk + iperf3 run (USER_HZ = 100).
     let moved_gb = got as f64 / 1e9 + iperf_on * 3.0 / 8.0;
     let cpu_s = ((soft1 - soft0) + (proc1 - proc0)) as f64 / 100.0;
     offloads(lab, false);
+    let ssh_off = ssh_bulk(lab, target)?.0;
     let iperf_off = iperf(lab, target)?;
     offloads(lab, true);
+    eprintln!("  offloads off: ssh {ssh_off:.0} MB/s, iperf3 {iperf_off:.2} Gbit/s");
     Ok(Row {
         peer: peer.to_owned(),
         logins_per_s: latencies.len() as f64 / wall,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
-        ssh_mb_s: got as f64 / secs / 1e6,
+        ssh_mb_s,
+        ssh_mb_s_no_offload: ssh_off,
         iperf_gbit_s: iperf_on,
         iperf_gbit_s_no_offload: iperf_off,
         cpu_s_per_gb: cpu_s / moved_gb.max(1e-9),
@@ -432,7 +485,7 @@ fn report(rows: &[Row]) -> Result<()> {
     let mut out = String::new();
     writeln!(
         out,
-        "| peer | ssh logins/s | p50 ms | p99 ms | ssh bulk MB/s | iperf3 Gbit/s (offloads on / off) | CPU s per GB | killed backend out after |"
+        "| peer | ssh logins/s | p50 ms | p99 ms | ssh bulk MB/s (offloads on / off) | iperf3 Gbit/s (offloads on / off) | CPU s per GB | killed backend out after |"
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|")?;
     for r in rows {
@@ -442,14 +495,16 @@ fn report(rows: &[Row]) -> Result<()> {
         }
         writeln!(
             out,
-            "| {} | {:.1} ({}) | {:.0} | {:.0} | {:.0} ({}) | {:.2} / {:.2} ({} / {}) | {:.2} ({}) | {} |",
+            "| {} | {:.1} ({}) | {:.0} | {:.0} | {:.0} / {:.0} ({} / {}) | {:.2} / {:.2} ({} / {}) | {:.2} ({}) | {} |",
             r.peer,
             r.logins_per_s,
             ratio(r.logins_per_s, base.logins_per_s),
             r.p50_ms,
             r.p99_ms,
             r.ssh_mb_s,
+            r.ssh_mb_s_no_offload,
             ratio(r.ssh_mb_s, base.ssh_mb_s),
+            ratio(r.ssh_mb_s_no_offload, base.ssh_mb_s_no_offload),
             r.iperf_gbit_s,
             r.iperf_gbit_s_no_offload,
             ratio(r.iperf_gbit_s, base.iperf_gbit_s),
@@ -464,8 +519,8 @@ fn report(rows: &[Row]) -> Result<()> {
         .iter()
         .map(|r| {
             format!(
-                "{{\"peer\":\"{}\",\"logins_per_s\":{:.3},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"ssh_mb_s\":{:.2},\"iperf_gbit_s\":{:.3},\"iperf_gbit_s_no_offload\":{:.3},\"cpu_s_per_gb\":{:.3},\"failover\":\"{}\"}}",
-                r.peer, r.logins_per_s, r.p50_ms, r.p99_ms, r.ssh_mb_s, r.iperf_gbit_s, r.iperf_gbit_s_no_offload, r.cpu_s_per_gb, r.failover
+                "{{\"peer\":\"{}\",\"logins_per_s\":{:.3},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"ssh_mb_s\":{:.2},\"ssh_mb_s_no_offload\":{:.2},\"iperf_gbit_s\":{:.3},\"iperf_gbit_s_no_offload\":{:.3},\"cpu_s_per_gb\":{:.3},\"failover\":\"{}\"}}",
+                r.peer, r.logins_per_s, r.p50_ms, r.p99_ms, r.ssh_mb_s, r.ssh_mb_s_no_offload, r.iperf_gbit_s, r.iperf_gbit_s_no_offload, r.cpu_s_per_gb, r.failover
             )
         })
         .collect();
