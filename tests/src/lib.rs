@@ -266,6 +266,74 @@ pub fn parse_stats(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Where the tests pin: the agent's default root (names are unique per test).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
+
+/// Undoes what a test attached, also when it fails: the balancer on `iface`, the XDP_PASS
+/// program on the bridge port `pass_port`, and `files` (configs, logs, sockets).
+pub struct Detach {
+    /// The balancer's interface.
+    pub iface: String,
+    /// The bridge-side port carrying the pass program.
+    pub pass_port: String,
+    /// Files to remove.
+    pub files: Vec<PathBuf>,
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let root = std::path::Path::new(PIN_ROOT);
+        let _ignored = sshlb::loader::down(root, &self.iface);
+        let _ignored = sshlb::loader::detach_pass(root, &self.pass_port);
+        for f in &self.files {
+            let _ignored = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// Attaches the pass program to the topology's bridge port (veth gotcha 2) and returns the
+/// guard that undoes both it and the balancer on the topology's interface.
+pub fn prepare_bridge(topo: &topo::Topo, files: Vec<PathBuf>) -> Detach {
+    let pass_port = topo.lb_port.clone();
+    topo.sw
+        .run(move || {
+            sshlb::loader::attach_pass(std::path::Path::new(PIN_ROOT), &pass_port)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|e| panic!("pass program on the bridge port: {e}"));
+    Detach { iface: topo.lb_if.clone(), pass_port: topo.lb_port.clone(), files }
+}
+
+/// The whole agent (start + foreground loop with a control socket at `control`, reloading from
+/// `config_path`) on a thread inside the topology's lb namespace, until the returned sender fires.
+pub fn spawn_agent(
+    topo: &topo::Topo,
+    config: &sshlb::config::Config,
+    control: &std::path::Path,
+    config_path: Option<PathBuf>,
+) -> (thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (iface, config, socket) = (topo.lb_if.clone(), config.clone(), control.to_path_buf());
+    let handle = topo.lb.spawn_thread(move || {
+        let listener = sshlb::daemon::bind_control(&socket).expect("control socket");
+        let root = std::path::Path::new(PIN_ROOT);
+        let mut balancer =
+            sshlb::daemon::start(root, &iface, sshlb::loader::AttachMode::Native, &config)
+                .unwrap_or_else(|e| panic!("starting the balancer: {e}"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let options = sshlb::daemon::RunOptions {
+            control: Some(listener),
+            config_path,
+            ..Default::default()
+        };
+        rt.block_on(sshlb::daemon::run(&mut balancer, options, async {
+            let _ignored = stop_rx.await;
+        }));
+    });
+    (handle, stop_tx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

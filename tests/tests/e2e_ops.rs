@@ -10,43 +10,16 @@ use std::{
     time::Duration,
 };
 
-use sshlb::{config, control, daemon, loader};
+use sshlb::{config, control, loader};
 use sshlb_tests::{
     lab::Lab,
-    root_or_skip,
+    prepare_bridge, root_or_skip, spawn_agent,
     topo::{payload, BACKENDS, VIP4},
-    unique, wait_for,
+    unique, wait_for, PIN_ROOT,
 };
 
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 const CHUNK: usize = 256 * 1024;
 const ROUNDS: usize = 50;
-
-/// Runs the agent (start + foreground loop with a control socket) on a thread in the lb
-/// namespace until `stop` fires.
-fn spawn_agent(
-    lab: &Lab,
-    cfg: &config::Config,
-    control: &Path,
-    cfg_path: &Path,
-) -> (std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (iface, cfg, socket) = (lab.topo.lb_if.clone(), cfg.clone(), control.to_path_buf());
-    let config_path = Some(cfg_path.to_path_buf());
-    let handle = lab.topo.lb.spawn_thread(move || {
-        let listener = daemon::bind_control(&socket).expect("control socket");
-        let mut balancer =
-            daemon::start(&PathBuf::from(PIN_ROOT), &iface, loader::AttachMode::Native, &cfg)
-                .unwrap_or_else(|e| panic!("start: {e}"));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let options =
-            daemon::RunOptions { control: Some(listener), config_path, ..Default::default() };
-        rt.block_on(daemon::run(&mut balancer, options, async {
-            let _ = stop_rx.await;
-        }));
-    });
-    (handle, stop_tx)
-}
 
 fn ctl(control: &Path, request: control::Request) {
     let reply = control::call(control, &request).unwrap_or_else(|e| panic!("{request:?}: {e}"));
@@ -81,12 +54,8 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     let cfg_path = lab.files.path("sshlb.toml");
     std::fs::write(&cfg_path, &text).expect("config");
     let cfg = config::parse("ops.toml", &text).expect("config");
-    let pass_port = lab.topo.lb_port.clone();
-    lab.topo
-        .sw
-        .run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
-    let _cleanup = Cleanup { iface: lab.topo.lb_if.clone(), pass_port: lab.topo.lb_port.clone() };
-    let (mut agent, mut stop) = spawn_agent(&lab, &cfg, &control, &cfg_path);
+    let _detach = prepare_bridge(&lab.topo, vec![control.clone()]);
+    let (mut agent, mut stop) = spawn_agent(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
     assert!(
         wait_for(Duration::from_secs(10), || all_up(&control).then_some(())).is_some(),
         "backends not up"
@@ -135,7 +104,7 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     // Agent restart: the loop stops, a new agent takes over the pinned data plane.
     let _ = stop.send(());
     agent.join().expect("agent thread");
-    (agent, stop) = spawn_agent(&lab, &cfg, &control, &cfg_path);
+    (agent, stop) = spawn_agent(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
     assert!(
         wait_for(Duration::from_secs(10), || all_up(&control).then_some(())).is_some(),
         "not up after restart"
@@ -235,16 +204,4 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     );
     let _ = stop.send(());
     agent.join().expect("agent thread");
-}
-
-struct Cleanup {
-    iface: String,
-    pass_port: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
-        let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
-    }
 }

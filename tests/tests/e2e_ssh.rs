@@ -8,15 +8,13 @@ use std::{
     time::Duration,
 };
 
-use sshlb::{config, control, daemon, loader};
+use sshlb::{config, control};
 use sshlb_tests::{
     lab::{Files, Lab},
-    root_or_skip,
+    prepare_bridge, root_or_skip, spawn_agent,
     topo::{payload, Conn, DSR4, DSR6, VIP4, VIP6},
     unique, wait_for, Netns,
 };
-
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
 fn ssh(client: &Netns, f: &Files, vip: &str, extra: &[&str], command: &str) -> Output {
     let mut args = f.ssh_args();
@@ -55,25 +53,10 @@ fn ssh_git_and_tunnels_through_every_vip() {
     let cfg =
         config::parse("e2e.toml", &lab.config(&format!("/run/sshlb/test-{}.sock", topo.lb_if)))
             .expect("config");
-    let pass_port = topo.lb_port.clone();
-    topo.sw.run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
-    // The whole agent (health checks, control socket) runs in the lb namespace.
-    let iface = topo.lb_if.clone();
     let control = PathBuf::from(format!("/run/sshlb/test-{}.sock", topo.lb_if));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let socket = control.clone();
-    let agent = topo.lb.spawn_thread(move || {
-        let listener = daemon::bind_control(&socket).expect("control socket");
-        let mut balancer =
-            daemon::start(&PathBuf::from(PIN_ROOT), &iface, loader::AttachMode::Native, &cfg)
-                .unwrap_or_else(|e| panic!("start: {e}"));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let options = daemon::RunOptions { control: Some(listener), ..Default::default() };
-        rt.block_on(daemon::run(&mut balancer, options, async {
-            let _ = stop_rx.await;
-        }));
-    });
-    let _cleanup = Cleanup { iface: topo.lb_if.clone(), pass_port: topo.lb_port.clone() };
+    let _detach = prepare_bridge(topo, vec![control.clone()]);
+    // The whole agent (health checks, control socket) runs in the lb namespace.
+    let (agent, stop_tx) = spawn_agent(topo, &cfg, &control, None);
     // Every backend of every service, IPv4 and IPv6, passes its SSH banner check (the checks
     // leave from the balancer's own address, not from a VIP it also holds).
     let all_up = wait_for(Duration::from_secs(10), || {
@@ -166,16 +149,4 @@ fn ssh_git_and_tunnels_through_every_vip() {
     assert!(echoed.is_some(), "nothing came back through the ssh -L tunnel");
     let _ = stop_tx.send(());
     agent.join().expect("agent thread");
-}
-
-struct Cleanup {
-    iface: String,
-    pass_port: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
-        let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
-    }
 }
