@@ -80,6 +80,13 @@ pub enum Command {
     Drain {
         /// SERVICE/BACKEND.
         target: String,
+        /// Then wait until the backend's live sessions (from the connection table) reach zero,
+        /// printing the count as it falls. Exits non-zero if the timeout passes first.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits ("90s", "30m", "2h").
+        #[arg(long, default_value = "30m", value_parser = parse_timeout, requires = "wait")]
+        timeout: std::time::Duration,
     },
     /// Put SERVICE/BACKEND back into service.
     Enable {
@@ -110,6 +117,11 @@ pub enum Command {
     },
 }
 
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(text)
+        .ok_or_else(|| format!("{text:?}: expected a duration like \"90s\", \"30m\" or \"2h\""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +142,23 @@ mod tests {
         assert_eq!(iface, "eth0");
         assert_eq!(xdp_mode, AttachMode::Generic);
         assert_eq!(config.as_deref(), Some(std::path::Path::new("/etc/sshlb/sshlb.toml")));
+    }
+
+    #[test]
+    fn drain_wait_takes_a_timeout_only_with_wait() {
+        let cli =
+            Cli::try_parse_from(["sshlb-agent", "drain", "git/b1", "--wait", "--timeout", "90s"])
+                .expect("valid");
+        let Command::Drain { wait, timeout, .. } = cli.command else { panic!("not drain") };
+        assert!(wait);
+        assert_eq!(timeout, std::time::Duration::from_secs(90));
+        let err = Cli::try_parse_from(["sshlb-agent", "drain", "git/b1", "--timeout", "90s"])
+            .expect_err("timeout without wait");
+        assert!(err.to_string().contains("--wait"), "{err}");
+        let err =
+            Cli::try_parse_from(["sshlb-agent", "drain", "git/b1", "--wait", "--timeout", "soon"])
+                .expect_err("bad duration");
+        assert!(err.to_string().contains("90s"), "{err}");
     }
 
     #[test]

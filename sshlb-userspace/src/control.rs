@@ -158,6 +158,10 @@ pub struct BackendStatus {
     pub health_changes: u64,
     /// Live flows in the connection table.
     pub active_flows: u64,
+    /// Sessions still open (handshaking or established, no FIN or RST seen): what
+    /// `drain --wait` waits for.
+    #[serde(default)]
+    pub live_sessions: u64,
     /// Flows started.
     pub new_flows: u64,
     /// Packets forwarded.
@@ -270,6 +274,55 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     Ok(serde_json::from_str(&reply)?)
 }
 
+/// Live sessions of `service`/`backend` in `status`, if the status names that backend.
+pub fn live_sessions(status: &Status, service: &str, backend: &str) -> Option<u64> {
+    let s = status.services.iter().find(|s| s.name == service)?;
+    s.backends.iter().find(|b| b.name == backend).map(|b| b.live_sessions)
+}
+
+/// How `drain --wait` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// No live session left.
+    Drained,
+    /// The timeout passed with this many sessions still open.
+    TimedOut(u64),
+}
+
+/// After a drain: asks the agent for the backend's live sessions every `every` until they reach
+/// zero or `timeout` passes, calling `report` with each new count (the first one included).
+pub fn wait_drained(
+    socket: &Path,
+    (service, backend): (&str, &str),
+    timeout: Duration,
+    every: Duration,
+    mut report: impl FnMut(u64),
+) -> Result<DrainEnd, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let reply = call(socket, &Request::Status).map_err(|e| e.to_string())?;
+        let status = reply
+            .status
+            .ok_or_else(|| reply.error.unwrap_or_else(|| "the agent sent no status".to_owned()))?;
+        let live = live_sessions(&status, service, backend).ok_or_else(|| {
+            format!("{service}/{backend} is no longer configured (reloaded meanwhile?)")
+        })?;
+        if last != Some(live) {
+            report(live);
+            last = Some(live);
+        }
+        if live == 0 {
+            return Ok(DrainEnd::Drained);
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(DrainEnd::TimedOut(live));
+        }
+        std::thread::sleep(every.min(deadline - now));
+    }
+}
+
 /// Renders a status for people.
 pub fn render(status: &Status) -> String {
     let mut out = format!("interface {}\n", status.interface);
@@ -288,7 +341,7 @@ pub fn render(status: &Status) -> String {
         ));
         for b in &s.backends {
             out.push_str(&format!(
-                "  {:<12} {:>22} health={:<7} state={:<8} weight={:<5} ring={:<5} flows={} new={} packets={} bytes={}{}\n",
+                "  {:<12} {:>22} health={:<7} state={:<8} weight={:<5} ring={:<5} flows={} live={} new={} packets={} bytes={}{}\n",
                 b.name,
                 format!("{}:{}", b.address, b.port),
                 b.health,
@@ -296,6 +349,7 @@ pub fn render(status: &Status) -> String {
                 b.weight,
                 if b.in_ring { "yes" } else { "no" },
                 b.active_flows,
+                b.live_sessions,
                 b.new_flows,
                 b.packets,
                 b.bytes,

@@ -327,6 +327,9 @@ impl Balancer {
                     active_flows: backend_id
                         .and_then(|id| active.per_backend.get(id as usize).copied())
                         .unwrap_or(0),
+                    live_sessions: backend_id
+                        .and_then(|id| active.live_per_backend.get(id as usize).copied())
+                        .unwrap_or(0),
                     new_flows: t.new_flows,
                     packets: t.packets,
                     bytes: t.bytes,

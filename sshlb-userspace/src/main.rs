@@ -115,8 +115,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?)?;
             Ok(())
         }
-        Command::Drain { target } => {
-            simple(&cli.control, &target, |service, backend| Request::Drain { service, backend })
+        Command::Drain { target, wait, timeout } => {
+            simple(&cli.control, &target, |service, backend| Request::Drain { service, backend })?;
+            if wait {
+                drain_wait(&cli.control, &target, timeout)?;
+            }
+            Ok(())
         }
         Command::Enable { target } => {
             simple(&cli.control, &target, |service, backend| Request::Enable { service, backend })
@@ -145,6 +149,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", stats::render(&stats::read(&map)?, all));
             Ok(())
         }
+    }
+}
+
+/// `drain --wait`: prints the backend's live sessions as they fall, until none are left.
+fn drain_wait(
+    socket: &std::path::Path,
+    target: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let (service, backend) = control::parse_target(target).map_err(anyhow::Error::msg)?;
+    let started = std::time::Instant::now();
+    let report = |live: u64| {
+        println!("{target}: {live} live session(s) ({:.0?} since drain)", started.elapsed());
+    };
+    let every = std::time::Duration::from_secs(1);
+    match control::wait_drained(socket, (&service, &backend), timeout, every, report)
+        .map_err(anyhow::Error::msg)?
+    {
+        control::DrainEnd::Drained => {
+            println!("{target}: drained in {:.1?}", started.elapsed());
+            Ok(())
+        }
+        control::DrainEnd::TimedOut(live) => anyhow::bail!(
+            "{target}: {live} session(s) still open after {:?}; the backend is drained for new \
+             flows, its open sessions continue",
+            timeout
+        ),
     }
 }
 

@@ -97,12 +97,13 @@ impl Dataplane {
         }))
     }
 
-    /// Live flows per service id and per backend id (flows in the table that are not closed),
-    /// counted from the connection table.
+    /// Flows per service id and per backend id, counted from the connection table: active
+    /// (anything not reset) and live sessions (handshaking or established: no FIN or RST seen).
     pub fn active_flows(&mut self) -> ActiveFlows {
         let mut active = ActiveFlows {
             per_service: vec![0; MAX_SERVICES as usize],
             per_backend: vec![0; MAX_BACKENDS as usize],
+            live_per_backend: vec![0; MAX_BACKENDS as usize],
         };
         for (_, flow) in self.flows().iter().filter_map(Result::ok) {
             if flow.state == sshlb_common::flow_state::CLOSED {
@@ -113,6 +114,11 @@ impl Dataplane {
             }
             if let Some(n) = active.per_backend.get_mut(flow.backend_id as usize) {
                 *n += 1;
+            }
+            if flow.state < sshlb_common::flow_state::FIN {
+                if let Some(n) = active.live_per_backend.get_mut(flow.backend_id as usize) {
+                    *n += 1;
+                }
             }
         }
         active
@@ -214,6 +220,8 @@ pub struct ActiveFlows {
     pub per_service: Vec<u64>,
     /// Indexed by backend id.
     pub per_backend: Vec<u64>,
+    /// Live sessions (no FIN or RST seen yet), indexed by backend id.
+    pub live_per_backend: Vec<u64>,
 }
 
 /// A ring of `size` slots all naming `backend` (tests, single-backend services).

@@ -96,13 +96,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
             let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", escape(&svc.name), get(svc));
         }
     }
-    let backend_metrics: [BackendFamily; 7] = [
+    let backend_metrics: [BackendFamily; 8] = [
         ("sshlb_backend_health_changes_total", "counter", "Health state changes.", |b| {
             b.health_changes
         }),
         ("sshlb_backend_weight", "gauge", "Weight in force.", |b| u64::from(b.weight)),
         ("sshlb_backend_in_ring", "gauge", "1 when new flows can reach the backend.", |b| {
             u64::from(b.in_ring)
+        }),
+        ("sshlb_backend_live_sessions", "gauge", "Sessions with no FIN or RST seen yet.", |b| {
+            b.live_sessions
         }),
         ("sshlb_backend_active_flows", "gauge", "Live flows in the connection table.", |b| {
             b.active_flows
