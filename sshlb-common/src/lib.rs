@@ -31,6 +31,16 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     /// Per-CPU [`crate::Traffic`] per backend id. Written by XDP.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Allow/deny lists: longest-prefix-match trie of [`crate::SourceKey`] (prefix length
+    /// [`crate::ACL_PREFIX_BASE`] + the CIDR's) → one of `acl::*`. Written by the agent, read by
+    /// XDP for new flows of services with [`crate::service_flags::ACL`].
+    pub const ACL: &str = "ACL";
+    /// Per-source new-connection limit of each service id: [`crate::Limit`]. Written by the
+    /// agent.
+    pub const LIMITS: &str = "LIMITS";
+    /// Token buckets, LRU-bounded: masked [`crate::SourceKey`] → [`crate::Bucket`]. Written by
+    /// XDP, read by the agent (top limited prefixes).
+    pub const LIMITER: &str = "LIMITER";
 }
 
 /// Largest number of services (VIP, port, protocol) one balancer serves. Each costs two rings of
@@ -48,6 +58,17 @@ pub const RING_STRIDE: u32 = 65537;
 
 /// A ring slot holding no backend (the service has no usable backend).
 pub const EMPTY_SLOT: u32 = u32::MAX;
+
+/// Largest number of allow/deny entries over all services.
+pub const MAX_ACL_ENTRIES: u32 = 16_384;
+
+/// Source prefixes the rate limiter tracks at once (an LRU: a flood of spoofed sources evicts
+/// the oldest buckets and never grows the map). About 100 bytes each in the kernel.
+pub const LIMITER_ENTRIES: u32 = 65_536;
+
+/// Bits of an ACL key before the address: the service id, family and padding always match in
+/// full, so an entry for `addr/len` has prefix length `ACL_PREFIX_BASE + len`.
+pub const ACL_PREFIX_BASE: u32 = 32;
 
 /// Address family tag stored in keys (`AF_INET`/`AF_INET6` would tie the ABI to libc's values).
 pub mod family {
@@ -127,6 +148,64 @@ pub mod service_flags {
     pub const DSR: u32 = 1 << 0;
     /// Hash on the client address alone (source affinity) instead of the 5-tuple.
     pub const SOURCE_AFFINITY: u32 = 1 << 1;
+    /// New flows are checked against the service's entries in `ACL`.
+    pub const ACL: u32 = 1 << 2;
+    /// With [`ACL`]: a source matching no entry is denied (the service has an allow list).
+    pub const ACL_DEFAULT_DENY: u32 = 1 << 3;
+    /// New flows (SYNs) are rate-limited per source prefix by the service's `LIMITS` entry.
+    pub const RATE_LIMIT: u32 = 1 << 4;
+}
+
+/// Values of the `ACL` map.
+pub mod acl {
+    /// The longest matching prefix allows the source.
+    pub const ALLOW: u32 = 1;
+    /// The longest matching prefix denies the source.
+    pub const DENY: u32 = 2;
+}
+
+/// A client address within one service: the data of an `ACL` trie key (after its prefix
+/// length) and, masked to the limit's prefix, the key of a `LIMITER` bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourceKey {
+    /// Service id.
+    pub service_id: u16,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub pad: u8,
+    /// Client address (or prefix), network byte order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+
+/// Per-source new-connection limit of a service (`LIMITS[service id]`): a token bucket kept as
+/// GCRA (one timestamp per source): a SYN at `now` passes when the source's theoretical arrival
+/// time is at most `now + tau_ns`, and moves it on by `interval_ns`. `burst` SYNs pass at once,
+/// then one per `interval_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Limit {
+    /// Nanoseconds per token (1 s / rate).
+    pub interval_ns: u64,
+    /// Burst tolerance: `interval_ns × (burst − 1)`.
+    pub tau_ns: u64,
+    /// IPv4 prefix mask, network byte order, as four bytes read natively.
+    pub mask_v4: u32,
+    /// Explicit padding, zero.
+    pub pad: u32,
+    /// IPv6 prefix mask, network byte order, as sixteen bytes read natively.
+    pub mask_v6: [u32; 4],
+}
+
+/// Value of the `LIMITER` map: one source prefix's bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Bucket {
+    /// Theoretical arrival time of the next SYN (`bpf_ktime_get_ns` clock).
+    pub tat_ns: u64,
+    /// SYNs refused since the bucket was created (approximate under contention).
+    pub refused: u64,
 }
 
 /// Value of the `BACKENDS` map.
@@ -276,6 +355,12 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Traffic {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SourceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Limit {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Bucket {}
 }
 
 #[cfg(test)]
@@ -346,6 +431,18 @@ mod layout_tests {
         assert_eq!(offset_of!(Config, nat_v6), 4);
         assert_eq!(offset_of!(Config, nat_port_min), 20);
         assert_eq!(size_of::<Traffic>(), 24);
+    }
+
+    #[test]
+    fn protection_layouts_are_stable() {
+        assert_eq!(size_of::<SourceKey>(), 20);
+        assert_eq!(offset_of!(SourceKey, family), 2);
+        assert_eq!(offset_of!(SourceKey, addr), 4);
+        assert_eq!(ACL_PREFIX_BASE as usize, 8 * offset_of!(SourceKey, addr));
+        assert_eq!(size_of::<Limit>(), 40);
+        assert_eq!(offset_of!(Limit, mask_v4), 16);
+        assert_eq!(offset_of!(Limit, mask_v6), 24);
+        assert_eq!(size_of::<Bucket>(), 16);
     }
 
     #[test]

@@ -82,6 +82,10 @@ counters! {
     EVENT_FLOW_RECOVERED = 26, "event_flow_recovered";
     /// Event (not an outcome): a NAT source-port probe collided and the next one was tried.
     EVENT_NAT_PORT_RETRY = 27, "event_nat_port_retry";
+    /// New flow refused: the service's allow/deny list denies the client's address.
+    DROP_ACL_DENIED = 28, "drop_acl_denied";
+    /// SYN refused: the client's prefix exceeded the service's new-connection rate.
+    DROP_RATE_LIMITED = 29, "drop_rate_limited";
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use sshlb_common::{flow_flags, flow_state, service_flags, stats, Flow, Service};
 
 use crate::{
-    flow,
+    flow, guard,
     nat::{self, Rewrite},
     parse::{tcp_flags, Tcp},
     services,
@@ -38,7 +38,11 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
     let now = unsafe { bpf_ktime_get_ns() };
     let dsr = service.flags & service_flags::DSR != 0;
     let mut assigned = Assigned { backend_id: 0, nat_port_be: 0, new_flow: false };
-    assign(pkt, service, dsr, now, &mut assigned)?;
+    let found = follow(pkt, now, &mut assigned);
+    if found != FOLLOWED {
+        admit(pkt, service, now)?;
+        create(pkt, service, now, found == REUSED, &mut assigned)?;
+    }
     traffic(service.id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
     let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;
     let fam = pkt.key.family;
@@ -63,30 +67,51 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
     send(ctx, Path::Nat, &Hop { fam, src: &nat_src, dst: &backend.addr, ip_len: pkt.ip_len }, now)
 }
 
-/// Follows the flow's entry, or creates one for a new (or recovered) flow.
+/// [`follow`]: the packet belongs to a live flow; `Assigned` says where it goes.
+const FOLLOWED: u32 = 0;
+/// [`follow`]: no flow yet — this packet would start one.
+const NEW: u32 = 1;
+/// [`follow`]: a SYN reusing the tuple of a finished flow, whose backend and NAT port are in
+/// `Assigned` (to be released once the new flow is admitted).
+const REUSED: u32 = 2;
+
+/// Follows the flow's entry if it has one. A plain integer result, as `Decision` explains.
 #[inline(never)]
-fn assign(
+fn follow(pkt: &Tcp, now: u64, out: &mut Assigned) -> u32 {
+    let Some(entry) = flow::get(&pkt.key) else { return NEW };
+    // SAFETY: a live map value; read whole fields once.
+    let (backend_id, nat_port_be, state) =
+        unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).state) };
+    *out = Assigned { backend_id, nat_port_be, new_flow: false };
+    if is_syn(pkt.flags) && flow::is_finished(state) {
+        return REUSED;
+    }
+    flow::touch(entry, pkt.flags, now, true);
+    FOLLOWED
+}
+
+#[inline(always)]
+fn is_syn(flags: u8) -> bool {
+    flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+}
+
+/// Creates the entry of a new (or recovered) flow; `reused` names a finished flow with the
+/// same tuple, described by `out` on entry.
+#[inline(never)]
+fn create(
     pkt: &Tcp,
     service: &Service,
-    dsr: bool,
     now: u64,
+    reused: bool,
     out: &mut Assigned,
 ) -> Result<(), Error> {
-    let syn = pkt.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    let existing = flow::get(&pkt.key);
-    if let Some(entry) = existing {
-        // SAFETY: a live map value; read whole fields once.
-        let (backend_id, nat_port_be, state) =
-            unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).state) };
-        if !(syn && flow::is_finished(state)) {
-            flow::touch(entry, pkt.flags, now, true);
-            *out = Assigned { backend_id, nat_port_be, new_flow: false };
-            return Ok(());
-        }
+    let syn = is_syn(pkt.flags);
+    let dsr = service.flags & service_flags::DSR != 0;
+    if reused {
         // The client reused the tuple of a finished flow: free its NAT port, start afresh.
-        if let Some(old) = services::backend(backend_id) {
-            if nat_port_be != 0 {
-                nat::release_port(&old, nat_port_be, pkt.key.family);
+        if let Some(old) = services::backend(out.backend_id) {
+            if out.nat_port_be != 0 {
+                nat::release_port(&old, out.nat_port_be, pkt.key.family);
             }
         }
     }
@@ -113,7 +138,7 @@ fn assign(
         new.nat_port_be = nat::allocate_port(&pkt.key, &backend, &cfg)?;
         new.flags |= flow_flags::NAT;
     }
-    match flow::insert(&pkt.key, &new, existing.is_some()) {
+    match flow::insert(&pkt.key, &new, reused) {
         Ok(()) => {
             *out = Assigned { backend_id, nat_port_be: new.nat_port_be, new_flow: true };
             Ok(())
@@ -172,6 +197,19 @@ fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
         &Hop { fam, src: &client.dst, dst: &client.src, ip_len: pkt.ip_len },
         now,
     )
+}
+
+/// A flow is about to start: the service's lists and rate limit decide whether it may.
+#[inline(always)]
+fn admit(pkt: &Tcp, service: &Service, now: u64) -> Result<(), Error> {
+    if service.flags & (service_flags::ACL | service_flags::RATE_LIMIT) == 0 {
+        return Ok(());
+    }
+    match guard::admit(&pkt.key, service.id, service.flags, is_syn(pkt.flags), now) {
+        guard::ADMITTED => Ok(()),
+        guard::DENIED => Err(Error::AclDenied),
+        _ => Err(Error::RateLimited),
+    }
 }
 
 #[inline(always)]

@@ -12,6 +12,8 @@ mod balance;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
+mod guard;
+#[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
 mod nat;

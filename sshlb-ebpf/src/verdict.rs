@@ -117,6 +117,10 @@ pub enum Error {
     NoRoute,
     /// An ICMP error too short for the packet it quotes.
     TruncatedIcmp,
+    /// A new flow from a source the service's allow/deny list refuses.
+    AclDenied,
+    /// A SYN over the source prefix's new-connection rate.
+    RateLimited,
 }
 
 impl Error {
@@ -139,6 +143,8 @@ impl Error {
             Self::NatUnconfigured => stats::DROP_NAT_UNCONFIGURED,
             Self::NoRoute => stats::DROP_NO_ROUTE,
             Self::TruncatedIcmp => stats::DROP_TRUNCATED_ICMP,
+            Self::AclDenied => stats::DROP_ACL_DENIED,
+            Self::RateLimited => stats::DROP_RATE_LIMITED,
         }
     }
 
@@ -163,7 +169,9 @@ impl Error {
             | Self::NatPortsExhausted
             | Self::NatUnconfigured
             | Self::NoRoute
-            | Self::TruncatedIcmp => xdp_action::XDP_DROP,
+            | Self::TruncatedIcmp
+            | Self::AclDenied
+            | Self::RateLimited => xdp_action::XDP_DROP,
         }
     }
 }

@@ -14,7 +14,10 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::maglev::{is_prime, DEFAULT_RING_SIZE};
+use crate::{
+    maglev::{is_prime, DEFAULT_RING_SIZE},
+    protect::{parse_rate, Acl, Cidr, RateLimit},
+};
 
 /// An error in a configuration file, located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,8 +133,25 @@ pub struct Service {
     pub ring_size: u32,
     /// `[service.health]`.
     pub health: HealthCheck,
+    /// `allow` / `deny`: who may open new connections.
+    pub acl: Acl,
+    /// `[service.limit]`: new connections per client prefix.
+    pub limit: Option<RateLimit>,
+    /// `host-keys`: the fingerprints (`SHA256:…`) every backend must present.
+    pub host_keys: Vec<String>,
+    /// `host-key-policy`: what a backend presenting other keys gets.
+    pub host_key_policy: HostKeyPolicy,
     /// `[[service.backend]]`.
     pub backends: Vec<Backend>,
+}
+
+/// What happens to a backend whose host keys differ from the service's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Log, count and show it; keep it in the ring.
+    Warn,
+    /// Keep it out of the ring until it presents the configured keys.
+    Enforce,
 }
 
 /// `[service.health]`: how backends are checked.
@@ -148,6 +168,9 @@ pub struct HealthCheck {
     /// Prefix the backend's identification line must start with; empty = TCP connect only.
     /// `"SSH-2.0-"` also accepts `"SSH-1.99-"` (RFC 4253 §5.1 compatibility servers).
     pub expect: String,
+    /// Time between host-key scans of one backend (a full key exchange per key type, so far
+    /// rarer than the banner check); zero when `expect` is not an SSH banner.
+    pub host_key_interval: Duration,
 }
 
 impl Default for HealthCheck {
@@ -158,6 +181,7 @@ impl Default for HealthCheck {
             rise: 2,
             fall: 3,
             expect: "SSH-2.0-".to_owned(),
+            host_key_interval: Duration::from_secs(60),
         }
     }
 }
@@ -228,7 +252,24 @@ struct RawService {
     ring_size: Option<Spanned<u32>>,
     health: Option<RawHealth>,
     #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    limit: Option<RawLimit>,
+    #[serde(default)]
+    host_keys: Vec<Spanned<String>>,
+    host_key_policy: Option<Spanned<String>>,
+    #[serde(default)]
     backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLimit {
+    rate: Spanned<String>,
+    burst: Option<Spanned<u32>>,
+    ipv4_prefix: Option<Spanned<u8>>,
+    ipv6_prefix: Option<Spanned<u8>>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +280,7 @@ struct RawHealth {
     rise: Option<Spanned<u32>>,
     fall: Option<Spanned<u32>>,
     expect: Option<Spanned<String>>,
+    host_key_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -474,6 +516,57 @@ fn validate_service(
         }
     };
     let health = validate_health(ctx, i, raw.health)?;
+    let acl = validate_acl(ctx, i, vip, &raw.allow, &raw.deny)?;
+    let limit = raw.limit.map(|l| validate_limit(ctx, i, l)).transpose()?;
+    let host_keys = raw
+        .host_keys
+        .iter()
+        .enumerate()
+        .map(|(k, fp)| {
+            if is_sha256_fingerprint(fp.get_ref()) {
+                Ok(fp.get_ref().clone())
+            } else {
+                Err(ctx.err(
+                    fp.span(),
+                    at(&format!("host-keys[{k}]")),
+                    format!(
+                        "{:?}: expected a SHA256 fingerprint as `ssh-keygen -lf KEY.pub` prints \
+                         it, \"SHA256:\" and 43 base64 characters",
+                        fp.get_ref()
+                    ),
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let host_key_policy = match raw.host_key_policy.as_ref().map(|p| p.get_ref().as_str()) {
+        None | Some("warn") => HostKeyPolicy::Warn,
+        Some("enforce") => HostKeyPolicy::Enforce,
+        Some(other) => {
+            let span = raw.host_key_policy.as_ref().map_or(0..0, Spanned::span);
+            return Err(ctx.err(
+                span,
+                at("host-key-policy"),
+                format!("{other:?}: expected \"warn\" or \"enforce\""),
+            ));
+        }
+    };
+    if host_key_policy == HostKeyPolicy::Enforce {
+        let span = raw.host_key_policy.as_ref().map_or(0..0, Spanned::span);
+        if host_keys.is_empty() {
+            return Err(ctx.err(
+                span,
+                at("host-key-policy"),
+                "\"enforce\" needs the expected fingerprints in host-keys = [\"SHA256:…\"]",
+            ));
+        }
+        if health.host_key_interval.is_zero() {
+            return Err(ctx.err(
+                span,
+                at("host-key-policy"),
+                "\"enforce\" needs host-key scans: health.expect must be an SSH banner",
+            ));
+        }
+    }
     let mut backends = Vec::with_capacity(raw.backend.len());
     let mut backend_names = HashSet::new();
     let mut backend_endpoints = HashSet::new();
@@ -554,7 +647,101 @@ fn validate_service(
         };
         backends.push(Backend { name: bname, address, port: bport, weight, state, group: b.group });
     }
-    Ok(Service { name, vip, port, mode, affinity, ring_size, health, backends })
+    Ok(Service {
+        name,
+        vip,
+        port,
+        mode,
+        affinity,
+        ring_size,
+        health,
+        acl,
+        limit,
+        host_keys,
+        host_key_policy,
+        backends,
+    })
+}
+
+/// `SHA256:` and 43 characters of unpadded base64 (a 32-byte digest).
+fn is_sha256_fingerprint(text: &str) -> bool {
+    text.strip_prefix("SHA256:").is_some_and(|b64| {
+        b64.len() == 43 && b64.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    })
+}
+
+fn validate_acl(
+    ctx: &Ctx<'_>,
+    i: usize,
+    vip: IpAddr,
+    allow: &[Spanned<String>],
+    deny: &[Spanned<String>],
+) -> Result<Acl, ConfigError> {
+    let total = allow.len() + deny.len();
+    if total > sshlb_common::MAX_ACL_ENTRIES as usize {
+        return Err(ctx.err(
+            allow.first().or(deny.first()).map_or(0..0, Spanned::span),
+            format!("service[{i}].allow"),
+            format!("{total} entries; at most {} over all services", sshlb_common::MAX_ACL_ENTRIES),
+        ));
+    }
+    let mut acl = Acl::default();
+    for (list_name, list) in [("allow", allow), ("deny", deny)] {
+        for (k, text) in list.iter().enumerate() {
+            let field = format!("service[{i}].{list_name}[{k}]");
+            let cidr: Cidr = text.get_ref().parse().map_err(|e| ctx.err(text.span(), &field, e))?;
+            if cidr.addr.is_ipv4() != vip.is_ipv4() {
+                return Err(ctx.err(
+                    text.span(),
+                    &field,
+                    format!("{cidr} and the VIP {vip} are of different families; no client of this service can match it"),
+                ));
+            }
+            if acl.allow.contains(&cidr) || acl.deny.contains(&cidr) {
+                return Err(ctx.err(
+                    text.span(),
+                    &field,
+                    format!("{cidr} is listed twice (in allow or deny); each prefix once"),
+                ));
+            }
+            if list_name == "allow" {
+                acl.allow.push(cidr);
+            } else {
+                acl.deny.push(cidr);
+            }
+        }
+    }
+    Ok(acl)
+}
+
+fn validate_limit(ctx: &Ctx<'_>, i: usize, raw: RawLimit) -> Result<RateLimit, ConfigError> {
+    let at = |f: &str| format!("service[{i}].limit.{f}");
+    let interval = parse_rate(raw.rate.get_ref()).ok_or_else(|| {
+        ctx.err(
+            raw.rate.span(),
+            at("rate"),
+            format!(
+                "{:?}: expected new connections per time, like \"10/s\", \"30/m\" or \"500/h\"",
+                raw.rate.get_ref()
+            ),
+        )
+    })?;
+    let burst = match raw.burst {
+        None => 10,
+        Some(b) if (1..=100_000).contains(b.get_ref()) => *b.get_ref(),
+        Some(b) => return Err(ctx.err(b.span(), at("burst"), "must be 1-100000")),
+    };
+    let prefix = |v: Option<Spanned<u8>>, name: &str, default: u8, max: u8| match v {
+        None => Ok(default),
+        Some(p) if *p.get_ref() <= max => Ok(*p.get_ref()),
+        Some(p) => Err(ctx.err(p.span(), at(name), format!("must be 0-{max}"))),
+    };
+    Ok(RateLimit {
+        interval,
+        burst,
+        ipv4_prefix: prefix(raw.ipv4_prefix, "ipv4-prefix", 32, 32)?,
+        ipv6_prefix: prefix(raw.ipv6_prefix, "ipv6-prefix", 64, 128)?,
+    })
 }
 
 fn validate_health(
@@ -587,6 +774,19 @@ fn validate_health(
     };
     let rise = count(raw.rise, "rise", defaults.rise)?;
     let fall = count(raw.fall, "fall", defaults.fall)?;
+    let host_key_interval = match raw.host_key_interval {
+        None => defaults.host_key_interval,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(86_400) => d,
+            _ => {
+                return Err(ctx.err(
+                    s.span(),
+                    at("host-key-interval"),
+                    format!("{:?}: expected a duration between \"1s\" and \"1d\"", s.get_ref()),
+                ))
+            }
+        },
+    };
     let expect = match raw.expect {
         None => defaults.expect,
         Some(e) if e.get_ref().len() <= 64 && e.get_ref().is_ascii() => e.get_ref().clone(),
@@ -598,7 +798,10 @@ fn validate_health(
             ));
         }
     };
-    Ok(HealthCheck { interval, timeout, rise, fall, expect })
+    // Host keys are only scanned on SSH services (the banner check says so).
+    let host_key_interval =
+        if expect.starts_with("SSH-") { host_key_interval } else { Duration::ZERO };
+    Ok(HealthCheck { interval, timeout, rise, fall, expect, host_key_interval })
 }
 
 /// `"FIRST-LAST"` → `(FIRST, LAST)` with `1024 <= FIRST <= LAST`.
@@ -794,6 +997,86 @@ state = "drain"
         for (edit, line, field, words) in cases {
             let err = error_for(*edit);
             assert_eq!(err.file, "sshlb.toml");
+            assert_eq!((err.line, err.field.as_str()), (*line, *field), "{err}");
+            assert!(err.to_string().contains(words), "{err} should say {words:?}");
+        }
+    }
+
+    const PROTECTED: &str = r#"
+[[service]]
+name = "bastion"
+vip = "198.18.0.100"
+port = 22
+allow = ["198.18.8.0/24", "198.18.9.7"]
+deny = ["198.18.8.66/32"]
+host-keys = ["SHA256:okrPfI6GQnKScC7PX6NR+WtCReGzkhWkTzBcJ7DQmOI"]
+host-key-policy = "enforce"
+
+[service.limit]
+rate = "30/m"
+burst = 5
+ipv4-prefix = 24
+
+[service.health]
+host-key-interval = "5m"
+
+[[service.backend]]
+name = "j1"
+address = "198.18.1.21"
+"#;
+
+    #[test]
+    fn protection_settings_parse() {
+        let cfg = parse("p.toml", PROTECTED).expect("valid");
+        let s = &cfg.services[0];
+        assert_eq!(s.acl.allow.len(), 2);
+        assert_eq!(s.acl.allow[1].to_string(), "198.18.9.7/32");
+        assert!(!s.acl.allows("198.18.8.66".parse().expect("ip")));
+        let limit = s.limit.expect("limit");
+        assert_eq!((limit.interval, limit.burst), (Duration::from_secs(2), 5));
+        assert_eq!((limit.ipv4_prefix, limit.ipv6_prefix), (24, 64), "IPv6 defaults to /64");
+        assert_eq!(s.host_key_policy, HostKeyPolicy::Enforce);
+        assert_eq!(s.health.host_key_interval, Duration::from_secs(300));
+        let plain = parse("g.toml", GOOD).expect("valid");
+        assert!(plain.services[0].acl.is_empty() && plain.services[0].limit.is_none());
+        assert_eq!(plain.services[0].host_key_policy, HostKeyPolicy::Warn);
+        assert_eq!(plain.services[0].health.host_key_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn protection_errors_are_located_and_explained() {
+        let cases: &[(&str, &str, usize, &str, &str)] = &[
+            (
+                "\"198.18.8.0/24\"",
+                "\"198.18.8.1/24\"",
+                6,
+                "service[0].allow[0]",
+                "did you mean \"198.18.8.0/24\"",
+            ),
+            ("\"198.18.8.66/32\"", "\"fd00::66\"", 7, "service[0].deny[0]", "different families"),
+            ("\"198.18.8.66/32\"", "\"198.18.9.7\"", 7, "service[0].deny[0]", "listed twice"),
+            ("rate = \"30/m\"", "rate = \"30\"", 12, "service[0].limit.rate", "\"10/s\""),
+            ("burst = 5", "burst = 0", 13, "service[0].limit.burst", "1-100000"),
+            ("ipv4-prefix = 24", "ipv4-prefix = 40", 14, "service[0].limit.ipv4-prefix", "0-32"),
+            ("SHA256:okrP", "MD5:okrP", 8, "service[0].host-keys[0]", "ssh-keygen"),
+            (
+                "\"enforce\"",
+                "\"strict\"",
+                9,
+                "service[0].host-key-policy",
+                "\"warn\" or \"enforce\"",
+            ),
+            (
+                "host-keys = [\"SHA256:okrPfI6GQnKScC7PX6NR+WtCReGzkhWkTzBcJ7DQmOI\"]",
+                "",
+                9,
+                "service[0].host-key-policy",
+                "needs the expected fingerprints",
+            ),
+        ];
+        for (from, to, line, field, words) in cases {
+            assert!(PROTECTED.contains(from), "edit {from:?} does not apply");
+            let err = parse("p.toml", &PROTECTED.replacen(from, to, 1)).expect_err("refused");
             assert_eq!((err.line, err.field.as_str()), (*line, *field), "{err}");
             assert!(err.to_string().contains(words), "{err} should say {words:?}");
         }

@@ -22,6 +22,7 @@ use crate::{
     loader::{self, AttachMode, Attached, LoadOptions},
     metrics,
     plan::{self, Ids, Plan},
+    protect::AclEntry,
     stats, sys,
 };
 
@@ -225,9 +226,21 @@ fn apply(
     for (id, backend) in &plan.backends {
         dp.set_backend(*id, backend)?;
     }
+    // Allow/deny entries: new ones before the service flags that use them, stale ones after.
+    let wanted: Vec<AclEntry> = plan.services.iter().flat_map(|s| s.acl.iter().copied()).collect();
+    let present: Vec<AclEntry> = match old {
+        Some(old) => old.services.iter().flat_map(|s| s.acl.iter().copied()).collect(),
+        None => dp.acl_entries(),
+    };
+    for entry in wanted.iter().filter(|e| !present.contains(e)) {
+        dp.set_acl_entry(entry)?;
+    }
     for service in &plan.services {
-        let unchanged = old.is_some_and(|old| old.services.iter().any(|o| o == service));
-        if !unchanged {
+        let before = old.and_then(|old| old.services.iter().find(|o| o.id == service.id));
+        if before.is_none_or(|b| b.limit != service.limit) {
+            dp.set_limit(service.id, &service.limit)?;
+        }
+        if before.is_none_or(|b| b != service) {
             dp.publish_service(&service.key, service.id, service.flags, &service.ring)?;
         }
     }
@@ -235,6 +248,10 @@ fn apply(
         if !plan.services.iter().any(|s| s.key == gone.key) {
             dp.remove_service(&gone.key)?;
         }
+    }
+    let same_key = |a: &AclEntry, b: &AclEntry| a.prefix_len == b.prefix_len && a.key == b.key;
+    for entry in present.iter().filter(|e| !wanted.iter().any(|w| same_key(w, e))) {
+        dp.remove_acl_entry(entry)?;
     }
     Ok(())
 }

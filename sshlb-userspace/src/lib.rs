@@ -14,6 +14,8 @@
 //! - [`daemon`]: start (attach + write the config) and the foreground loop (expiry, neighbours).
 //! - [`config`]: the TOML configuration file, validated into a typed model.
 //! - [`control`]: the control socket protocol, `status` schema and client.
+//! - [`protect`]: allow/deny lists and per-source rate limits → the data plane's entries.
+//! - [`hostkeys`]: host-key scans (a real key exchange per key type) and consistency.
 
 pub mod cli;
 pub mod config;
@@ -26,5 +28,6 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod plan;
+pub mod protect;
 pub mod stats;
 pub mod sys;

@@ -42,7 +42,7 @@ const PIN_PROGRAM: &str = "prog";
 const PIN_LINK: &str = "link";
 
 /// Maps that are pinned (and adopted by name on restart).
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 12] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::RINGS,
@@ -52,6 +52,9 @@ const PINNED_MAPS: [&str; 9] = [
     map_names::STATS,
     map_names::SERVICE_STATS,
     map_names::BACKEND_STATS,
+    map_names::ACL,
+    map_names::LIMITS,
+    map_names::LIMITER,
 ];
 
 /// How the program is attached.
@@ -219,12 +222,13 @@ impl Default for LoadOptions {
 }
 
 /// `(map, key size, value size, max entries)` this binary expects for every pinned map.
-fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 9] {
+fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 12] {
     use core::mem::size_of;
 
     use sshlb_common::{
-        stats, Backend, Config, Flow, FlowKey, NatKey, Service, ServiceKey, Traffic, MAX_BACKENDS,
-        MAX_SERVICES, RING_STRIDE,
+        stats, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, Service, ServiceKey,
+        SourceKey, Traffic, LIMITER_ENTRIES, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
+        RING_STRIDE,
     };
     let size = |n: usize| n as u32;
     [
@@ -247,6 +251,15 @@ fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 9] 
         (map_names::STATS, 4, 8, stats::COUNT),
         (map_names::SERVICE_STATS, 4, size(size_of::<Traffic>()), MAX_SERVICES),
         (map_names::BACKEND_STATS, 4, size(size_of::<Traffic>()), MAX_BACKENDS),
+        // An LPM trie key is the prefix length (u32) followed by the data.
+        (map_names::ACL, size(4 + size_of::<SourceKey>()), 4, MAX_ACL_ENTRIES),
+        (map_names::LIMITS, 4, size(size_of::<Limit>()), MAX_SERVICES),
+        (
+            map_names::LIMITER,
+            size(size_of::<SourceKey>()),
+            size(size_of::<Bucket>()),
+            LIMITER_ENTRIES,
+        ),
     ]
 }
 

@@ -1,13 +1,16 @@
 //! Typed writers and readers for the data plane's maps. The agent's single map owner goes through
 //! these; nothing else writes to the kernel.
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    lpm_trie::{Key as LpmKey, LpmTrie},
+    Array, HashMap, MapData, MapError, PerCpuArray,
+};
 use sshlb_common::{
-    map_names, Backend, Config, Flow, FlowKey, NatKey, Service, ServiceKey, Traffic, EMPTY_SLOT,
-    MAX_BACKENDS, MAX_SERVICES, RING_STRIDE,
+    map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, Service, ServiceKey,
+    SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES, RING_STRIDE,
 };
 
-use crate::loader::Dataplane;
+use crate::{loader::Dataplane, protect::AclEntry};
 
 /// A map write that the data plane refused, or a request outside its limits.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,64 @@ impl Dataplane {
     pub fn nat_reverse(&mut self) -> HashMap<&mut MapData, NatKey, FlowKey> {
         let map = self.ebpf_mut().map_mut(map_names::NAT_REVERSE).expect("object defines it");
         HashMap::try_from(map).expect("NAT_REVERSE is a hash map of NatKey → FlowKey")
+    }
+
+    fn acl(&mut self) -> LpmTrie<&mut MapData, SourceKey, u32> {
+        let map = self.ebpf_mut().map_mut(map_names::ACL).expect("object defines ACL");
+        LpmTrie::try_from(map).expect("ACL is an LPM trie of SourceKey → u32")
+    }
+
+    /// Every allow/deny entry in the data plane.
+    pub fn acl_entries(&mut self) -> Vec<AclEntry> {
+        let keys: Vec<LpmKey<SourceKey>> = self.acl().keys().filter_map(Result::ok).collect();
+        let acl = self.acl();
+        keys.into_iter()
+            .filter_map(|k| {
+                let action = acl.get(&k, 0).ok()?;
+                Some(AclEntry { prefix_len: k.prefix_len(), key: k.data(), action })
+            })
+            .collect()
+    }
+
+    /// Adds or replaces an allow/deny entry.
+    pub fn set_acl_entry(&mut self, entry: &AclEntry) -> Result<(), MapsError> {
+        let key = LpmKey::new(entry.prefix_len, entry.key);
+        self.acl().insert(&key, entry.action, 0).map_err(map_err("writing", map_names::ACL))
+    }
+
+    /// Removes an allow/deny entry (absent is fine).
+    pub fn remove_acl_entry(&mut self, entry: &AclEntry) -> Result<(), MapsError> {
+        let key = LpmKey::new(entry.prefix_len, entry.key);
+        match self.acl().remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("removing", map_names::ACL)(e)),
+        }
+    }
+
+    /// Sets service `id`'s per-source limit (all zero: none; the service flag decides).
+    pub fn set_limit(&mut self, id: u32, limit: &Limit) -> Result<(), MapsError> {
+        if id >= MAX_SERVICES {
+            return Err(MapsError::ServiceId(id));
+        }
+        self.array::<Limit>(map_names::LIMITS)
+            .set(id, limit, 0)
+            .map_err(map_err("writing", map_names::LIMITS))
+    }
+
+    /// The rate limiter's buckets that refused at least one SYN: (source prefix key, bucket).
+    pub fn limited_sources(&mut self) -> Vec<(SourceKey, Bucket)> {
+        let map = self.ebpf_mut().map_mut(map_names::LIMITER).expect("object defines LIMITER");
+        let buckets: HashMap<&mut MapData, SourceKey, Bucket> =
+            HashMap::try_from(map).expect("LIMITER is an LRU hash of SourceKey → Bucket");
+        buckets.iter().filter_map(Result::ok).filter(|(_, b)| b.refused > 0).collect()
+    }
+
+    /// Buckets the rate limiter holds now (at most `LIMITER_ENTRIES`).
+    pub fn limiter_len(&mut self) -> u32 {
+        let map = self.ebpf_mut().map_mut(map_names::LIMITER).expect("object defines LIMITER");
+        let buckets: HashMap<&mut MapData, SourceKey, Bucket> =
+            HashMap::try_from(map).expect("LIMITER is an LRU hash of SourceKey → Bucket");
+        buckets.keys().filter(Result::is_ok).count() as u32
     }
 
     /// Backend `id` as the data plane sees it.

@@ -10,11 +10,12 @@ use std::{
     net::IpAddr,
 };
 
-use sshlb_common::{family, proto, service_flags, v4_in_16, Backend, ServiceKey};
+use sshlb_common::{family, proto, service_flags, v4_in_16, Backend, Limit, ServiceKey};
 
 use crate::{
     config::{self, Affinity, BackendState, Config, Mode},
     maglev::{build_ring, RingError, RingMember},
+    protect::AclEntry,
 };
 
 /// One service as written to the maps.
@@ -28,6 +29,10 @@ pub struct PlannedService {
     pub flags: u32,
     /// Backend id per ring slot.
     pub ring: Vec<u32>,
+    /// Its allow/deny entries in `ACL`.
+    pub acl: Vec<AclEntry>,
+    /// Its `LIMITS` entry (all zero without a limit).
+    pub limit: Limit,
 }
 
 /// Everything the maps should hold for a configuration.
@@ -143,6 +148,16 @@ pub fn plan_with(
         if service.affinity == Affinity::Source {
             flags |= service_flags::SOURCE_AFFINITY;
         }
+        if !service.acl.is_empty() {
+            flags |= service_flags::ACL;
+            if !service.acl.allow.is_empty() {
+                flags |= service_flags::ACL_DEFAULT_DENY;
+            }
+        }
+        let limit = service.limit.map(|l| l.to_limit()).unwrap_or_default();
+        if service.limit.is_some() {
+            flags |= service_flags::RATE_LIMIT;
+        }
         let ring_keys: Vec<String> =
             service.backends.iter().map(config::Backend::ring_key).collect();
         let mut members = Vec::new();
@@ -169,7 +184,8 @@ pub fn plan_with(
         }
         let ring = build_ring(&members, service.ring_size)
             .map_err(|source| PlanError::Ring { service: service.name.clone(), source })?;
-        services.push(PlannedService { key: *key, id, flags, ring });
+        let acl = service.acl.entries(id);
+        services.push(PlannedService { key: *key, id, flags, ring, acl, limit });
     }
     Ok((Plan { backends, services }, ids))
 }
