@@ -106,7 +106,12 @@ pub enum Command {
         group: String,
     },
     /// Make the running agent re-read its configuration file (as SIGHUP does).
-    Reload,
+    Reload {
+        /// Also end established sessions whose client the new allow/deny lists refuse (by
+        /// default, list changes apply to new connections only).
+        #[arg(long)]
+        kill_established: bool,
+    },
     /// Print the data plane's counters on IFACE.
     Stats {
         /// Interface the data plane is attached to.

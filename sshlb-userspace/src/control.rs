@@ -71,7 +71,12 @@ pub enum Request {
         group: String,
     },
     /// Re-read the configuration file (as SIGHUP does).
-    Reload,
+    Reload {
+        /// Also end established flows whose client the new allow/deny lists refuse (by
+        /// default list changes only apply to new connections).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        kill_established: bool,
+    },
 }
 
 /// The agent's answer.
@@ -85,17 +90,20 @@ pub struct Reply {
     /// For `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// What the agent did, for people (e.g. how many flows `--kill-established` ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Reply {
     /// Success without data.
     pub fn done() -> Self {
-        Self { ok: true, error: None, status: None }
+        Self { ok: true, error: None, status: None, note: None }
     }
 
     /// Failure with a reason.
     pub fn failed(error: impl Into<String>) -> Self {
-        Self { ok: false, error: Some(error.into()), status: None }
+        Self { ok: false, error: Some(error.into()), status: None, note: None }
     }
 }
 
@@ -131,6 +139,46 @@ pub struct ServiceStatus {
     pub bytes: u64,
     /// Backends, in file order.
     pub backends: Vec<BackendStatus>,
+    /// Allow list in force (CIDRs); empty: everyone not denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Deny list in force (CIDRs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Per-source new-connection limit, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitStatus>,
+    /// The most-refused source prefixes (at most 10, most refused first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limited: Vec<LimitedPrefix>,
+    /// `"warn"` or `"enforce"`.
+    #[serde(default)]
+    pub host_key_policy: String,
+    /// Backends whose host keys do not match now.
+    #[serde(default)]
+    pub host_key_mismatches: u64,
+}
+
+/// A service's per-source limit in [`ServiceStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitStatus {
+    /// New connections per second per prefix, sustained.
+    pub per_second: f64,
+    /// Connections a quiet prefix may open at once.
+    pub burst: u32,
+    /// IPv4 prefix length sharing one bucket.
+    pub ipv4_prefix: u8,
+    /// IPv6 prefix length sharing one bucket.
+    pub ipv6_prefix: u8,
+}
+
+/// A source prefix the limiter refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitedPrefix {
+    /// `addr/len`.
+    pub prefix: String,
+    /// SYNs refused since its bucket was created.
+    pub refused: u64,
 }
 
 /// One backend in [`ServiceStatus`].
@@ -168,6 +216,15 @@ pub struct BackendStatus {
     pub packets: u64,
     /// Bytes forwarded.
     pub bytes: u64,
+    /// Host keys from the last successful scan, sorted by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_keys: Vec<crate::hostkeys::HostKey>,
+    /// `"match"`, `"mismatch"` or `"unknown"` (not scanned yet, or not an SSH service).
+    #[serde(default)]
+    pub host_key_check: String,
+    /// Why the keys do not match, or why the last scan failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_problem: Option<String>,
 }
 
 /// Applies a backend-changing request to `config` (sans-IO; the caller re-plans).
@@ -213,7 +270,7 @@ pub fn edit(config: &mut Config, request: &Request) -> Result<(), String> {
                 };
             }
         }
-        Request::Status | Request::Reload => {}
+        Request::Status | Request::Reload { .. } => {}
     }
     Ok(())
 }
@@ -387,7 +444,8 @@ state = "drain"
             Request::Status,
             Request::SetWeight { service: "git".into(), backend: "b1".into(), weight: 5 },
             Request::Switch { service: "git".into(), group: "green".into() },
-            Request::Reload,
+            Request::Reload { kill_established: false },
+            Request::Reload { kill_established: true },
         ];
         for r in requests {
             let text = serde_json::to_string(&r).expect("serialize");
@@ -400,6 +458,11 @@ state = "drain"
             r#"{"cmd":"drain","service":"git","backend":"b1"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        // Older clients' plain reload still parses, and means "keep established flows".
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).expect("parse"),
+            Request::Reload { kill_established: false }
+        );
     }
 
     #[test]

@@ -15,10 +15,13 @@ use tokio::sync::{mpsc, oneshot};
 use sshlb_common::Config as DataplaneConfig;
 
 use crate::{
-    config::{BackendState, Config, HealthCheck},
-    control::{self, BackendStatus, Reply, Request, ServiceStatus, Status},
+    config::{BackendState, Config, HealthCheck, HostKeyPolicy},
+    control::{
+        self, BackendStatus, LimitStatus, LimitedPrefix, Reply, Request, ServiceStatus, Status,
+    },
     expiry,
     health::{self, Tracker},
+    hostkeys::{self, HostKey, Verdict},
     loader::{self, AttachMode, Attached, LoadOptions},
     metrics,
     plan::{self, Ids, Plan},
@@ -145,8 +148,23 @@ pub struct Balancer {
     ids: Ids,
     plan: Plan,
     trackers: Vec<Vec<Tracker>>,
+    /// Host-key scan state by (service name, backend "address:port"): survives reloads.
+    host_keys: std::collections::HashMap<(String, String), HostKeyState>,
+    /// Times a backend was found with mismatching host keys, per service name.
+    host_key_mismatches: std::collections::HashMap<String, u64>,
     latency: metrics::CheckLatency,
     config_state: metrics::ConfigState,
+}
+
+/// What the agent knows about one backend's host keys.
+#[derive(Clone, Debug)]
+struct HostKeyState {
+    /// Keys from the last successful scan.
+    keys: Option<Vec<HostKey>>,
+    /// Why the last scan failed (cleared by a successful one).
+    error: Option<String>,
+    /// The last judgement.
+    verdict: Verdict,
 }
 
 /// Attaches (or takes over) the data plane on `iface` and writes `config` into it. On failure
@@ -203,6 +221,8 @@ pub fn start(
         ids,
         plan,
         trackers,
+        host_keys: std::collections::HashMap::new(),
+        host_key_mismatches: std::collections::HashMap::new(),
         latency: metrics::CheckLatency::default(),
         config_state: metrics::ConfigState {
             generation: 0,
@@ -290,7 +310,8 @@ impl Balancer {
     /// Re-plans with current health and applies the difference.
     fn replan(&mut self) -> Result<(), String> {
         let trackers = &self.trackers;
-        let usable = |s: usize, b: usize| trackers[s][b].health().usable();
+        let usable =
+            |s: usize, b: usize| trackers[s][b].health().usable() && self.host_keys_admit(s, b);
         let (plan, ids) =
             plan::plan_with(&self.config, usable, &self.ids).map_err(|e| e.to_string())?;
         let nat = dataplane_config(&self.config, &self.iface).map_err(|e| e.to_string())?;
@@ -298,6 +319,20 @@ impl Balancer {
         self.plan = plan;
         self.ids = ids;
         Ok(())
+    }
+
+    /// Whether backend `b` of service `s` may take new flows as far as its host keys go: always
+    /// under `warn`; under `enforce` only once a scan found the configured keys.
+    fn host_keys_admit(&self, s: usize, b: usize) -> bool {
+        let service = &self.config.services[s];
+        service.host_key_policy != HostKeyPolicy::Enforce
+            || self.host_key_state(s, b).is_some_and(|st| st.verdict == Verdict::Match)
+    }
+
+    fn host_key_state(&self, s: usize, b: usize) -> Option<&HostKeyState> {
+        let service = &self.config.services[s];
+        let key = (service.name.clone(), service.backends[b].ring_key());
+        self.host_keys.get(&key)
     }
 
     /// The backend id of backend `b` of service `s`.
@@ -313,6 +348,11 @@ impl Balancer {
     /// Everything `status` shows.
     pub fn status(&mut self) -> Status {
         let active = self.attached.dataplane.active_flows();
+        let limited = if self.config.services.iter().any(|s| s.limit.is_some()) {
+            self.attached.dataplane.limited_sources()
+        } else {
+            Vec::new()
+        };
         let mut services = Vec::new();
         for (s, service) in self.config.services.iter().enumerate() {
             let id = self.plan.services.get(s).map_or(0, |p| p.id);
@@ -320,6 +360,7 @@ impl Balancer {
             let mut backends = Vec::new();
             for (b, backend) in service.backends.iter().enumerate() {
                 let health = self.trackers[s][b].health();
+                let hk = self.host_key_state(s, b);
                 let backend_id = self.backend_id(s, b);
                 let t = backend_id
                     .and_then(|id| self.attached.dataplane.backend_traffic(id).ok())
@@ -340,7 +381,8 @@ impl Balancer {
                     health_changes: self.trackers[s][b].changes(),
                     in_ring: backend.state == BackendState::Active
                         && backend.weight > 0
-                        && health.usable(),
+                        && health.usable()
+                        && self.host_keys_admit(s, b),
                     active_flows: backend_id
                         .and_then(|id| active.per_backend.get(id as usize).copied())
                         .unwrap_or(0),
@@ -350,6 +392,14 @@ impl Balancer {
                     new_flows: t.new_flows,
                     packets: t.packets,
                     bytes: t.bytes,
+                    host_keys: hk.and_then(|h| h.keys.clone()).unwrap_or_default(),
+                    host_key_check: hk
+                        .map_or(Verdict::Unknown.as_str(), |h| h.verdict.as_str())
+                        .to_owned(),
+                    host_key_problem: hk.and_then(|h| match &h.verdict {
+                        Verdict::Mismatch(why) => Some(why.clone()),
+                        _ => h.error.clone(),
+                    }),
                 });
             }
             services.push(ServiceStatus {
@@ -370,7 +420,25 @@ impl Balancer {
                 new_flows: traffic.new_flows,
                 packets: traffic.packets,
                 bytes: traffic.bytes,
+                host_key_mismatches: backends
+                    .iter()
+                    .filter(|b| b.host_key_check == "mismatch")
+                    .count() as u64,
                 backends,
+                allow: service.acl.allow.iter().map(ToString::to_string).collect(),
+                deny: service.acl.deny.iter().map(ToString::to_string).collect(),
+                limit: service.limit.map(|l| LimitStatus {
+                    per_second: 1.0 / l.interval.as_secs_f64(),
+                    burst: l.burst,
+                    ipv4_prefix: l.ipv4_prefix,
+                    ipv6_prefix: l.ipv6_prefix,
+                }),
+                limited: top_limited(&limited, id, service.limit.as_ref(), 10),
+                host_key_policy: match service.host_key_policy {
+                    HostKeyPolicy::Warn => "warn",
+                    HostKeyPolicy::Enforce => "enforce",
+                }
+                .to_owned(),
             });
         }
         Status { interface: self.iface.clone(), services }
@@ -396,6 +464,27 @@ impl Balancer {
         Ok(())
     }
 
+    /// Ends established flows whose client the allow/deny lists now refuse (`reload
+    /// --kill-established`); returns how many.
+    pub fn kill_denied_flows(&mut self) -> u64 {
+        let acls: Vec<(u32, crate::protect::Acl)> = self
+            .config
+            .services
+            .iter()
+            .zip(&self.plan.services)
+            .filter(|(s, _)| !s.acl.is_empty())
+            .map(|(s, p)| (p.id, s.acl.clone()))
+            .collect();
+        if acls.is_empty() {
+            return 0;
+        }
+        expiry::remove_where(&mut self.attached.dataplane, |key, flow| {
+            acls.iter().any(|(id, acl)| {
+                *id == flow.service_id && !acl.allows(crate::protect::source_addr_of_flow(key))
+            })
+        })
+    }
+
     /// A Prometheus scrape of the running balancer.
     pub fn metrics(&mut self) -> String {
         let status = self.status();
@@ -405,8 +494,28 @@ impl Balancer {
             counters: &counters,
             latency: &self.latency,
             config: self.config_state,
+            host_key_mismatches: &self.host_key_mismatches,
         })
     }
+}
+
+/// The `n` most-refused prefixes of service `id` in the limiter's buckets.
+fn top_limited(
+    buckets: &[(sshlb_common::SourceKey, sshlb_common::Bucket)],
+    id: u32,
+    limit: Option<&crate::protect::RateLimit>,
+    n: usize,
+) -> Vec<LimitedPrefix> {
+    let Some(limit) = limit else { return Vec::new() };
+    let mut mine: Vec<_> = buckets.iter().filter(|(k, _)| u32::from(k.service_id) == id).collect();
+    mine.sort_by_key(|(_, b)| std::cmp::Reverse(b.refused));
+    mine.into_iter()
+        .take(n)
+        .map(|(k, b)| LimitedPrefix {
+            prefix: limit.prefix_of(crate::protect::source_addr(k)).to_string(),
+            refused: b.refused,
+        })
+        .collect()
 }
 
 fn read_local_port_range() -> String {
@@ -468,10 +577,42 @@ async fn checker(
     }
 }
 
+/// One host-key scan of backend `backend` ("address:port") of service `service` (by name).
+struct HostKeyResult {
+    service: String,
+    backend: String,
+    outcome: Result<Vec<HostKey>, String>,
+}
+
+/// Where the agent's background tasks report.
+struct Reports {
+    checks: mpsc::Sender<CheckResult>,
+    host_keys: mpsc::Sender<HostKeyResult>,
+}
+
+/// Scans one backend's host keys forever, every `interval`; the first scan waits `stagger` so
+/// a fleet's scans do not all start at once.
+async fn host_key_scanner(
+    (service, backend): (String, String),
+    (addr, source): (SocketAddr, Option<IpAddr>),
+    (interval, timeout, stagger): (Duration, Duration, Duration),
+    results: mpsc::Sender<HostKeyResult>,
+) {
+    tokio::time::sleep(stagger).await;
+    loop {
+        let outcome = hostkeys::scan(addr, source, timeout).await.map_err(|e| e.to_string());
+        let result = HostKeyResult { service: service.clone(), backend: backend.clone(), outcome };
+        if results.send(result).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 fn spawn_checkers(
     balancer: &Balancer,
     generation: u64,
-    results: &mpsc::Sender<CheckResult>,
+    reports: &Reports,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     // Checks leave from the balancer's own (NAT) address, never from a VIP.
     let nat = dataplane_config(&balancer.config, &balancer.iface).ok();
@@ -489,7 +630,19 @@ fn spawn_checkers(
             let addr = SocketAddr::new(backend.address, backend.port);
             let target = (addr, source(addr.is_ipv6()));
             let check = service.health.clone();
-            tasks.push(tokio::spawn(checker(generation, (s, b), target, check, results.clone())));
+            let results = reports.checks.clone();
+            tasks.push(tokio::spawn(checker(generation, (s, b), target, check, results)));
+            let interval = service.health.host_key_interval;
+            if !interval.is_zero() {
+                // A key exchange needs more than a banner: at least 5 s however short the
+                // banner check's timeout.
+                let timeout = service.health.timeout.max(Duration::from_secs(5));
+                let stagger = Duration::from_millis(200) * u32::try_from(b % 50).unwrap_or(0);
+                let who = (service.name.clone(), backend.ring_key());
+                let results = reports.host_keys.clone();
+                let timing = (interval, timeout, stagger);
+                tasks.push(tokio::spawn(host_key_scanner(who, target, timing, results)));
+            }
         }
     }
     tasks
@@ -504,7 +657,9 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
     let RunOptions { config_path, stats_interval, control } = options;
     let config_path = config_path.as_deref();
     tokio::pin!(shutdown);
-    let (tx, mut results) = mpsc::channel(1024);
+    let (checks_tx, mut results) = mpsc::channel(1024);
+    let (host_keys_tx, mut host_key_results) = mpsc::channel(64);
+    let tx = Reports { checks: checks_tx, host_keys: host_keys_tx };
     let mut generation = 0u64;
     let mut checkers = spawn_checkers(balancer, generation, &tx);
     let (request_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<Reply>)>(64);
@@ -544,6 +699,10 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
                 }
                 continue;
             }
+            Some(result) = host_key_results.recv() => {
+                on_host_keys(balancer, result);
+                continue;
+            }
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 if let Err(err) = reload_and_recheck(balancer, config_path, &mut checkers, &mut generation, &tx) {
                     tracing::warn!("reload refused, nothing changed: {err}");
@@ -557,8 +716,13 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
             Some((request, reply)) = requests.recv() => {
                 let answer = match request {
                     Request::Status => Reply { status: Some(balancer.status()), ..Reply::done() },
-                    Request::Reload => {
+                    Request::Reload { kill_established } => {
                         match reload_and_recheck(balancer, config_path, &mut checkers, &mut generation, &tx) {
+                            Ok(()) if kill_established => {
+                                let killed = balancer.kill_denied_flows();
+                                tracing::info!("--kill-established: ended {killed} flow(s) the lists now refuse");
+                                Reply { note: Some(format!("ended {killed} established flow(s) the lists now refuse")), ..Reply::done() }
+                            }
                             Ok(()) => Reply::done(),
                             Err(err) => Reply::failed(format!("reload refused, nothing changed: {err}")),
                         }
@@ -630,7 +794,7 @@ fn reload_and_recheck(
     config_path: Option<&Path>,
     checkers: &mut Vec<tokio::task::JoinHandle<()>>,
     generation: &mut u64,
-    results: &mpsc::Sender<CheckResult>,
+    results: &Reports,
 ) -> Result<(), String> {
     let path = config_path.ok_or("the agent was started without --config")?;
     reload_from(balancer, path)?;
@@ -769,6 +933,90 @@ fn on_check(balancer: &mut Balancer, result: &CheckResult) {
     if health.usable() != was_usable {
         if let Err(err) = balancer.replan() {
             tracing::error!("applying a health change failed: {err}");
+        }
+    }
+}
+
+/// Records a host-key scan, re-judges the backend's service, logs and counts what changed; under
+/// `enforce`, a backend whose admission changed makes the ring change.
+fn on_host_keys(balancer: &mut Balancer, result: HostKeyResult) {
+    let Some(s) = balancer.config.services.iter().position(|s| s.name == result.service) else {
+        return;
+    };
+    let service = &balancer.config.services[s];
+    let Some(b) = service.backends.iter().position(|b| b.ring_key() == result.backend) else {
+        return;
+    };
+    let before: Vec<bool> =
+        (0..service.backends.len()).map(|b| balancer.host_keys_admit(s, b)).collect();
+    let key = (result.service.clone(), result.backend.clone());
+    let entry = balancer.host_keys.entry(key).or_insert(HostKeyState {
+        keys: None,
+        error: None,
+        verdict: Verdict::Unknown,
+    });
+    match result.outcome {
+        Ok(keys) => {
+            entry.keys = Some(keys);
+            entry.error = None;
+        }
+        Err(err) => {
+            if entry.error.as_ref() != Some(&err) {
+                tracing::warn!(
+                    "{}/{}: host-key scan failed: {err}",
+                    service.name,
+                    service.backends[b].name
+                );
+            }
+            // Keep the last keys seen: a failed scan says nothing new about them.
+            entry.error = Some(err);
+        }
+    }
+    let service = &balancer.config.services[s];
+    let scanned: Vec<Option<Vec<HostKey>>> = service
+        .backends
+        .iter()
+        .map(|backend| {
+            let key = (service.name.clone(), backend.ring_key());
+            balancer.host_keys.get(&key).and_then(|st| st.keys.clone())
+        })
+        .collect();
+    let views: Vec<Option<&[HostKey]>> = scanned.iter().map(Option::as_deref).collect();
+    let verdicts = hostkeys::judge(&service.host_keys, &views);
+    for (backend, verdict) in service.backends.iter().zip(verdicts) {
+        let key = (service.name.clone(), backend.ring_key());
+        let Some(state) = balancer.host_keys.get_mut(&key) else { continue };
+        if state.verdict == verdict {
+            continue;
+        }
+        match &verdict {
+            Verdict::Mismatch(why) => {
+                *balancer.host_key_mismatches.entry(service.name.clone()).or_default() += 1;
+                let consequence = match service.host_key_policy {
+                    HostKeyPolicy::Enforce => "kept out of the ring (host-key-policy = enforce)",
+                    HostKeyPolicy::Warn => {
+                        "clients landing on it will see REMOTE HOST IDENTIFICATION HAS CHANGED"
+                    }
+                };
+                tracing::warn!(
+                    "{}/{} {}: host keys differ: {why}; {consequence}",
+                    service.name,
+                    backend.name,
+                    backend.ring_key()
+                );
+            }
+            Verdict::Match if state.verdict != Verdict::Unknown => {
+                tracing::info!("{}/{}: host keys match again", service.name, backend.name);
+            }
+            _ => {}
+        }
+        state.verdict = verdict;
+    }
+    let after: Vec<bool> =
+        (0..service.backends.len()).map(|b| balancer.host_keys_admit(s, b)).collect();
+    if before != after {
+        if let Err(err) = balancer.replan() {
+            tracing::error!("applying a host-key change failed: {err}");
         }
     }
 }

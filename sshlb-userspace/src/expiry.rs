@@ -1,7 +1,7 @@
 //! Expiring flows: the data plane never evicts, so the agent removes flows that have been idle
 //! longer than their state's timeout (and their full-NAT reverse entries with them).
 
-use sshlb_common::{flow_flags, flow_state, Flow, NatKey};
+use sshlb_common::{flow_flags, flow_state, Flow, FlowKey, NatKey};
 
 use crate::{config::Timeouts, loader::Dataplane, maps::MapsError};
 
@@ -36,28 +36,54 @@ pub fn sweep(dp: &mut Dataplane, now_ns: u64, timeouts: &Timeouts) -> Result<Swe
         if !is_expired(&flow, now_ns, timeouts) {
             continue;
         }
-        if flow.flags & flow_flags::NAT != 0 {
-            if let Ok(backend) = dp.backend(flow.backend_id) {
-                let nat_key = NatKey {
-                    backend: backend.addr,
-                    backend_port_be: backend.port_be,
-                    nat_port_be: flow.nat_port_be,
-                    family: key.family,
-                    pad8: 0,
-                    pad16: 0,
-                };
-                // Absent is fine: the data plane replaced it (tuple reuse).
-                let _ignored = dp.nat_reverse().remove(&nat_key);
-            }
-        }
         // Re-check before deleting: the flow may have carried a packet since we read it.
-        if let Ok(current) = dp.flows().get(&key, 0) {
-            if is_expired(&current, now_ns, timeouts) && dp.flows().remove(&key).is_ok() {
-                result.expired += 1;
-            }
+        if remove_flow(dp, &key, &flow, |current| is_expired(current, now_ns, timeouts)) {
+            result.expired += 1;
         }
     }
     Ok(result)
+}
+
+/// Removes the flow `key` (and its NAT reverse entry) if `still(current entry)` holds; returns
+/// whether it was removed. The next packet of a removed flow finds no entry: from the client it
+/// is treated as a new (recovered) flow, from a full-NAT backend it goes to the kernel, which has
+/// no such connection and resets it.
+pub fn remove_flow(
+    dp: &mut Dataplane,
+    key: &FlowKey,
+    flow: &Flow,
+    still: impl Fn(&Flow) -> bool,
+) -> bool {
+    if flow.flags & flow_flags::NAT != 0 {
+        if let Ok(backend) = dp.backend(flow.backend_id) {
+            let nat_key = NatKey {
+                backend: backend.addr,
+                backend_port_be: backend.port_be,
+                nat_port_be: flow.nat_port_be,
+                family: key.family,
+                pad8: 0,
+                pad16: 0,
+            };
+            // Absent is fine: the data plane replaced it (tuple reuse).
+            let _ignored = dp.nat_reverse().remove(&nat_key);
+        }
+    }
+    match dp.flows().get(key, 0) {
+        Ok(current) if still(&current) => dp.flows().remove(key).is_ok(),
+        _ => false,
+    }
+}
+
+/// Removes every flow for which `doomed(key, flow)` holds; returns how many.
+pub fn remove_where(dp: &mut Dataplane, doomed: impl Fn(&FlowKey, &Flow) -> bool) -> u64 {
+    let entries: Vec<_> = dp.flows().iter().filter_map(Result::ok).collect();
+    let mut removed = 0;
+    for (key, flow) in entries.iter().filter(|(k, f)| doomed(k, f)) {
+        if remove_flow(dp, key, flow, |_| true) {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -146,20 +146,27 @@ pub async fn check(
     }
 }
 
+/// Connects to `addr` from `source` (when it is of the same family; else the kernel picks).
+pub async fn connect_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    match source.filter(|s| s.is_ipv4() == addr.is_ipv4()) {
+        Some(source) => {
+            let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await
+        }
+        None => TcpStream::connect(addr).await,
+    }
+}
+
 async fn check_unbounded(
     addr: SocketAddr,
     expect: &str,
     source: Option<std::net::IpAddr>,
 ) -> Result<(), CheckError> {
-    let mut stream = match source.filter(|s| s.is_ipv4() == addr.is_ipv4()) {
-        Some(source) => {
-            let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-                .map_err(CheckError::Connect)?;
-            socket.bind(SocketAddr::new(source, 0)).map_err(CheckError::Connect)?;
-            socket.connect(addr).await.map_err(CheckError::Connect)?
-        }
-        None => TcpStream::connect(addr).await.map_err(CheckError::Connect)?,
-    };
+    let mut stream = connect_from(addr, source).await.map_err(CheckError::Connect)?;
     if expect.is_empty() {
         return Ok(());
     }

@@ -23,6 +23,7 @@ pub mod control;
 pub mod daemon;
 pub mod expiry;
 pub mod health;
+pub mod hostkeys;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

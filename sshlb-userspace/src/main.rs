@@ -132,8 +132,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             reply_ok(control::call(&cli.control, &Request::Switch { service, group })?)?;
             Ok(())
         }
-        Command::Reload => {
-            reply_ok(control::call(&cli.control, &Request::Reload)?)?;
+        Command::Reload { kill_established } => {
+            let reply =
+                reply_ok(control::call(&cli.control, &Request::Reload { kill_established })?)?;
+            if let Some(note) = reply.note {
+                println!("{note}");
+            }
             Ok(())
         }
         Command::XdpPass { iface, remove } => {

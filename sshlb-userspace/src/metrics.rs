@@ -53,6 +53,8 @@ pub struct Snapshot<'a> {
     pub latency: &'a CheckLatency,
     /// Configuration history.
     pub config: ConfigState,
+    /// Times a backend was found presenting mismatching host keys, by service name.
+    pub host_key_mismatches: &'a std::collections::HashMap<String, u64>,
 }
 
 /// One per-service metric family: name, type, help, value.
@@ -142,6 +144,41 @@ pub fn render(s: &Snapshot<'_>) -> String {
             }
         }
     }
+    let _ = writeln!(out, "# HELP sshlb_backend_host_keys 1 for the backend's host-key state (match, mismatch, unknown).\n# TYPE sshlb_backend_host_keys gauge");
+    for svc in &s.status.services {
+        for b in &svc.backends {
+            for state in ["match", "mismatch", "unknown"] {
+                let _ = writeln!(
+                    out,
+                    "sshlb_backend_host_keys{{service=\"{}\",backend=\"{}\",state=\"{state}\"}} {}",
+                    escape(&svc.name),
+                    escape(&b.name),
+                    u8::from(b.host_key_check == state)
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP sshlb_host_key_mismatches_total Times a backend was found presenting host keys that differ.\n# TYPE sshlb_host_key_mismatches_total counter");
+    for svc in &s.status.services {
+        let n = s.host_key_mismatches.get(&svc.name).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "sshlb_host_key_mismatches_total{{service=\"{}\"}} {n}",
+            escape(&svc.name)
+        );
+    }
+    let _ = writeln!(out, "# HELP sshlb_limited_prefix_refused SYNs refused per source prefix (the 10 most refused per service).\n# TYPE sshlb_limited_prefix_refused gauge");
+    for svc in &s.status.services {
+        for p in &svc.limited {
+            let _ = writeln!(
+                out,
+                "sshlb_limited_prefix_refused{{service=\"{}\",prefix=\"{}\"}} {}",
+                escape(&svc.name),
+                escape(&p.prefix),
+                p.refused
+            );
+        }
+    }
     let name = "sshlb_health_check_duration_seconds";
     let _ = writeln!(
         out,
@@ -202,6 +239,10 @@ mod tests {
                     bytes: 99,
                     ..Default::default()
                 }],
+                limited: vec![crate::control::LimitedPrefix {
+                    prefix: "198.18.8.0/24".into(),
+                    refused: 12,
+                }],
                 ..Default::default()
             }],
         }
@@ -223,6 +264,7 @@ mod tests {
                 last_reload_ok: false,
                 last_reload_unix: 1700000000,
             },
+            host_key_mismatches: &[("git".to_owned(), 2)].into_iter().collect(),
         });
         for line in [
             "sshlb_packets_total{outcome=\"fwd_nat\"} 5",
@@ -236,6 +278,9 @@ mod tests {
             "sshlb_health_check_duration_seconds_bucket{le=\"1\"} 3",
             "sshlb_health_check_duration_seconds_bucket{le=\"+Inf\"} 4",
             "sshlb_health_check_duration_seconds_count 4",
+            "sshlb_host_key_mismatches_total{service=\"git\"} 2",
+            "sshlb_backend_host_keys{service=\"git\",backend=\"b\\\"1\",state=\"unknown\"} 0",
+            "sshlb_limited_prefix_refused{service=\"git\",prefix=\"198.18.8.0/24\"} 12",
             "sshlb_config_generation 3",
             "sshlb_config_last_reload_success 0",
         ] {

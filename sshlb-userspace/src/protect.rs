@@ -165,6 +165,15 @@ pub fn source_addr(key: &SourceKey) -> IpAddr {
     }
 }
 
+/// The client address of a connection-table key.
+pub fn source_addr_of_flow(key: &sshlb_common::FlowKey) -> IpAddr {
+    if key.family == family::V4 {
+        IpAddr::from([key.src[0], key.src[1], key.src[2], key.src[3]])
+    } else {
+        IpAddr::from(key.src)
+    }
+}
+
 /// `[service.limit]`: new connections per client prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {

@@ -100,7 +100,7 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     );
     ctl(&control, control::Request::Switch { service: "nat4".into(), group: "green".into() });
     ctl(&control, control::Request::Switch { service: "nat4".into(), group: "blue".into() });
-    ctl(&control, control::Request::Reload);
+    ctl(&control, control::Request::Reload { kill_established: false });
     // Agent restart: the loop stops, a new agent takes over the pinned data plane.
     let _ = stop.send(());
     agent.join().expect("agent thread");
