@@ -320,7 +320,15 @@ pub fn spawn_agent(
         let root = std::path::Path::new(PIN_ROOT);
         let mut balancer =
             sshlb::daemon::start(root, &iface, sshlb::loader::AttachMode::Native, &config)
-                .unwrap_or_else(|e| panic!("starting the balancer: {e}"));
+                .unwrap_or_else(|e| {
+                    let mut chain = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(cause) = source {
+                        chain += &format!(": {cause}");
+                        source = cause.source();
+                    }
+                    panic!("starting the balancer: {chain}")
+                });
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let options = sshlb::daemon::RunOptions {
             control: Some(listener),
