@@ -74,7 +74,7 @@ fn take_token(limit: &Limit, fam: u8, service_id: u32, src: [u32; 4], now: u64) 
         ]
     };
     let bucket_key = source_key(service_id, fam, masked);
-    match LIMITER.get_ptr_mut(&bucket_key) {
+    match LIMITER.get_ptr_mut(bucket_key) {
         Some(bucket) => {
             // SAFETY: a live map value; whole u64 fields, read once, written once.
             unsafe {
@@ -89,7 +89,7 @@ fn take_token(limit: &Limit, fam: u8, service_id: u32, src: [u32; 4], now: u64) 
         None => {
             let fresh = Bucket { tat_ns: now + limit.interval_ns, refused: 0 };
             // A full LRU evicts its oldest bucket; a failed insert only forgets this SYN.
-            let _ignored = LIMITER.insert(&bucket_key, &fresh, 0);
+            let _ignored = LIMITER.insert(bucket_key, fresh, 0);
         }
     }
     ADMITTED
