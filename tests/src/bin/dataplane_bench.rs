@@ -65,7 +65,20 @@ fn main() -> Result<()> {
              [[service]]\nname = \"git-dsr\"\nvip = \"198.18.0.100\"\nport = 2222\nmode = \"dsr\"\n\
              [[service.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\nport = 2222\n\
              [[service.backend]]\nname = \"b2\"\naddress = \"198.18.0.12\"\nport = 2222\n";
-        let cfg = config::parse("bench.toml", text).context("bench config")?;
+        // The same DSR service again, protected: an allow list, 1000 deny prefixes in the trie,
+        // and a per-source limit high enough never to refuse (so both runs forward every SYN).
+        let deny: Vec<String> =
+            (0..1000).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
+        let protected = format!(
+            "\n[[service]]\nname = \"git-dsr-protected\"\nvip = \"198.18.0.100\"\nport = 2223\n\
+             mode = \"dsr\"\nallow = [\"198.18.0.0/15\"]\ndeny = [{}]\n\
+             [service.limit]\nrate = \"1000000/s\"\nburst = 100000\n\
+             [[service.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\nport = 2223\n\
+             [[service.backend]]\nname = \"b2\"\naddress = \"198.18.0.12\"\nport = 2223\n",
+            deny.join(", ")
+        );
+        let text = format!("{text}{protected}");
+        let cfg = config::parse("bench.toml", &text).context("bench config")?;
         let mut balancer =
             daemon::start(&PathBuf::from(PIN_ROOT), "bl0", loader::AttachMode::Native, &cfg)
                 .context("starting the balancer")?;
@@ -97,6 +110,22 @@ fn main() -> Result<()> {
             "established (dsr)",
             label,
         )?);
+        sock.send_all(&frames(1000, Some(0x02), 2223), 1)?;
+        let established_protected = frames(1000, Some(0x10), 2223);
+        results.push(measure(
+            dp.program(),
+            &sock,
+            &established_protected,
+            budget,
+            "established (dsr, protected)",
+            label,
+        )?);
+        // Each new-flow SYN is sent once: a repeat would follow the flow it created. DSR, so
+        // NAT port allocation does not enter the comparison: the difference is admission.
+        for (port, scenario) in [(2222, "new flow (dsr)"), (2223, "new flow (dsr, protected)")] {
+            let syns: Vec<_> = frames(51_000, Some(0x02), port).into_iter().skip(1000).collect();
+            results.push(measure_once(dp.program(), &sock, &syns, scenario, label)?);
+        }
         // Each new-flow SYN is sent once: a repeat would follow the flow it created.
         let new_flows = frames(101_000, Some(0x02), 22).into_iter().skip(1000).collect::<Vec<_>>();
         results.push(measure_once(dp.program(), &sock, &new_flows, "new flow (nat)", label)?);
