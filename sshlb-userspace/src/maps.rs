@@ -107,20 +107,19 @@ impl Dataplane {
             .map_err(map_err("writing", map_names::LIMITS))
     }
 
+    fn limiter(&mut self) -> HashMap<&mut MapData, SourceKey, Bucket> {
+        let map = self.ebpf_mut().map_mut(map_names::LIMITER).expect("object defines LIMITER");
+        HashMap::try_from(map).expect("LIMITER is an LRU hash of SourceKey → Bucket")
+    }
+
     /// The rate limiter's buckets that refused at least one SYN: (source prefix key, bucket).
     pub fn limited_sources(&mut self) -> Vec<(SourceKey, Bucket)> {
-        let map = self.ebpf_mut().map_mut(map_names::LIMITER).expect("object defines LIMITER");
-        let buckets: HashMap<&mut MapData, SourceKey, Bucket> =
-            HashMap::try_from(map).expect("LIMITER is an LRU hash of SourceKey → Bucket");
-        buckets.iter().filter_map(Result::ok).filter(|(_, b)| b.refused > 0).collect()
+        self.limiter().iter().filter_map(Result::ok).filter(|(_, b)| b.refused > 0).collect()
     }
 
     /// Buckets the rate limiter holds now (at most `LIMITER_ENTRIES`).
     pub fn limiter_len(&mut self) -> u32 {
-        let map = self.ebpf_mut().map_mut(map_names::LIMITER).expect("object defines LIMITER");
-        let buckets: HashMap<&mut MapData, SourceKey, Bucket> =
-            HashMap::try_from(map).expect("LIMITER is an LRU hash of SourceKey → Bucket");
-        buckets.keys().filter(Result::is_ok).count() as u32
+        self.limiter().keys().filter(Result::is_ok).count() as u32
     }
 
     /// Backend `id` as the data plane sees it.

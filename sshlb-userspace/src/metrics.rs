@@ -59,6 +59,9 @@ pub struct Snapshot<'a> {
 
 /// One per-service metric family: name, type, help, value.
 type ServiceFamily = (&'static str, &'static str, &'static str, fn(&ServiceStatus) -> u64);
+/// A per-backend state-set family: name, what it describes, the states, the current one.
+type StateFamily =
+    (&'static str, &'static str, &'static [&'static str], fn(&BackendStatus) -> &String);
 /// One per-backend metric family: name, type, help, value.
 type BackendFamily = (&'static str, &'static str, &'static str, fn(&BackendStatus) -> u64);
 
@@ -130,31 +133,28 @@ pub fn render(s: &Snapshot<'_>) -> String {
             }
         }
     }
-    let _ = writeln!(out, "# HELP sshlb_backend_health 1 for the backend's current health state.\n# TYPE sshlb_backend_health gauge");
-    for svc in &s.status.services {
-        for b in &svc.backends {
-            for state in ["up", "down", "unknown"] {
-                let _ = writeln!(
-                    out,
-                    "sshlb_backend_health{{service=\"{}\",backend=\"{}\",state=\"{state}\"}} {}",
-                    escape(&svc.name),
-                    escape(&b.name),
-                    u8::from(b.health == state)
-                );
-            }
-        }
-    }
-    let _ = writeln!(out, "# HELP sshlb_backend_host_keys 1 for the backend's host-key state (match, mismatch, unknown).\n# TYPE sshlb_backend_host_keys gauge");
-    for svc in &s.status.services {
-        for b in &svc.backends {
-            for state in ["match", "mismatch", "unknown"] {
-                let _ = writeln!(
-                    out,
-                    "sshlb_backend_host_keys{{service=\"{}\",backend=\"{}\",state=\"{state}\"}} {}",
-                    escape(&svc.name),
-                    escape(&b.name),
-                    u8::from(b.host_key_check == state)
-                );
+    let state_sets: [StateFamily; 2] = [
+        ("sshlb_backend_health", "health", &["up", "down", "unknown"], |b| &b.health),
+        ("sshlb_backend_host_keys", "host-key", &["match", "mismatch", "unknown"], |b| {
+            &b.host_key_check
+        }),
+    ];
+    for (name, what, states, get) in state_sets {
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 for the backend's current {what} state.\n# TYPE {name} gauge"
+        );
+        for svc in &s.status.services {
+            for b in &svc.backends {
+                for state in states {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{service=\"{}\",backend=\"{}\",state=\"{state}\"}} {}",
+                        escape(&svc.name),
+                        escape(&b.name),
+                        u8::from(get(b) == state)
+                    );
+                }
             }
         }
     }
