@@ -101,6 +101,19 @@ fn data_end(ctx: &XdpContext) -> usize {
 /// Largest header offset the program ever reads at (Ethernet + VLAN + IPv4 with options is 82).
 const MAX_HEADER_OFFSET: usize = 255;
 
+/// A big-endian 16-bit length field, in a form every supported kernel's verifier can bound.
+///
+/// LLVM turns `from_be_bytes` into a `be16` byte swap, and verifiers before 6.6 forget a
+/// register's range across one: adding the result to a packet pointer is then refused ("math
+/// between pkt pointer and register with unbounded min value", seen on 6.1 by `cargo xtask
+/// vm-test`). The value goes through an opaque copy and is masked afterwards, which LLVM cannot
+/// fold away and the verifier reads as 0..=65535.
+#[inline(always)]
+fn be16_bounded(bytes: [u8; 2]) -> u16 {
+    let swapped = core::hint::black_box(u32::from(u16::from_be_bytes(bytes)));
+    (swapped & 0xFFFF) as u16
+}
+
 /// Bounds-checked pointer to a `T` at byte `off` of the frame.
 ///
 /// `off` is bounded explicitly first: offsets that travelled through memory (a parsed `Tcp`
@@ -171,7 +184,7 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
     if header_len < Ipv4Hdr::LEN {
         return Err(Error::BadIpv4Ihl);
     }
-    let total_len = u16::from_be_bytes(ip.tot_len);
+    let total_len = be16_bounded(ip.tot_len);
     if usize::from(total_len) < header_len {
         return Err(Error::BadIpv4Len);
     }
@@ -226,7 +239,7 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
     if ip.vcf[0] >> 4 != 6 {
         return Err(Error::BadIpVersion);
     }
-    let payload_len = u16::from_be_bytes(ip.payload_len);
+    let payload_len = be16_bounded(ip.payload_len);
     let l4_off = l3_off + Ipv6Hdr::LEN;
     if ctx.data() + l4_off + usize::from(payload_len) > data_end(ctx) {
         return Err(Error::TruncatedIpv6);

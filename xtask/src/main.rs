@@ -8,6 +8,7 @@ mod cmd;
 mod lab;
 mod setup;
 mod test;
+mod vm;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -53,6 +54,16 @@ enum Command {
         #[arg(value_enum)]
         action: lab::Action,
     },
+    /// Boot Debian's kernels under QEMU and run the BPF packet fixtures and the namespace tests
+    /// in each: loaded or rejected (with the verifier's message), tests passed/failed.
+    VmTest {
+        /// Which kernel(s).
+        #[arg(long, value_enum, default_value_t = vm::Kernel::All)]
+        kernel: vm::Kernel,
+        /// Write the README's "Supported kernels" table from this run (only with --kernel all).
+        #[arg(long)]
+        update_readme: bool,
+    },
     /// Build everything and run the balancer in the lab (client, router, three OpenSSH backends)
     /// in the foreground, printing the ssh and git commands that go through it; Ctrl-C ends it.
     Run {
@@ -70,6 +81,7 @@ fn main() -> ExitCode {
             println!("{}", agent.display());
         }),
         Command::Test { quick } => test::test(quick),
+        Command::VmTest { kernel, update_readme } => vm::run(kernel, update_readme),
         Command::Run { duration } => lab::run(duration.map(std::time::Duration::from_secs)),
         Command::Lab { action } => lab::lab(action),
         Command::Bench { which, seconds } => bench::bench(which, seconds),

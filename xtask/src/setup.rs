@@ -46,6 +46,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",         // sysctl, ps
     "psmisc",         // fuser, pstree
     "iputils-ping",   // ping in `cargo xtask run`'s traffic generator (not on a fresh machine)
+    "busybox-static", // the vm-test guests' /init and tools
+    "xz-utils",       // decompressing newer kernels' modules for the vm-test guests
 ];
 
 /// Whether a missing piece is installed or only reported.
