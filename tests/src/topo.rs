@@ -223,8 +223,14 @@ pub struct Conn {
 impl Conn {
     /// Connects to `addr` (from the thread's namespace) and reads the backend's name.
     pub fn open(addr: &str, port: u16) -> std::io::Result<Self> {
+        Self::open_from(addr, port, None)
+    }
+
+    /// Like [`Self::open`], from client port `source_port` when given: a test that checks how
+    /// flows spread then sees the same flows, hence the same spread, on every run.
+    pub fn open_from(addr: &str, port: u16, source_port: Option<u16>) -> std::io::Result<Self> {
         let ip: std::net::IpAddr = addr.parse().expect("address");
-        let stream = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5))?;
+        let stream = connect((ip, port).into(), source_port)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut name = Vec::new();
         let mut byte = [0u8; 1];
@@ -242,8 +248,17 @@ impl Conn {
     /// Connects to an sshd behind `addr:port` and returns the last word of its identification
     /// line (the backends' `VersionAddendum` names them).
     pub fn open_banner(addr: &str, port: u16) -> std::io::Result<String> {
+        Self::open_banner_from(addr, port, None)
+    }
+
+    /// Like [`Self::open_banner`], from client port `source_port` when given.
+    pub fn open_banner_from(
+        addr: &str,
+        port: u16,
+        source_port: Option<u16>,
+    ) -> std::io::Result<String> {
         let ip: std::net::IpAddr = addr.parse().expect("address");
-        let stream = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5))?;
+        let stream = connect((ip, port).into(), source_port)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
@@ -269,6 +284,35 @@ impl Conn {
         sender.join().expect("sender thread")?;
         Ok(back == data)
     }
+}
+
+/// Connects to `to` (5 s timeout), from local port `source_port` when given.
+fn connect(to: std::net::SocketAddr, source_port: Option<u16>) -> std::io::Result<TcpStream> {
+    let Some(sport) = source_port else {
+        return TcpStream::connect_timeout(&to, Duration::from_secs(5));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let socket = if to.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        let any: std::net::IpAddr = if to.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        socket.bind((any, sport).into())?;
+        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        stream.into_std().and_then(|s| {
+            s.set_nonblocking(false)?;
+            Ok(s)
+        })
+    })
 }
 
 /// `len` bytes of deterministic pseudo-random data.

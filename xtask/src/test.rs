@@ -49,6 +49,8 @@ enum Step {
     Setup,
     /// Commands run in order from the workspace root.
     Commands(Vec<Command>),
+    /// `cargo xtask vm-test` for these kernels, in process (root only: it may install QEMU).
+    Vm(Vec<crate::vm::Kernel>),
 }
 
 /// One line of the summary table.
@@ -128,6 +130,12 @@ fn tiers(root: bool) -> Vec<Tier> {
                 "--test-threads=2",
             ])]),
         },
+        Tier {
+            name: "kernel matrix (5.10, newest)",
+            needs_root: true,
+            lint_or_setup: false,
+            step: Step::Vm(vec![crate::vm::Kernel::K5_10, crate::vm::Kernel::K7]),
+        },
     ]
 }
 
@@ -169,6 +177,8 @@ pub fn test(quick: bool) -> Result<()> {
         let result = match &mut tier.step {
             Step::Setup => setup::setup().map(drop),
             Step::Commands(commands) => commands.iter_mut().try_for_each(cmd::run),
+            Step::Vm(_) if !root => Ok(()),
+            Step::Vm(kernels) => kernels.iter().try_for_each(|k| crate::vm::run(*k, false)),
         };
         let elapsed = tier_started.elapsed();
         let outcome = match &result {
@@ -231,6 +241,7 @@ mod tests {
                     let commands = match &tier.step {
                         Step::Setup => vec!["setup".to_owned()],
                         Step::Commands(commands) => commands.iter().map(cmd::display).collect(),
+                        Step::Vm(kernels) => vec![format!("vm-test {kernels:?}")],
                     };
                     (tier.name, commands)
                 })
@@ -247,7 +258,8 @@ mod tests {
                 "clippy (BPF crate)",
                 "unit tests",
                 "bpf fixtures",
-                "namespace/e2e"
+                "namespace/e2e",
+                "kernel matrix (5.10, newest)"
             ]
         );
         let all = root.iter().flat_map(|(_, c)| c).cloned().collect::<Vec<_>>().join("\n");
@@ -261,6 +273,7 @@ mod tests {
             "test --package sshlb-common",
             "test --package sshlb-userspace --test fixtures",
             "test --package sshlb-tests -- --test-threads=2",
+            "vm-test [K5_10, K7]",
         ] {
             assert!(all.contains(needle), "no {needle:?} in:\n{all}");
         }
@@ -270,11 +283,14 @@ mod tests {
     }
 
     #[test]
-    fn only_fixtures_and_e2e_need_root_and_quick_keeps_the_tests() {
+    fn only_bpf_namespace_and_vm_tiers_need_root_and_quick_keeps_the_tests() {
         for tier in tiers(false) {
             assert_eq!(
                 tier.needs_root,
-                matches!(tier.name, "bpf fixtures" | "namespace/e2e"),
+                matches!(
+                    tier.name,
+                    "bpf fixtures" | "namespace/e2e" | "kernel matrix (5.10, newest)"
+                ),
                 "{}",
                 tier.name
             );
