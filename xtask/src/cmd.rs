@@ -69,6 +69,17 @@ fn captured(cmd: &mut Command) -> std::io::Result<Output> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).output()
 }
 
+/// Runs `cmd` silently and returns its stdout as bytes; on failure the error carries the
+/// command line and its stderr.
+pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+    let line = display(cmd);
+    let out = captured(cmd).with_context(|| format!("could not start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out.stdout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,15 +116,4 @@ mod tests {
         assert_eq!(probe(&mut Command::new("false")), None);
         assert_eq!(probe(&mut Command::new("echo")).as_deref(), Some("\n"));
     }
-}
-
-/// Runs `cmd` silently and returns its stdout as bytes; on failure the error carries the
-/// command line and its stderr.
-pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
-    let line = display(cmd);
-    let out = captured(cmd).with_context(|| format!("could not start `{line}`"))?;
-    if !out.status.success() {
-        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(out.stdout)
 }
