@@ -4,23 +4,18 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-use sshlb::{
-    config, daemon,
-    loader::{self, AttachMode},
-    plan,
-};
+use sshlb::{config, daemon, loader::AttachMode, plan};
 use sshlb_tests::{
-    root_or_skip,
+    prepare_bridge, root_or_skip,
     topo::{payload, Conn, Topo, BACKENDS, DSR4, DSR6, VIP4, VIP6},
+    Detach, PIN_ROOT,
 };
-
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
 /// The balancer, started in-process inside the lb namespace; detached (and unpinned) on drop.
 struct Balancer {
     attached: Option<daemon::Balancer>,
-    iface: String,
-    pass_port: String,
+    /// Dropped after `attached`: detaches the balancer and the pass program.
+    _detach: Detach,
 }
 
 impl Drop for Balancer {
@@ -34,8 +29,6 @@ impl Drop for Balancer {
             }
         }
         drop(self.attached.take());
-        let _ignored = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
-        let _ignored = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
     }
 }
 
@@ -63,22 +56,15 @@ fn config_text(weights: [u32; 3], b3_state: &str) -> String {
 }
 
 fn start(topo: &Topo, config: &config::Config) -> Balancer {
-    let pass_port = topo.lb_port.clone();
     // veth gotcha 2: XDP_TX in native mode needs an XDP program on the peer.
-    topo.sw.run(move || {
-        loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass program")
-    });
+    let detach = prepare_bridge(topo, Vec::new());
     let iface = topo.lb_if.clone();
     let cfg = config.clone();
     let attached = topo.lb.run(move || {
         daemon::start(&PathBuf::from(PIN_ROOT), &iface, AttachMode::Native, &cfg)
             .unwrap_or_else(|e| panic!("starting the balancer: {e}"))
     });
-    Balancer {
-        attached: Some(attached),
-        iface: topo.lb_if.clone(),
-        pass_port: topo.lb_port.clone(),
-    }
+    Balancer { attached: Some(attached), _detach: detach }
 }
 
 #[test]

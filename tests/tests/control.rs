@@ -8,14 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sshlb::{control::Status, loader};
+use sshlb::control::Status;
 use sshlb_tests::{
-    agent_binary, root_or_skip,
+    agent_binary, prepare_bridge, root_or_skip,
     topo::{payload, Conn, Topo, BACKENDS, VIP4},
     wait_for,
 };
-
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
 #[test]
 fn control_commands_steer_new_flows_and_spare_established_ones() {
@@ -40,13 +38,8 @@ fn control_commands_steer_new_flows_and_spare_established_ones() {
         );
     }
     std::fs::write(&cfg_path, text).expect("config");
-    let pass_port = topo.lb_port.clone();
-    topo.sw.run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
-    let _cleanup = Cleanup {
-        iface: topo.lb_if.clone(),
-        pass_port: topo.lb_port.clone(),
-        files: vec![cfg_path.clone(), log.clone(), PathBuf::from(&control)],
-    };
+    let _detach =
+        prepare_bridge(&topo, vec![cfg_path.clone(), log.clone(), PathBuf::from(&control)]);
     let lb_if = topo.lb_if.clone();
     let cfg = cfg_path.to_str().expect("utf-8").to_owned();
     topo.lb.spawn_logged(&agent, &["up", &lb_if, "--config", &cfg], &log);
@@ -169,20 +162,4 @@ fn control_commands_steer_new_flows_and_spare_established_ones() {
         topo.lb.command(&agent, &["up", &lb_if, "--config", &cfg]).output().expect("spawn");
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("another sshlb-agent is running"));
-}
-
-struct Cleanup {
-    iface: String,
-    pass_port: String,
-    files: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
-        let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-    }
 }

@@ -11,12 +11,12 @@ use std::{
 
 use sshlb::{config, daemon, loader};
 use sshlb_tests::{
-    root_or_skip,
+    prepare_bridge, root_or_skip,
     sshd::Sshd,
     topo::{Topo, BACKENDS, VIP4},
+    PIN_ROOT,
 };
 
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 const PORT: u16 = 2200;
 
 /// Connects to the VIP and returns the backend's name from its banner's addendum.
@@ -58,8 +58,8 @@ fn stopped_sshd_leaves_the_ring_in_time_and_rejoins() {
             &format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{v4}\"\nport = {PORT}\n");
     }
     let cfg = config::parse("test.toml", &text).expect("config");
-    let pass_port = topo.lb_port.clone();
-    topo.sw.run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
+    // Detaches the balancer and the pass program when the test ends, also when it fails.
+    let cleanup = prepare_bridge(&topo, Vec::new());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let iface = topo.lb_if.clone();
@@ -72,10 +72,7 @@ fn stopped_sshd_leaves_the_ring_in_time_and_rejoins() {
         rt.block_on(daemon::run(&mut attached, daemon::RunOptions::default(), async {
             let _ = stop_rx.await;
         }));
-        drop(attached);
-        let _ = loader::down(&PathBuf::from(PIN_ROOT), &iface);
     });
-    let cleanup = Cleanup { pass_port: topo.lb_port.clone() };
     ready_rx.recv_timeout(Duration::from_secs(10)).expect("the balancer started");
 
     let names =
@@ -105,14 +102,4 @@ fn stopped_sshd_leaves_the_ring_in_time_and_rejoins() {
     let _ = stop_tx.send(());
     agent.join().expect("agent thread");
     drop(cleanup);
-}
-
-struct Cleanup {
-    pass_port: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
-    }
 }

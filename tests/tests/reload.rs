@@ -5,14 +5,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use sshlb::loader;
 use sshlb_tests::{
-    agent_binary, root_or_skip,
+    agent_binary, prepare_bridge, root_or_skip,
     topo::{payload, Conn, Topo, BACKENDS, VIP4},
     wait_for,
 };
-
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
 fn config(control: &str, backends: &[(&str, u32)]) -> String {
     let mut text = format!(
@@ -40,13 +37,8 @@ fn sighup_applies_changes_without_touching_established_flows() {
     let log = dir.join(format!("{}.log", topo.lb_if));
     let control = format!("/run/sshlb/test-{}.sock", topo.lb_if);
     std::fs::write(&cfg_path, config(&control, &[("b1", 100), ("b2", 100)])).expect("config");
-    let pass_port = topo.lb_port.clone();
-    topo.sw.run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
-    let _cleanup = Cleanup {
-        iface: topo.lb_if.clone(),
-        pass_port: topo.lb_port.clone(),
-        files: vec![cfg_path.clone(), log.clone(), PathBuf::from(&control)],
-    };
+    let _detach =
+        prepare_bridge(&topo, vec![cfg_path.clone(), log.clone(), PathBuf::from(&control)]);
     let lb_if = topo.lb_if.clone();
     let cfg = cfg_path.to_str().expect("utf-8").to_owned();
     let pid = topo.lb.spawn_logged(&agent, &["up", &lb_if, "--config", &cfg], &log);
@@ -113,20 +105,4 @@ fn sighup_applies_changes_without_touching_established_flows() {
             assert!(conn.echo(b"still here").expect("echo"));
         }
     });
-}
-
-struct Cleanup {
-    iface: String,
-    pass_port: String,
-    files: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
-        let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-    }
 }

@@ -4,14 +4,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use sshlb::loader;
 use sshlb_tests::{
-    agent_binary, root_or_skip, run,
+    agent_binary, prepare_bridge, root_or_skip, run,
     topo::{payload, Conn, Topo, BACKENDS, VIP4},
     wait_for,
 };
-
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
 #[test]
 fn established_flow_survives_agent_sigkill_and_restart() {
@@ -30,13 +27,9 @@ fn established_flow_survives_agent_sigkill_and_restart() {
         text += &format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{v4}\"\n");
     }
     std::fs::write(&config, text).expect("config");
-    let pass_port = topo.lb_port.clone();
-    topo.sw.run(move || loader::attach_pass(&PathBuf::from(PIN_ROOT), &pass_port).expect("pass"));
-    let _cleanup = Cleanup {
-        iface: topo.lb_if.clone(),
-        pass_port: topo.lb_port.clone(),
-        config: config.clone(),
-    };
+    // The SIGKILLed agent cannot remove its control socket: the guard does.
+    let socket = PathBuf::from(format!("/run/sshlb/test-{}.sock", topo.lb_if));
+    let _detach = prepare_bridge(&topo, vec![config.clone(), socket]);
     let lb_if = topo.lb_if.clone();
     let cfg = config.to_str().expect("utf-8").to_owned();
     let attached = |topo: &Topo| {
@@ -81,20 +74,4 @@ fn established_flow_survives_agent_sigkill_and_restart() {
     let fresh = topo.client.run(|| Conn::open(VIP4, 22).map(|c| c.backend));
     assert!(fresh.is_ok(), "{fresh:?}");
     drop(conn);
-}
-
-struct Cleanup {
-    iface: String,
-    pass_port: String,
-    config: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = loader::down(&PathBuf::from(PIN_ROOT), &self.iface);
-        let _ = loader::detach_pass(&PathBuf::from(PIN_ROOT), &self.pass_port);
-        let _ = std::fs::remove_file(&self.config);
-        // The SIGKILLed agent could not remove its control socket.
-        let _ = std::fs::remove_file(format!("/run/sshlb/test-{}.sock", self.iface));
-    }
 }

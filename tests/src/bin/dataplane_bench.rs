@@ -20,12 +20,11 @@ use aya::programs::XdpMode;
 use etherparse::PacketBuilder;
 use sshlb::{config, daemon, loader};
 use sshlb_common::{family, flow_state, proto, v4_in_16, Flow, FlowKey};
-use sshlb_tests::Netns;
+use sshlb_tests::{Detach, Netns, PIN_ROOT};
 
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 
 fn main() -> Result<()> {
     let seconds: u64 = std::env::args().nth(1).map_or(Ok(2), |s| s.parse()).context("SECONDS")?;
@@ -53,7 +52,8 @@ fn main() -> Result<()> {
     enter(&ns_path)?;
     // XDP_TX out of bl0 lands on bg0: give it a program so native veth delivers it.
     loader::attach_pass(&PathBuf::from(PIN_ROOT), "bg0").context("pass program on bg0")?;
-    let _cleanup = Cleanup;
+    // Detaches the balancer and the pass program at the end, also on error.
+    let _cleanup = Detach { iface: "bl0".into(), pass_port: "bg0".into(), files: Vec::new() };
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
 
     let mut results = Vec::new();
@@ -151,16 +151,6 @@ fn main() -> Result<()> {
     )?;
     baseline.detach(link).context("detach baseline")?;
     report(&base, &results)
-}
-
-/// Detaches the pass program (and anything left) at the end, also on error.
-struct Cleanup;
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ignored = loader::down(&PathBuf::from(PIN_ROOT), "bl0");
-        let _ignored = loader::detach_pass(&PathBuf::from(PIN_ROOT), "bg0");
-    }
 }
 
 fn enter(path: &str) -> Result<()> {

@@ -22,10 +22,9 @@ use sshlb::{config, daemon, loader};
 use sshlb_tests::{
     lab::Lab,
     topo::{BACKENDS, DSR4, VIP4},
-    unique, wait_for, Netns,
+    unique, wait_for, Detach, Netns, PIN_ROOT,
 };
 
-const PIN_ROOT: &str = "/sys/fs/bpf/sshlb";
 const HAPROXY_VIP: &str = "198.18.0.102";
 const DNAT_VIP: &str = "198.18.0.103";
 const LOGINS: usize = 40;
@@ -72,7 +71,11 @@ fn main() -> Result<()> {
             loader::attach_pass(Path::new(PIN_ROOT), &pass_port).map_err(|e| e.to_string())
         })
         .map_err(anyhow::Error::msg)?;
-    let _cleanup = Cleanup { iface: lab.topo.lb_if.clone(), pass_port: lab.topo.lb_port.clone() };
+    let _cleanup = Detach {
+        iface: lab.topo.lb_if.clone(),
+        pass_port: lab.topo.lb_port.clone(),
+        files: Vec::new(),
+    };
     let mut rows = Vec::new();
 
     // Direct to one backend (no balancer in the path).
@@ -530,16 +533,4 @@ fn report(rows: &[Row]) -> Result<()> {
     std::fs::write(&path, format!("[\n  {}\n]\n", json.join(",\n  ")).replace("NaN", "null"))?;
     println!("written: {}", path.display());
     Ok(())
-}
-
-struct Cleanup {
-    iface: String,
-    pass_port: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = loader::down(Path::new(PIN_ROOT), &self.iface);
-        let _ = loader::detach_pass(Path::new(PIN_ROOT), &self.pass_port);
-    }
 }
