@@ -198,74 +198,15 @@ fn dnat(ns: &Netns, add: bool) -> Result<()> {
             &format!("{}:5201", BACKENDS[0].1),
         ],
     )?;
-    {
-        let port = "22";
-        let t0 = target(0, port);
-        let t1 = target(1, port);
-        let t2 = target(2, port);
-        iptables(
-            ns,
-            add,
-            &[
-                "PREROUTING",
-                "-d",
-                DNAT_VIP,
-                "-p",
-                "tcp",
-                "--dport",
-                port,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                "0.25",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &t0,
-            ],
-        )?;
-        iptables(
-            ns,
-            add,
-            &[
-                "PREROUTING",
-                "-d",
-                DNAT_VIP,
-                "-p",
-                "tcp",
-                "--dport",
-                port,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                "0.3333",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &t1,
-            ],
-        )?;
-        iptables(
-            ns,
-            add,
-            &[
-                "PREROUTING",
-                "-d",
-                DNAT_VIP,
-                "-p",
-                "tcp",
-                "--dport",
-                port,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &t2,
-            ],
-        )?;
+    // 1:1:2 by successive random matches: b1 takes 1/4, b2 1/3 of the rest, b3 what is left.
+    for (i, probability) in [(0, Some("0.25")), (1, Some("0.3333")), (2, None)] {
+        let to = target(i, "22");
+        let mut rule = vec!["PREROUTING", "-d", DNAT_VIP, "-p", "tcp", "--dport", "22"];
+        if let Some(p) = probability {
+            rule.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
+        }
+        rule.extend(["-j", "DNAT", "--to-destination", &to]);
+        iptables(ns, add, &rule)?;
     }
     iptables(
         ns,
