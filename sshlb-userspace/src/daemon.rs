@@ -338,10 +338,7 @@ impl Balancer {
     /// The backend id of backend `b` of service `s`.
     fn backend_id(&self, s: usize, b: usize) -> Option<u32> {
         let backend = &self.config.services.get(s)?.backends.get(b)?;
-        let (addr, fam) = match backend.address {
-            IpAddr::V4(a) => (sshlb_common::v4_in_16(a.octets()), sshlb_common::family::V4),
-            IpAddr::V6(a) => (a.octets(), sshlb_common::family::V6),
-        };
+        let (addr, fam) = plan::addr16(backend.address);
         self.ids.backends.get(&(fam, addr, backend.port.to_be())).copied()
     }
 
@@ -480,7 +477,7 @@ impl Balancer {
         }
         expiry::remove_where(&mut self.attached.dataplane, |key, flow| {
             acls.iter().any(|(id, acl)| {
-                *id == flow.service_id && !acl.allows(crate::protect::source_addr_of_flow(key))
+                *id == flow.service_id && !acl.allows(plan::ip_of(key.family, &key.src))
             })
         })
     }

@@ -64,10 +64,20 @@ pub enum PlanError {
     },
 }
 
-fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
+/// An address in the maps' 16-byte layout, with its family tag.
+pub fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
     match addr {
         IpAddr::V4(a) => (v4_in_16(a.octets()), family::V4),
         IpAddr::V6(a) => (a.octets(), family::V6),
+    }
+}
+
+/// The address a map key holds in the 16-byte layout (the inverse of [`addr16`]).
+pub fn ip_of(fam: u8, addr: &[u8; 16]) -> IpAddr {
+    if fam == family::V4 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(*addr)
     }
 }
 

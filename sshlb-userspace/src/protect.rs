@@ -3,7 +3,9 @@
 
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
-use sshlb_common::{acl, family, v4_in_16, Limit, SourceKey, ACL_PREFIX_BASE};
+use sshlb_common::{acl, Limit, SourceKey, ACL_PREFIX_BASE};
+
+use crate::plan::{addr16, ip_of};
 
 /// An address prefix, `addr/len` with no host bits set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,29 +151,13 @@ pub struct AclEntry {
 
 /// The `SourceKey` of `addr` in service `service_id`.
 pub fn source_key(service_id: u32, addr: IpAddr) -> SourceKey {
-    let (addr, fam) = match addr {
-        IpAddr::V4(a) => (v4_in_16(a.octets()), family::V4),
-        IpAddr::V6(a) => (a.octets(), family::V6),
-    };
+    let (addr, fam) = addr16(addr);
     SourceKey { service_id: service_id as u16, family: fam, pad: 0, addr }
 }
 
 /// The address (prefix) a `SourceKey` holds.
 pub fn source_addr(key: &SourceKey) -> IpAddr {
-    if key.family == family::V4 {
-        IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
-    } else {
-        IpAddr::from(key.addr)
-    }
-}
-
-/// The client address of a connection-table key.
-pub fn source_addr_of_flow(key: &sshlb_common::FlowKey) -> IpAddr {
-    if key.family == family::V4 {
-        IpAddr::from([key.src[0], key.src[1], key.src[2], key.src[3]])
-    } else {
-        IpAddr::from(key.src)
-    }
+    ip_of(key.family, &key.addr)
 }
 
 /// `[service.limit]`: new connections per client prefix.
@@ -224,6 +210,8 @@ pub fn parse_rate(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use sshlb_common::family;
+
     use super::*;
 
     fn cidr(s: &str) -> Cidr {
