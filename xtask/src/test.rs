@@ -178,7 +178,7 @@ pub fn test(quick: bool) -> Result<()> {
             Step::Setup => setup::setup().map(drop),
             Step::Commands(commands) => commands.iter_mut().try_for_each(cmd::run),
             Step::Vm(_) if !root => Ok(()),
-            Step::Vm(kernels) => kernels.iter().try_for_each(|k| crate::vm::run(*k, false)),
+            Step::Vm(kernels) => crate::vm::matrix(kernels, false),
         };
         let elapsed = tier_started.elapsed();
         let outcome = match &result {

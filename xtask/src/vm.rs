@@ -102,12 +102,12 @@ impl Outcome {
 
 /// Runs the matrix for `kernel`, printing one line per kernel (and the console's tail for a
 /// kernel that did not pass). Errors only when the machinery fails (fetching, building, QEMU).
-pub fn vm_test(kernel: Kernel) -> Result<Vec<(Kernel, Outcome)>> {
+pub fn vm_test(kernels: &[Kernel]) -> Result<Vec<(Kernel, Outcome)>> {
     let root = cache_dir()?;
     ensure_qemu(&root)?;
     let guest = build_guest()?;
     let mut results = Vec::new();
-    for k in kernel.expand() {
+    for &k in kernels {
         let started = Instant::now();
         let outcome = fetch_kernel(&root, k)
             .and_then(|kdir| boot(&root, &kdir, &guest, k))
@@ -142,7 +142,13 @@ pub fn run(kernel: Kernel, update_readme: bool) -> Result<()> {
         bail!("--update-readme needs --kernel all: the table lists every kernel");
     }
     crate::setup::setup()?;
-    let results = vm_test(kernel)?;
+    matrix(&kernel.expand(), update_readme)
+}
+
+/// Runs the matrix for `kernels` (setup already done), optionally rewrites the README's table,
+/// and fails unless every kernel passed. `cargo xtask test` calls this once for its kernels.
+pub fn matrix(kernels: &[Kernel], update_readme: bool) -> Result<()> {
+    let results = vm_test(kernels)?;
     if update_readme {
         let date = cmd::output(Command::new("date").arg("+%Y-%m-%d"))?.trim().to_owned();
         write_readme_table(&readme_table(&results, &date))?;
