@@ -91,6 +91,29 @@ pub fn words(field: &[u8; 16]) -> [u32; 4] {
     }
 }
 
+/// The native-order words of an IPv4 source/destination address pair (both in the 16-byte
+/// layout), as they lie adjacent in the IPv4 header.
+#[inline(always)]
+pub fn v4_pair(src: &[u8; 16], dst: &[u8; 16]) -> [u32; 2] {
+    [words(src)[0], words(dst)[0]]
+}
+
+/// The native-order words of an IPv6 source/destination address pair, as they lie adjacent in
+/// the IPv6 header.
+#[inline(always)]
+pub fn v6_pair(src: &[u8; 16], dst: &[u8; 16]) -> [u32; 8] {
+    let (s, d) = (words(src), words(dst));
+    [s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]
+}
+
+/// The native-order word of a TCP source/destination port pair (both in network order), as
+/// the two ports lie adjacent at the start of a TCP header.
+#[inline(always)]
+pub fn ports(sport_be: u16, dport_be: u16) -> u32 {
+    let (s, d) = (sport_be.to_ne_bytes(), dport_be.to_ne_bytes());
+    u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
+}
+
 /// Folds a 64-bit one's complement sum to 16 bits (each step keeps the end-around carry).
 #[inline(always)]
 pub const fn fold(sum: u64) -> u16 {
@@ -159,6 +182,20 @@ mod tests {
             // Verification is what receivers do: the sum including the checksum folds to 0xffff.
             assert!(verifies(&data), "checksum does not verify after update");
         }
+    }
+
+    #[test]
+    fn word_runs_are_the_wire_bytes_read_natively() {
+        let src = crate::v4_in_16([198, 18, 0, 1]);
+        let dst = crate::v4_in_16([198, 18, 0, 2]);
+        let pair = v4_pair(&src, &dst);
+        assert_eq!(pair[0].to_ne_bytes(), [198, 18, 0, 1]);
+        assert_eq!(pair[1].to_ne_bytes(), [198, 18, 0, 2]);
+        let (s6, d6) = ([1u8; 16], [2u8; 16]);
+        let run = v6_pair(&s6, &d6);
+        assert!(run[..4].iter().all(|w| w.to_ne_bytes() == [1; 4]));
+        assert!(run[4..].iter().all(|w| w.to_ne_bytes() == [2; 4]));
+        assert_eq!(ports(22u16.to_be(), 1024u16.to_be()).to_ne_bytes(), [0, 22, 4, 0]);
     }
 
     #[test]

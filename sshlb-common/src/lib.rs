@@ -6,7 +6,10 @@
 //! pinned map written by one build must be readable by the next.
 #![no_std]
 
+pub mod addr;
 pub mod stats;
+
+pub use addr::v4_in_16;
 
 /// Map names, as they appear in the BPF object and under the pin directory.
 pub mod map_names {
@@ -115,17 +118,6 @@ impl ServiceKey {
     pub const fn v6(addr: [u8; 16], port: u16, proto: u8) -> Self {
         Self { addr, port_be: port.to_be(), proto, family: family::V6 }
     }
-}
-
-/// An IPv4 address in the 16-byte key layout (first four bytes, rest zero).
-///
-/// Built from four words rather than by zeroing sixteen bytes and patching four: on the BPF
-/// target every zeroing memset becomes a call into a byte loop.
-#[inline(always)]
-pub const fn v4_in_16(addr: [u8; 4]) -> [u8; 16] {
-    let words = [u32::from_ne_bytes(addr), 0, 0, 0];
-    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid for both.
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// Value of the `SERVICES` map.

@@ -86,6 +86,11 @@ counters! {
     DROP_ACL_DENIED = 28, "drop_acl_denied";
     /// SYN refused: the client's prefix exceeded the service's new-connection rate.
     DROP_RATE_LIMITED = 29, "drop_rate_limited";
+    /// The kernel's checksum helper (`bpf_csum_diff`) refused the program's arguments while
+    /// rewriting: an internal error (XDP_ABORTED), not a malformed packet.
+    DROP_CSUM_HELPER_FAILED = 30, "drop_csum_helper_failed";
+    /// The per-CPU parse scratch slot could not be looked up: an internal error (XDP_ABORTED).
+    DROP_SCRATCH_MISSING = 31, "drop_scratch_missing";
 }
 
 #[cfg(test)]
@@ -101,5 +106,17 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn existing_indexes_keep_their_meaning() {
+        // Counters are only ever appended: a pinned STATS map and dashboards read by index.
+        assert_eq!(NAMES[PASS_NOT_IP as usize], "pass_not_ip");
+        assert_eq!(NAMES[DROP_TRUNCATED_TCP as usize], "drop_truncated_tcp");
+        assert_eq!(NAMES[DROP_RATE_LIMITED as usize], "drop_rate_limited");
+        assert_eq!(DROP_RATE_LIMITED, 29);
+        assert_eq!(NAMES[DROP_CSUM_HELPER_FAILED as usize], "drop_csum_helper_failed");
+        assert_eq!(NAMES[DROP_SCRATCH_MISSING as usize], "drop_scratch_missing");
+        assert_eq!(COUNT, 32);
     }
 }
