@@ -2,16 +2,17 @@
 //! and backend → balancer (full-NAT replies back to the client).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
-use sshlb_common::{flow_flags, flow_state, service_flags, stats, Flow, Service};
+use sshlb_common::{flow_flags, flow_state, service_flags, stats, Flow, NatKey, Service};
 
 use crate::{
-    flow, guard,
+    flow,
     nat::{self, Rewrite},
     parse::{tcp_flags, Tcp},
+    protection::{self, Admission},
     services,
     stats::{count, traffic},
     verdict::{Decision, Error, Outcome, Path},
-    xmit::{self, Hop, Next},
+    xmit::{send, Hop},
 };
 
 /// The flow's backend and NAT port, and whether this packet started the flow.
@@ -38,10 +39,14 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
     let now = unsafe { bpf_ktime_get_ns() };
     let dsr = service.flags & service_flags::DSR != 0;
     let mut assigned = Assigned { backend_id: 0, nat_port_be: 0, new_flow: false };
-    let found = follow(pkt, now, &mut assigned);
-    if found != FOLLOWED {
+    let starts = match follow(pkt, now, &mut assigned) {
+        Found::Followed => None,
+        Found::New => Some(false),
+        Found::Reused => Some(true),
+    };
+    if let Some(reused) = starts {
         admit(pkt, service, now)?;
-        create(pkt, service, now, found == REUSED, &mut assigned)?;
+        create(pkt, service, now, reused, &mut assigned)?;
     }
     traffic(service.id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
     let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;
@@ -67,27 +72,33 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
     send(ctx, Path::Nat, &Hop { fam, src: &nat_src, dst: &backend.addr, ip_len: pkt.ip_len }, now)
 }
 
-/// [`follow`]: the packet belongs to a live flow; `Assigned` says where it goes.
-const FOLLOWED: u32 = 0;
-/// [`follow`]: no flow yet — this packet would start one.
-const NEW: u32 = 1;
-/// [`follow`]: a SYN reusing the tuple of a finished flow, whose backend and NAT port are in
-/// `Assigned` (to be released once the new flow is admitted).
-const REUSED: u32 = 2;
+/// What [`follow`] found in the connection table. Field-less `repr(u32)`: one integer in R0
+/// from the subprogram, as `Decision` explains.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// The packet belongs to a live flow; `Assigned` says where it goes.
+    Followed,
+    /// No flow yet — this packet would start one.
+    New,
+    /// A SYN reusing the tuple of a finished flow, whose backend and NAT port are in
+    /// `Assigned` (to be released once the new flow is admitted).
+    Reused,
+}
 
-/// Follows the flow's entry if it has one. A plain integer result, as `Decision` explains.
+/// Follows the flow's entry if it has one.
 #[inline(never)]
-fn follow(pkt: &Tcp, now: u64, out: &mut Assigned) -> u32 {
-    let Some(entry) = flow::get(&pkt.key) else { return NEW };
+fn follow(pkt: &Tcp, now: u64, out: &mut Assigned) -> Found {
+    let Some(entry) = flow::get(&pkt.key) else { return Found::New };
     // SAFETY: a live map value; read whole fields once.
     let (backend_id, nat_port_be, state) =
         unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).state) };
     *out = Assigned { backend_id, nat_port_be, new_flow: false };
     if is_syn(pkt.flags) && flow::is_finished(state) {
-        return REUSED;
+        return Found::Reused;
     }
     flow::touch(entry, pkt.flags, now, true);
-    FOLLOWED
+    Found::Followed
 }
 
 #[inline(always)]
@@ -174,7 +185,10 @@ fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
         return Ok(Outcome::NotService);
     }
     // A miss is the balancer's own traffic (health checks, its own sshd): the kernel's.
-    let Some(client) = nat::reverse_lookup(pkt) else { return Ok(Outcome::NotService) };
+    // The segment runs backend → balancer: the backend is its source, the NAT port its
+    // destination port.
+    let nat_key = NatKey::new(pkt.key.src, pkt.key.sport_be, pkt.key.dport_be, fam);
+    let Some(client) = nat::reverse_lookup(nat_key) else { return Ok(Outcome::NotService) };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = flow::get(&client) {
@@ -205,17 +219,9 @@ fn admit(pkt: &Tcp, service: &Service, now: u64) -> Result<(), Error> {
     if service.flags & (service_flags::ACL | service_flags::RATE_LIMIT) == 0 {
         return Ok(());
     }
-    match guard::admit(&pkt.key, service.id, service.flags, is_syn(pkt.flags), now) {
-        guard::ADMITTED => Ok(()),
-        guard::DENIED => Err(Error::AclDenied),
-        _ => Err(Error::RateLimited),
-    }
-}
-
-#[inline(always)]
-fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Outcome, Error> {
-    match xmit::route(ctx, hop, now)? {
-        Next::Send(how) => Ok(Outcome::Forwarded(path, how)),
-        Next::NoNeigh => Ok(Outcome::NoNeigh),
+    match protection::admit(&pkt.key, service.id, service.flags, is_syn(pkt.flags), now) {
+        Admission::Admitted => Ok(()),
+        Admission::Denied => Err(Error::AclDenied),
+        Admission::RateLimited => Err(Error::RateLimited),
     }
 }

@@ -10,15 +10,17 @@
 #[cfg(target_arch = "bpf")]
 mod balance;
 #[cfg(target_arch = "bpf")]
-mod flow;
+mod csum;
 #[cfg(target_arch = "bpf")]
-mod guard;
+mod flow;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod protection;
 #[cfg(target_arch = "bpf")]
 mod services;
 #[cfg(target_arch = "bpf")]
@@ -49,8 +51,9 @@ mod prog {
 
     #[inline(always)]
     fn try_sshlb(ctx: &XdpContext) -> Decision {
-        let Some(icmp) = icmp::scratch() else {
-            return Decision::from(Err::<Outcome, Error>(Error::TruncatedEth));
+        let icmp = match icmp::scratch() {
+            Ok(slot) => slot,
+            Err(err) => return Decision::from(Err::<Outcome, Error>(err)),
         };
         // Not zeroed (see `Tcp`): parse_into writes it whole before saying CONTINUE.
         let mut tcp = core::mem::MaybeUninit::<Tcp>::uninit();

@@ -2,33 +2,34 @@
 //! reverse index that maps a backend's reply back to its client, and the header rewrite.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_csum_diff, macros::map, maps::Array, maps::HashMap,
-    programs::XdpContext,
+    bindings::BPF_NOEXIST, macros::map, maps::Array, maps::HashMap, programs::XdpContext,
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
 };
 use sshlb_common::{
-    csum::{words, Delta},
     family,
     hash::{flow_hash, NAT_PORT_SEED},
-    stats, Backend, Config, FlowKey, NatKey, DEFAULT_MAX_FLOWS,
+    stats, v4_in_16, Backend, Config, FlowKey, NatKey, DEFAULT_MAX_FLOWS,
 };
 
 use crate::{
+    csum::{self, Delta},
     flow::EEXIST,
     parse::{ptr_at, Tcp},
     stats::count,
     verdict::Error,
 };
 
-/// (backend, backend port, NAT port) → the client's flow key. Written by XDP with the flow,
-/// removed by the agent when it expires the flow.
+/// (backend, backend port, NAT port) → the client's flow key. Written by XDP with the flow
+/// ([`allocate_port`], [`release_port`]), read by XDP ([`reverse_lookup`]), removed by the agent
+/// when it expires the flow.
 #[map]
 static NAT_REVERSE: HashMap<NatKey, FlowKey> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
-/// The balancer's NAT address(es) and port range, at index 0. Written by the agent.
+/// The balancer's NAT address(es) and port range, at index 0. Written by the agent, read by XDP
+/// ([`config`]).
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -48,7 +49,7 @@ pub fn config() -> Option<Config> {
 pub fn nat_addr(cfg: &Config, fam: u8) -> Option<[u8; 16]> {
     if fam == family::V4 {
         let a = cfg.nat_v4;
-        (a != [0; 4]).then_some(sshlb_common::v4_in_16(a))
+        (a != [0; 4]).then_some(v4_in_16(a))
     } else {
         (cfg.nat_v6 != [0; 16]).then_some(cfg.nat_v6)
     }
@@ -68,14 +69,7 @@ pub fn allocate_port(key: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u
     }
     let range = max - min + 1;
     let mut probe = flow_hash(key, false, NAT_PORT_SEED);
-    let mut nat_key = NatKey {
-        backend: backend.addr,
-        backend_port_be: backend.port_be,
-        nat_port_be: 0,
-        family: key.family,
-        pad8: 0,
-        pad16: 0,
-    };
+    let mut nat_key = NatKey::new(backend.addr, backend.port_be, 0, key.family);
     for _ in 0..PORT_PROBES {
         // `range >= 1` (checked above); checked_rem keeps a panic path out of the object.
         let port = (min + probe.checked_rem(range).unwrap_or(0)) as u16;
@@ -95,65 +89,29 @@ pub fn allocate_port(key: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u
 /// Frees the NAT port of a flow that is being replaced or could not be stored.
 #[inline(always)]
 pub fn release_port(backend: &Backend, nat_port_be: u16, fam: u8) {
-    let nat_key = NatKey {
-        backend: backend.addr,
-        backend_port_be: backend.port_be,
-        nat_port_be,
-        family: fam,
-        pad8: 0,
-        pad16: 0,
-    };
+    let nat_key = NatKey::new(backend.addr, backend.port_be, nat_port_be, fam);
     // Absent already is fine: the goal is that it is absent.
     let _ignored = NAT_REVERSE.remove(nat_key);
 }
 
-/// The client flow behind a NAT reverse key, if any.
+/// The client flow behind the NAT reverse key `nat_key`, if any: a backend's segment to the
+/// balancer (backend = its source) or the segment an ICMP error quotes (backend = its
+/// destination).
 #[inline(always)]
-pub fn reverse_lookup_key(nat_key: NatKey) -> Option<FlowKey> {
+pub fn reverse_lookup(nat_key: NatKey) -> Option<FlowKey> {
     // SAFETY: copied out at once.
     unsafe { NAT_REVERSE.get(nat_key) }.copied()
-}
-
-/// The client flow a backend's segment belongs to, if it is a full-NAT reply.
-#[inline(always)]
-pub fn reverse_lookup(pkt: &Tcp) -> Option<FlowKey> {
-    let nat_key = NatKey {
-        backend: pkt.key.src,
-        backend_port_be: pkt.key.sport_be,
-        nat_port_be: pkt.key.dport_be,
-        family: pkt.key.family,
-        pad8: 0,
-        pad16: 0,
-    };
-    // SAFETY: copied out at once.
-    unsafe { NAT_REVERSE.get(nat_key) }.copied()
-}
-
-/// `seed + ~old + new` over `len` bytes at `old` (the packet) and `new`, by the kernel's
-/// `bpf_csum_diff`.
-///
-/// # Safety
-/// `old` must point at `len` readable packet bytes; `len` must equal `size_of_val(new)`.
-#[inline(always)]
-pub unsafe fn csum_diff<const N: usize>(
-    old: *mut u32,
-    len: u32,
-    new: &[u32; N],
-    seed: Delta,
-) -> Result<Delta, Error> {
-    // SAFETY: per the caller's contract; the helper only reads both buffers.
-    let sum = unsafe { bpf_csum_diff(old, len, new.as_ptr().cast_mut(), len, seed.partial()) };
-    if sum < 0 {
-        return Err(Error::TruncatedTcp);
-    }
-    Ok(Delta::from_partial(sum as u32))
 }
 
 /// New addresses and ports for a segment (network byte order).
 pub struct Rewrite<'a> {
+    /// New source address.
     pub src: &'a [u8; 16],
+    /// New destination address.
     pub dst: &'a [u8; 16],
+    /// New source port.
     pub sport_be: u16,
+    /// New destination port.
     pub dport_be: u16,
 }
 
@@ -168,11 +126,11 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Tcp, to: &Rewrite<'_>) -> Result<(), Erro
     // ports: one `bpf_csum_diff` per run of changed bytes, old bytes straight from the packet.
     let addr_delta = if pkt.key.family == family::V4 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off).ok_or(Error::TruncatedIpv4)?;
-        let new = [words(src)[0], words(dst)[0]];
+        let new = csum::v4_pair(src, dst);
         // SAFETY: ptr_at checked the header's bounds; src_addr..dst_addr are 8 adjacent bytes.
         unsafe {
             let old = (*ip).src_addr.as_mut_ptr().cast::<u32>();
-            let delta = csum_diff(old, 8, &new, Delta::new())?;
+            let delta = csum::diff(old, &new, Delta::new())?;
             // The IPv4 header checksum covers exactly the two addresses that changed.
             (*ip).check = delta.apply((*ip).check);
             core::ptr::write_unaligned(old.cast::<[u32; 2]>(), new);
@@ -180,23 +138,22 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Tcp, to: &Rewrite<'_>) -> Result<(), Erro
         }
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off).ok_or(Error::TruncatedIpv6)?;
-        let (s, d) = (words(src), words(dst));
-        let new = [s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]];
+        let new = csum::v6_pair(src, dst);
         // SAFETY: as above; src_addr..dst_addr are 32 adjacent bytes.
         unsafe {
             let old = (*ip).src_addr.as_mut_ptr().cast::<u32>();
-            let delta = csum_diff(old, 32, &new, Delta::new())?;
+            let delta = csum::diff(old, &new, Delta::new())?;
             core::ptr::write_unaligned(old.cast::<[u32; 8]>(), new);
             delta
         }
     };
     let tcp = ptr_at::<TcpHdr>(ctx, pkt.l4_off).ok_or(Error::TruncatedTcp)?;
-    let ports = [u32::from(sport_be) | (u32::from(dport_be) << 16)];
+    let ports = [csum::ports(sport_be, dport_be)];
     // SAFETY: as above; source and dest ports are the first 4 bytes of the TCP header.
     unsafe {
         let old = (*tcp).source.as_mut_ptr().cast::<u32>();
         // The TCP checksum covers the pseudo-header's addresses too: seed with their change.
-        let delta = csum_diff(old, 4, &ports, addr_delta)?;
+        let delta = csum::diff(old, &ports, addr_delta)?;
         (*tcp).check = delta.apply((*tcp).check);
         core::ptr::write_unaligned(old.cast::<[u32; 1]>(), ports);
     }

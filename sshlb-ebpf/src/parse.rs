@@ -209,15 +209,9 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
     if fragment {
         return Ok(L3::Other(Outcome::Ipv4Fragment));
     }
-    let mut key = FlowKey {
-        src: v4_in_16(ip.src_addr),
-        dst: v4_in_16(ip.dst_addr),
-        sport_be: 0,
-        dport_be: 0,
-        proto: proto::TCP,
-        family: family::V4,
-        pad: 0,
-    };
+    // Ports are filled in by parse_tcp.
+    let mut key =
+        FlowKey::new(v4_in_16(ip.src_addr), v4_in_16(ip.dst_addr), 0, 0, proto::TCP, family::V4);
     let l4_off = l3_off + header_len;
     let flags = parse_tcp(ctx, l4_off, usize::from(total_len) - header_len, &mut key)?;
     // SAFETY: `out.tcp` points at writable memory for a Tcp (the caller's stack slot).
@@ -263,15 +257,8 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
             if is_ipv6_extension(ip.next_hdr) { Outcome::Ipv6ExtHeader } else { Outcome::NotTcp };
         return Ok(L3::Other(outcome));
     }
-    let mut key = FlowKey {
-        src: ip.src_addr,
-        dst: ip.dst_addr,
-        sport_be: 0,
-        dport_be: 0,
-        proto: proto::TCP,
-        family: family::V6,
-        pad: 0,
-    };
+    // Ports are filled in by parse_tcp.
+    let mut key = FlowKey::new(ip.src_addr, ip.dst_addr, 0, 0, proto::TCP, family::V6);
     let flags = parse_tcp(ctx, l4_off, usize::from(payload_len), &mut key)?;
     let ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
     // SAFETY: as in parse_ipv4.

@@ -11,29 +11,23 @@ use sshlb_common::{
     RING_STRIDE,
 };
 
-/// (VIP, port, protocol) → service. Written by the agent, read by XDP.
+/// (VIP, port, protocol) → service. Written by the agent, read by XDP ([`lookup`]).
 #[map]
 static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
-
-/// Backend id → address and port. Written by the agent, read by XDP. An entry outlives the
-/// backend's presence in any ring for as long as established flows still point at it.
-#[map]
-static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
-
-/// Maglev rings: service `s` owns slots `[2s × RING_STRIDE, (2s + 2) × RING_STRIDE)`, two rings
-/// of which `Service::ring_offset` names the active one. Written by the agent (into the standby
-/// ring, then the service entry is flipped in one update), read by XDP.
-#[map]
-static RINGS: Array<u32> = Array::with_max_entries(MAX_SERVICES * 2 * RING_STRIDE, 0);
 
 /// The service a TCP flow is addressed to, if any.
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<Service> {
-    let service_key =
-        ServiceKey { addr: key.dst, port_be: key.dport_be, proto: key.proto, family: key.family };
     // SAFETY: the value is copied out before the map can change underneath it.
-    unsafe { SERVICES.get(service_key) }.copied()
+    unsafe { SERVICES.get(ServiceKey::of_flow(key)) }.copied()
 }
+
+/// Maglev rings: service `s` owns slots `[2s × RING_STRIDE, (2s + 2) × RING_STRIDE)`, two rings
+/// of which `Service::ring_offset` names the active one. Written by the agent (into the standby
+/// ring, then the service entry is flipped in one update), read by XDP
+/// ([`backend_for_new_flow`]).
+#[map]
+static RINGS: Array<u32> = Array::with_max_entries(MAX_SERVICES * 2 * RING_STRIDE, 0);
 
 /// The backend id a new flow of `service` goes to: its slot in the service's active ring.
 #[inline(always)]
@@ -45,11 +39,17 @@ pub fn backend_for_new_flow(service: &Service, key: &FlowKey) -> Option<u32> {
     (id != EMPTY_SLOT).then_some(id)
 }
 
+/// Backend id → address and port. Written by the agent, read by XDP ([`backend`]). An entry
+/// outlives the backend's presence in any ring for as long as established flows still point at
+/// it.
+#[map]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// Backend `id`, if the agent has defined it.
-#[inline(always)]
 ///
 /// Returned by value: an `Option<&Backend>` lets LLVM fold the null check into arithmetic on the
 /// map-value pointer, which the verifier rejects.
+#[inline(always)]
 pub fn backend(id: u32) -> Option<Backend> {
     let backend = *BACKENDS.get(id)?;
     (backend.family != 0).then_some(backend)

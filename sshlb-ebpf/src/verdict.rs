@@ -96,14 +96,23 @@ impl Outcome {
 /// A packet the program refuses: malformed, or a flow it cannot serve.
 #[derive(Clone, Copy)]
 pub enum Error {
+    /// Shorter than an Ethernet header.
     TruncatedEth,
+    /// Ends inside the 802.1Q tag.
     TruncatedVlan,
+    /// The IPv4 header (per IHL) or total length runs past the frame.
     TruncatedIpv4,
+    /// The IPv6 header or payload length runs past the frame.
     TruncatedIpv6,
+    /// The TCP header (per data offset) runs past the IP payload or the frame.
     TruncatedTcp,
+    /// IPv4 IHL below 5 words.
     BadIpv4Ihl,
+    /// IPv4 total length smaller than its own header.
     BadIpv4Len,
+    /// The IP version nibble does not match the EtherType.
     BadIpVersion,
+    /// TCP data offset below 5 words.
     BadTcpDoff,
     /// The service's ring is empty or names a removed backend.
     NoBackend,
@@ -121,6 +130,10 @@ pub enum Error {
     AclDenied,
     /// A SYN over the source prefix's new-connection rate.
     RateLimited,
+    /// Internal: `bpf_csum_diff` refused the program's own arguments mid-rewrite.
+    CsumHelperFailed,
+    /// Internal: this CPU's parse scratch slot could not be looked up.
+    ScratchMissing,
 }
 
 impl Error {
@@ -145,6 +158,8 @@ impl Error {
             Self::TruncatedIcmp => stats::DROP_TRUNCATED_ICMP,
             Self::AclDenied => stats::DROP_ACL_DENIED,
             Self::RateLimited => stats::DROP_RATE_LIMITED,
+            Self::CsumHelperFailed => stats::DROP_CSUM_HELPER_FAILED,
+            Self::ScratchMissing => stats::DROP_SCRATCH_MISSING,
         }
     }
 
@@ -152,6 +167,8 @@ impl Error {
     /// one of them, so dropping here loses nothing and keeps garbage off the slow path. Flows we
     /// cannot serve: passing a VIP-addressed SYN to the kernel would only earn the client a RST
     /// (or worse, reach a local listener); dropping lets it retry, and the counter says why.
+    /// Internal errors are the program's own failures, not the packet's: XDP_ABORTED, which
+    /// also fires the kernel's `xdp:xdp_exception` tracepoint, so they cannot pass unnoticed.
     #[inline(always)]
     pub const fn action(self) -> u32 {
         match self {
@@ -172,6 +189,7 @@ impl Error {
             | Self::TruncatedIcmp
             | Self::AclDenied
             | Self::RateLimited => xdp_action::XDP_DROP,
+            Self::CsumHelperFailed | Self::ScratchMissing => xdp_action::XDP_ABORTED,
         }
     }
 }

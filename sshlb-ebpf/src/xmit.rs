@@ -1,4 +1,6 @@
-//! Sending a rewritten frame on: the kernel's FIB picks the egress interface and next-hop MAC.
+//! Sending a rewritten frame on — the one way every forwarding path finishes a packet
+//! ([`send`]): the kernel's FIB (or its per-CPU cache) picks the egress interface and next-hop
+//! MAC, and the path's outcome says how the frame leaves.
 
 use core::mem::size_of;
 
@@ -15,14 +17,14 @@ use sshlb_common::{csum::words, family};
 
 use crate::{
     parse::ptr_at,
-    verdict::{Error, Xmit},
+    verdict::{Error, Outcome, Path, Xmit},
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// How the frame can leave.
-pub enum Next {
+enum Next {
     /// MACs rewritten; send it.
     Send(Xmit),
     /// Route known, neighbour not resolved: hand the (rewritten) frame to the kernel.
@@ -31,10 +33,24 @@ pub enum Next {
 
 /// The hop a rewritten frame takes: its (new) addresses and IP length.
 pub struct Hop<'a> {
+    /// [`family::V4`] or [`family::V6`].
     pub fam: u8,
+    /// Source address after rewriting.
     pub src: &'a [u8; 16],
+    /// Destination address after rewriting (the FIB looks up its route).
     pub dst: &'a [u8; 16],
+    /// IP datagram length, for the FIB's MTU check.
     pub ip_len: u16,
+}
+
+/// Finishes a frame `path` rewrote: routes it for `hop`, sets its MACs and says how it leaves
+/// (or that the kernel must resolve the neighbour first).
+#[inline(always)]
+pub fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Outcome, Error> {
+    match route(ctx, hop, now)? {
+        Next::Send(how) => Ok(Outcome::Forwarded(path, how)),
+        Next::NoNeigh => Ok(Outcome::NoNeigh),
+    }
 }
 
 /// A resolved next hop, cached per CPU.
@@ -58,7 +74,7 @@ const HOP_CACHE_SLOTS: u32 = 256;
 /// How long a cached FIB answer is trusted: a neighbour's new MAC is picked up within this.
 const HOP_CACHE_TTL_NS: u64 = 1_000_000_000;
 
-/// Per-CPU cache of FIB answers by destination: `bpf_fib_lookup` costs more than the rest of
+/// Per-CPU cache of FIB answers by destination ([`route`]): `bpf_fib_lookup` costs more than the rest of
 /// the established path together, and a balancer sends nearly everything to a handful of next
 /// hops (its backends, its router). Written and read by XDP only; entries expire after
 /// [`HOP_CACHE_TTL_NS`], so route and neighbour changes reach the data plane within a second.
@@ -100,7 +116,7 @@ fn apply(
 /// addresses and says how to send the frame. Answers come from the per-CPU next-hop cache
 /// while fresh, else from `bpf_fib_lookup` (and are cached).
 #[inline(always)]
-pub fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
+fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
     let Hop { fam, src, dst, ip_len } = *hop;
     let ingress = ctx.ingress_ifindex() as u32;
     let slot = HOP_CACHE.get_ptr_mut(cache_slot(dst));
