@@ -9,8 +9,8 @@ use sshlb_common::{flow_state, Flow, FlowKey, DEFAULT_MAX_FLOWS, LAST_SEEN_GRANU
 
 use crate::parse::tcp_flags;
 
-/// Client → VIP flow key → flow. Created and updated by XDP, expired by the agent. The agent may
-/// resize it at load time.
+/// Client → VIP flow key → flow. Created ([`insert`]), read ([`get`]) and updated ([`touch`]) by
+/// XDP; read and expired by the agent, which may also resize it at load time.
 #[map]
 static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 

@@ -14,7 +14,7 @@ use sshlb_common::{
     LIMITER_ENTRIES, MAX_ACL_ENTRIES, MAX_SERVICES,
 };
 
-/// (service, client prefix) → allow or deny. Written by the agent, read by XDP
+/// (service, client prefix) → allow or deny. Written (and listed) by the agent, read by XDP
 /// ([`acl_entry`]).
 #[map]
 static ACL: LpmTrie<SourceKey, u32> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0);
