@@ -3,17 +3,10 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use sshlb_common::{stats::COUNT, Traffic, MAX_BACKENDS, MAX_SERVICES};
 
-/// One u64 per outcome/event (`sshlb_common::stats`). Written by XDP, read (summed) by the agent.
+/// One u64 per outcome/event (`sshlb_common::stats`). Written by XDP ([`count`]), read (summed)
+/// by the agent.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT, 0);
-
-/// Traffic per service id. Written by XDP, read by the agent.
-#[map]
-static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
-
-/// Traffic per backend id. Written by XDP, read by the agent.
-#[map]
-static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Adds one to counter `index`. Per-CPU, so a plain add is race-free.
 #[inline(always)]
@@ -24,6 +17,14 @@ pub fn count(index: u32) {
         unsafe { *slot += 1 };
     }
 }
+
+/// Traffic per service id. Written by XDP ([`traffic`]), read by the agent.
+#[map]
+static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Traffic per backend id. Written by XDP ([`traffic`]), read by the agent.
+#[map]
+static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Accounts one forwarded packet of `bytes` to a service and a backend.
 #[inline(always)]

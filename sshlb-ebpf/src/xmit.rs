@@ -65,7 +65,9 @@ pub struct CachedHop {
     ingress: u32,
     /// Egress interface.
     ifindex: u32,
+    /// Next hop's MAC (the frame's new destination).
     dmac: [u8; 6],
+    /// Egress interface's MAC (the frame's new source).
     smac: [u8; 6],
 }
 
