@@ -39,14 +39,11 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
     let now = unsafe { bpf_ktime_get_ns() };
     let dsr = service.flags & service_flags::DSR != 0;
     let mut assigned = Assigned { backend_id: 0, nat_port_be: 0, new_flow: false };
-    let starts = match follow(pkt, now, &mut assigned) {
-        Found::Followed => None,
-        Found::New => Some(false),
-        Found::Reused => Some(true),
-    };
-    if let Some(reused) = starts {
+    let found = follow(pkt, now, &mut assigned);
+    if found != Found::Followed {
+        // New, or a finished tuple reused: either way a flow starts here.
         admit(pkt, service, now)?;
-        create(pkt, service, now, reused, &mut assigned)?;
+        create(pkt, service, now, found == Found::Reused, &mut assigned)?;
     }
     traffic(service.id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
     let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;
