@@ -226,7 +226,7 @@ pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_ad
 
 /// Adds `addrs` to `ifname` in `ns`, brings it up, and turns TX checksum offload off (veth
 /// gotcha 1: an XDP_TX'd or redirected frame loses the partial-checksum state and the receiver
-/// drops it).
+/// drops it; docs/toolchain.md).
 pub fn bring_up(ns: &Netns, ifname: &str, addrs: &[&str]) {
     for addr in addrs {
         // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
@@ -291,7 +291,7 @@ impl Drop for Detach {
     }
 }
 
-/// Attaches the pass program to the topology's bridge port (veth gotcha 2) and returns the
+/// Attaches the pass program to the bridge port (veth gotcha 2, docs/toolchain.md) and returns the
 /// guard that undoes both it and the balancer on the topology's interface.
 pub fn prepare_bridge(topo: &topo::Topo, files: Vec<PathBuf>) -> Detach {
     let pass_port = topo.lb_port.clone();

@@ -56,7 +56,7 @@ fn config_text(weights: [u32; 3], b3_state: &str) -> String {
 }
 
 fn start(topo: &Topo, config: &config::Config) -> Balancer {
-    // veth gotcha 2: XDP_TX in native mode needs an XDP program on the peer.
+    // veth gotcha 2 (docs/toolchain.md): XDP_TX in native mode needs an XDP program on the peer.
     let detach = prepare_bridge(topo, Vec::new());
     let iface = topo.lb_if.clone();
     let cfg = config.clone();

@@ -55,11 +55,11 @@ mod tests {
 
     #[test]
     fn agent_lands_beside_xtask_in_the_chosen_profile() {
-        let exe = Path::new("/work/main/target/debug/xtask");
+        let exe = Path::new("/src/sshlb/target/debug/xtask");
         assert_eq!(
             sibling_profile_dir(exe, true),
-            Some(PathBuf::from("/work/main/target/release"))
+            Some(PathBuf::from("/src/sshlb/target/release"))
         );
-        assert_eq!(sibling_profile_dir(exe, false), Some(PathBuf::from("/work/main/target/debug")));
+        assert_eq!(sibling_profile_dir(exe, false), Some(PathBuf::from("/src/sshlb/target/debug")));
     }
 }
