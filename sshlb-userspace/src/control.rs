@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{BackendState, Config};
 
 /// Default control socket path (also `agent.control`'s default).
-pub const DEFAULT_SOCKET: &str = "/run/sshlb/sshlb.sock";
+pub const DEFAULT_SOCKET: &str = crate::config::Agent::DEFAULT_CONTROL;
 
 /// Largest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;

@@ -367,12 +367,7 @@ impl Balancer {
                     address: backend.address.to_string(),
                     port: backend.port,
                     health: health.as_str().to_owned(),
-                    state: match backend.state {
-                        BackendState::Active => "active",
-                        BackendState::Drain => "drain",
-                        BackendState::Disabled => "disabled",
-                    }
-                    .to_owned(),
+                    state: backend.state.as_str().to_owned(),
                     weight: backend.weight,
                     group: backend.group.clone(),
                     health_changes: self.trackers[s][b].changes(),
@@ -403,16 +398,8 @@ impl Balancer {
                 name: service.name.clone(),
                 vip: service.vip.to_string(),
                 port: service.port,
-                mode: match service.mode {
-                    crate::config::Mode::Nat => "nat",
-                    crate::config::Mode::Dsr => "dsr",
-                }
-                .to_owned(),
-                affinity: match service.affinity {
-                    crate::config::Affinity::Flow => "flow",
-                    crate::config::Affinity::Source => "source",
-                }
-                .to_owned(),
+                mode: service.mode.as_str().to_owned(),
+                affinity: service.affinity.as_str().to_owned(),
                 active_flows: active.per_service.get(id as usize).copied().unwrap_or(0),
                 new_flows: traffic.new_flows,
                 packets: traffic.packets,
@@ -431,11 +418,7 @@ impl Balancer {
                     ipv6_prefix: l.ipv6_prefix,
                 }),
                 limited: top_limited(&limited, id, service.limit.as_ref(), 10),
-                host_key_policy: match service.host_key_policy {
-                    HostKeyPolicy::Warn => "warn",
-                    HostKeyPolicy::Enforce => "enforce",
-                }
-                .to_owned(),
+                host_key_policy: service.host_key_policy.as_str().to_owned(),
             });
         }
         Status { interface: self.iface.clone(), services }
