@@ -48,7 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None
             } else {
                 let path = std::path::PathBuf::from(&config.agent.control);
-                Some(daemon::bind_control(&path).map_err(anyhow::Error::msg)?)
+                Some(daemon::bind_control(&path)?)
             };
             let mut balancer = daemon::start(&cli.pin_root, &iface, xdp_mode, &config)?;
             let attached = &balancer.attached;
@@ -108,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::SetWeight { target, weight } => {
-            let (service, backend) = control::parse_target(&target).map_err(anyhow::Error::msg)?;
+            let (service, backend) = control::parse_target(&target)?;
             reply_ok(control::call(
                 &cli.control,
                 &Request::SetWeight { service, backend, weight },
@@ -162,15 +162,13 @@ fn drain_wait(
     target: &str,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let (service, backend) = control::parse_target(target).map_err(anyhow::Error::msg)?;
+    let (service, backend) = control::parse_target(target)?;
     let started = std::time::Instant::now();
     let report = |live: u64| {
         println!("{target}: {live} live session(s) ({:.0?} since drain)", started.elapsed());
     };
     let every = std::time::Duration::from_secs(1);
-    match control::wait_drained(socket, (&service, &backend), timeout, every, report)
-        .map_err(anyhow::Error::msg)?
-    {
+    match control::wait_drained(socket, (&service, &backend), timeout, every, report)? {
         control::DrainEnd::Drained => {
             println!("{target}: drained in {:.1?}", started.elapsed());
             Ok(())
@@ -198,7 +196,7 @@ fn simple(
     target: &str,
     request: impl FnOnce(String, String) -> Request,
 ) -> anyhow::Result<()> {
-    let (service, backend) = control::parse_target(target).map_err(anyhow::Error::msg)?;
+    let (service, backend) = control::parse_target(target)?;
     reply_ok(control::call(socket, &request(service, backend))?)?;
     Ok(())
 }

@@ -10,7 +10,10 @@ use sshlb_common::{
     SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES, RING_STRIDE,
 };
 
-use crate::{loader::Dataplane, protect::AclEntry};
+use crate::{
+    loader::Dataplane,
+    plan::{AclEntry, MapOp},
+};
 
 /// A map write that the data plane refused, or a request outside its limits.
 #[derive(Debug, thiserror::Error)]
@@ -237,33 +240,89 @@ impl Dataplane {
         flags: u32,
         ring: &[u32],
     ) -> Result<(), MapsError> {
+        self.write_standby_ring(key, id, ring)?;
+        self.flip_service(key, id, flags, ring.len() as u32)
+    }
+
+    /// The first `RINGS` slot of the half of service `id`'s slots that the entry under `key`
+    /// does not point at (the first half when there is no entry yet).
+    fn standby_half(&mut self, key: &ServiceKey, id: u32) -> u32 {
+        let base = 2 * id * RING_STRIDE;
+        match self.services().get(key, 0).ok() {
+            Some(s) if s.id == id && s.ring_offset == base => base + RING_STRIDE,
+            _ => base,
+        }
+    }
+
+    /// Writes `ring` into service `id`'s standby half (see [`Self::publish_service`]); packets
+    /// do not see it until [`Self::flip_service`].
+    pub fn write_standby_ring(
+        &mut self,
+        key: &ServiceKey,
+        id: u32,
+        ring: &[u32],
+    ) -> Result<(), MapsError> {
         if id >= MAX_SERVICES {
             return Err(MapsError::ServiceId(id));
         }
         if ring.is_empty() || ring.len() > RING_STRIDE as usize {
             return Err(MapsError::RingSize(ring.len()));
         }
-        let base = 2 * id * RING_STRIDE;
-        let current = self.services().get(key, 0).ok();
-        let standby = match current {
-            Some(s) if s.id == id && s.ring_offset == base => base + RING_STRIDE,
-            _ => base,
-        };
-        {
-            // Maglev moves few slots per change: write only those that differ from what this
-            // process last put in the standby half (all of them when it does not know).
-            let known = self.ring_cache.remove(&standby).filter(|old| old.len() == ring.len());
-            let mut rings = self.array::<u32>(map_names::RINGS);
-            for (i, (slot, backend)) in (standby..).zip(ring).enumerate() {
-                if known.as_ref().is_some_and(|old| old[i] == *backend) {
-                    continue;
-                }
-                rings.set(slot, backend, 0).map_err(map_err("writing", map_names::RINGS))?;
+        let standby = self.standby_half(key, id);
+        // Maglev moves few slots per change: write only those that differ from what this
+        // process last put in the standby half (all of them when it does not know).
+        let known = self.ring_cache.remove(&standby).filter(|old| old.len() == ring.len());
+        let mut rings = self.array::<u32>(map_names::RINGS);
+        for (i, (slot, backend)) in (standby..).zip(ring).enumerate() {
+            if known.as_ref().is_some_and(|old| old[i] == *backend) {
+                continue;
             }
+            rings.set(slot, backend, 0).map_err(map_err("writing", map_names::RINGS))?;
         }
         self.ring_cache.insert(standby, ring.to_vec());
-        let service = Service { id, flags, ring_size: ring.len() as u32, ring_offset: standby };
+        Ok(())
+    }
+
+    /// Points the service entry under `key` at the standby half [`Self::write_standby_ring`]
+    /// filled, in one map update (creating the entry when there is none).
+    pub fn flip_service(
+        &mut self,
+        key: &ServiceKey,
+        id: u32,
+        flags: u32,
+        ring_size: u32,
+    ) -> Result<(), MapsError> {
+        if id >= MAX_SERVICES {
+            return Err(MapsError::ServiceId(id));
+        }
+        if ring_size == 0 || ring_size > RING_STRIDE {
+            return Err(MapsError::RingSize(ring_size as usize));
+        }
+        let ring_offset = self.standby_half(key, id);
+        let service = Service { id, flags, ring_size, ring_offset };
         self.services().insert(key, service, 0).map_err(map_err("writing", map_names::SERVICES))
+    }
+
+    /// Carries out `ops` in order ([`crate::plan::diff`] decides them; this only writes). Stops
+    /// at the first refused write.
+    pub fn execute(&mut self, ops: &[MapOp]) -> Result<(), MapsError> {
+        for op in ops {
+            match op {
+                MapOp::SetConfig(config) => self.set_config(config)?,
+                MapOp::SetBackend { id, backend } => self.set_backend(*id, backend)?,
+                MapOp::SetAcl(entry) => self.set_acl_entry(entry)?,
+                MapOp::SetLimit { id, limit } => self.set_limit(*id, limit)?,
+                MapOp::WriteStandbyRing { key, id, ring } => {
+                    self.write_standby_ring(key, *id, ring)?;
+                }
+                MapOp::FlipService { key, id, flags, ring_size } => {
+                    self.flip_service(key, *id, *flags, *ring_size)?;
+                }
+                MapOp::RemoveService(key) => self.remove_service(key)?,
+                MapOp::RemoveAcl(entry) => self.remove_acl_entry(entry)?,
+            }
+        }
+        Ok(())
     }
 
     /// Removes a service: new flows to it are no longer balanced (established ones are

@@ -1,21 +1,28 @@
-//! From a validated [`Config`] to the exact contents of the data plane's maps (sans-IO).
+//! From a validated [`Config`] to the exact contents of the data plane's maps, and from two such
+//! contents to the ordered writes that turn one into the other ([`diff`]) — all sans-IO.
 //!
-//! Ids are stable (see [`Ids`]). A backend is in its service's ring when it is `active` with a
-//! weight above zero and healthy; `drain`/`disabled` backends, weight 0 and unhealthy ones keep
-//! their `BACKENDS` entry (established flows still reach them) but get no ring slots. A backend
-//! listed in several services has one id and one entry.
+//! Ids are stable (see [`Ids`]). A backend is in its service's ring when [`in_ring`] says so
+//! (`active`, weight above zero, usable); `drain`/`disabled` backends, weight 0 and unhealthy
+//! ones keep their `BACKENDS` entry (established flows still reach them) but get no ring slots.
+//! A backend listed in several services has one id and one entry.
+//!
+//! The map encoders of the protection policy live here too ([`acl_entries`], [`limit_entry`]):
+//! the policy itself ([`crate::protect`]) knows nothing of maps.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
-use sshlb_common::{family, proto, service_flags, v4_in_16, Backend, Limit, ServiceKey};
+use sshlb_common::{
+    acl, family, proto, service_flags, v4_in_16, Backend, Config as DataplaneConfig, Limit,
+    ServiceKey, SourceKey, ACL_PREFIX_BASE,
+};
 
 use crate::{
     config::{self, Affinity, BackendState, Config, Mode},
     maglev::{build_ring, RingError, RingMember},
-    protect::AclEntry,
+    protect::{mask128, mask32, Acl, RateLimit},
 };
 
 /// One service as written to the maps.
@@ -78,6 +85,74 @@ pub fn ip_of(fam: u8, addr: &[u8; 16]) -> IpAddr {
         IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
     } else {
         IpAddr::from(*addr)
+    }
+}
+
+/// Whether `backend` takes new flows: its operator state is `active`, its weight is above
+/// zero, and it is `usable` (health and host keys allow it). The one rule for ring membership:
+/// the plan builds rings with it and `status` reports `in_ring` with it.
+pub fn in_ring(backend: &config::Backend, usable: bool) -> bool {
+    backend.state == BackendState::Active && backend.weight > 0 && usable
+}
+
+/// One `ACL` trie entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclEntry {
+    /// Trie prefix length: [`ACL_PREFIX_BASE`] + the CIDR's.
+    pub prefix_len: u32,
+    /// Service, family, network address.
+    pub key: SourceKey,
+    /// `acl::ALLOW` or `acl::DENY`.
+    pub action: u32,
+}
+
+impl AclEntry {
+    /// Whether both entries sit at the same trie node (their actions may differ).
+    pub fn same_key(&self, other: &Self) -> bool {
+        self.prefix_len == other.prefix_len && self.key == other.key
+    }
+}
+
+/// Service `service_id`'s `ACL` trie entries for `acl`: (prefix length, key data, `acl::*`),
+/// sorted.
+pub fn acl_entries(list: &Acl, service_id: u32) -> Vec<AclEntry> {
+    let mut out: Vec<AclEntry> = list
+        .allow
+        .iter()
+        .map(|c| (c, acl::ALLOW))
+        .chain(list.deny.iter().map(|c| (c, acl::DENY)))
+        .map(|(c, action)| AclEntry {
+            prefix_len: ACL_PREFIX_BASE + u32::from(c.len),
+            key: source_key(service_id, c.addr),
+            action,
+        })
+        .collect();
+    out.sort_by_key(|e| (e.key.service_id, e.key.family, e.key.addr, e.prefix_len));
+    out
+}
+
+/// The `SourceKey` of `addr` in service `service_id`.
+pub fn source_key(service_id: u32, addr: IpAddr) -> SourceKey {
+    let (addr, fam) = addr16(addr);
+    SourceKey { service_id: service_id as u16, family: fam, pad: 0, addr }
+}
+
+/// The address (prefix) a `SourceKey` holds.
+pub fn source_addr(key: &SourceKey) -> IpAddr {
+    ip_of(key.family, &key.addr)
+}
+
+/// The data plane's `LIMITS` entry for `limit` (GCRA parameters, network-order masks).
+pub fn limit_entry(limit: &RateLimit) -> Limit {
+    let interval_ns = u64::try_from(limit.interval.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let v6 = mask128(limit.ipv6_prefix).to_be_bytes();
+    let word = |i: usize| u32::from_ne_bytes([v6[i], v6[i + 1], v6[i + 2], v6[i + 3]]);
+    Limit {
+        interval_ns,
+        tau_ns: interval_ns.saturating_mul(u64::from(limit.burst.saturating_sub(1))),
+        mask_v4: u32::from_ne_bytes(mask32(limit.ipv4_prefix).to_be_bytes()),
+        pad: 0,
+        mask_v6: [word(0), word(4), word(8), word(12)],
     }
 }
 
@@ -164,7 +239,7 @@ pub fn plan_with(
                 flags |= service_flags::ACL_DEFAULT_DENY;
             }
         }
-        let limit = service.limit.map(|l| l.to_limit()).unwrap_or_default();
+        let limit = service.limit.as_ref().map(limit_entry).unwrap_or_default();
         if service.limit.is_some() {
             flags |= service_flags::RATE_LIMIT;
         }
@@ -188,13 +263,13 @@ pub fn plan_with(
             if !backends.iter().any(|(id, _)| *id == backend_id) {
                 backends.push((backend_id, entry));
             }
-            if b.state == BackendState::Active && b.weight > 0 && usable(s, j) {
+            if in_ring(b, usable(s, j)) {
                 members.push(RingMember { id: backend_id, key: key_str, weight: b.weight });
             }
         }
         let ring = build_ring(&members, service.ring_size)
             .map_err(|source| PlanError::Ring { service: service.name.clone(), source })?;
-        let acl = service.acl.entries(id);
+        let acl = acl_entries(&service.acl, id);
         services.push(PlannedService { key: *key, id, flags, ring, acl, limit });
     }
     Ok((Plan { backends, services }, ids))
@@ -206,6 +281,136 @@ pub fn service_key(service: &config::Service) -> ServiceKey {
         IpAddr::V4(a) => ServiceKey::v4(a.octets(), service.port, proto::TCP),
         IpAddr::V6(a) => ServiceKey::v6(a.octets(), service.port, proto::TCP),
     }
+}
+
+/// One concrete write to the data plane's maps: what [`diff`] returns and
+/// [`crate::maps`]' executor carries out, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MapOp {
+    /// Write the NAT addresses and port range (`CONFIG`).
+    SetConfig(DataplaneConfig),
+    /// Define or redefine backend `id` (`BACKENDS`).
+    SetBackend {
+        /// Backend id.
+        id: u32,
+        /// Its entry.
+        backend: Backend,
+    },
+    /// Add or replace an allow/deny entry (`ACL`).
+    SetAcl(AclEntry),
+    /// Set service `id`'s per-source limit (`LIMITS`; all zero: none).
+    SetLimit {
+        /// Service id.
+        id: u32,
+        /// The entry.
+        limit: Limit,
+    },
+    /// Write `ring` into the standby half of service `id`'s `RINGS` slots (the half the service
+    /// entry under `key` does not point at); only slots that differ are written.
+    WriteStandbyRing {
+        /// The service's `SERVICES` key.
+        key: ServiceKey,
+        /// Service id.
+        id: u32,
+        /// Backend id per slot.
+        ring: Vec<u32>,
+    },
+    /// Replace the `SERVICES` entry under `key` in one update that points it at the standby
+    /// half just written: packets see the whole old ring or the whole new one.
+    FlipService {
+        /// The service's `SERVICES` key.
+        key: ServiceKey,
+        /// Service id.
+        id: u32,
+        /// `service_flags::*`.
+        flags: u32,
+        /// Ring size (slots).
+        ring_size: u32,
+    },
+    /// Remove a service (`SERVICES`).
+    RemoveService(ServiceKey),
+    /// Remove an allow/deny entry (`ACL`; absent is fine).
+    RemoveAcl(AclEntry),
+}
+
+/// The writes that turn the maps from `old` into `new`, ordered so that no packet sees a
+/// half-made state:
+/// 1. new or changed backends, so every ring slot written later names a defined backend;
+/// 2. new allow/deny entries and changed limits, before any service flag turns them on;
+/// 3. per changed service, its standby ring, then the flip of its entry to that ring;
+/// 4. then what is stale: removed services, then allow/deny entries no service wants.
+///
+/// Backends that left the configuration keep their entry: established flows still name them by
+/// id (see [`Ids`]). A service is the same service when its id is (ids follow `SERVICES` keys).
+pub fn diff(old: &Plan, new: &Plan) -> Vec<MapOp> {
+    let present: Vec<AclEntry> = old.services.iter().flat_map(|s| s.acl.iter().copied()).collect();
+    let mut ops = diff_keeping_acl(old, new, &present);
+    ops.extend(stale_acl(&present, new));
+    ops
+}
+
+/// [`diff`] from empty maps that may still hold allow/deny entries `present` (a takeover: the
+/// previous agent's entries are replaced, those no service wants any more removed last).
+pub fn initial(new: &Plan, present: &[AclEntry]) -> Vec<MapOp> {
+    let empty = Plan { backends: Vec::new(), services: Vec::new() };
+    let mut ops = diff_keeping_acl(&empty, new, present);
+    ops.extend(stale_acl(present, new));
+    ops
+}
+
+/// Steps 1–3 and the service removals of [`diff`], with the `ACL` holding `present`.
+fn diff_keeping_acl(old: &Plan, new: &Plan, present: &[AclEntry]) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    for (id, backend) in &new.backends {
+        if !old.backends.iter().any(|(o, b)| o == id && b == backend) {
+            ops.push(MapOp::SetBackend { id: *id, backend: *backend });
+        }
+    }
+    for entry in new.services.iter().flat_map(|s| &s.acl) {
+        if !present.contains(entry) {
+            ops.push(MapOp::SetAcl(*entry));
+        }
+    }
+    let before = |service: &PlannedService| old.services.iter().find(|o| o.id == service.id);
+    for service in &new.services {
+        if before(service).is_none_or(|b| b.limit != service.limit) {
+            ops.push(MapOp::SetLimit { id: service.id, limit: service.limit });
+        }
+    }
+    for service in &new.services {
+        let unchanged = before(service).is_some_and(|b| {
+            b.key == service.key && b.flags == service.flags && b.ring == service.ring
+        });
+        if !unchanged {
+            ops.push(MapOp::WriteStandbyRing {
+                key: service.key,
+                id: service.id,
+                ring: service.ring.clone(),
+            });
+            ops.push(MapOp::FlipService {
+                key: service.key,
+                id: service.id,
+                flags: service.flags,
+                ring_size: service.ring.len() as u32,
+            });
+        }
+    }
+    for gone in &old.services {
+        if !new.services.iter().any(|s| s.key == gone.key) {
+            ops.push(MapOp::RemoveService(gone.key));
+        }
+    }
+    ops
+}
+
+/// Removals of the entries in `present` that no service of `new` has at their trie node.
+fn stale_acl(present: &[AclEntry], new: &Plan) -> Vec<MapOp> {
+    let wanted: Vec<&AclEntry> = new.services.iter().flat_map(|s| &s.acl).collect();
+    present
+        .iter()
+        .filter(|e| !wanted.iter().any(|w| w.same_key(e)))
+        .map(|e| MapOp::RemoveAcl(*e))
+        .collect()
 }
 
 #[cfg(test)]
@@ -305,5 +510,122 @@ port = 2222
         let a = plan(&parse("t.toml", CFG).expect("valid")).expect("plannable");
         let b = plan(&parse("t.toml", CFG).expect("valid")).expect("plannable");
         assert_eq!(a, b);
+    }
+
+    fn cidr(s: &str) -> crate::protect::Cidr {
+        s.parse().expect("valid cidr")
+    }
+
+    #[test]
+    fn trie_entries_carry_service_family_and_prefix() {
+        let list = Acl { allow: vec![cidr("fd00:8::/64")], deny: vec![cidr("198.18.8.0/24")] };
+        let entries = acl_entries(&list, 3);
+        assert_eq!(entries.len(), 2);
+        let v4 = entries.iter().find(|e| e.key.family == family::V4).expect("v4");
+        assert_eq!((v4.prefix_len, v4.action, v4.key.service_id), (56, acl::DENY, 3));
+        assert_eq!(&v4.key.addr[..4], &[198, 18, 8, 0]);
+        let v6 = entries.iter().find(|e| e.key.family == family::V6).expect("v6");
+        assert_eq!((v6.prefix_len, v6.action), (96, acl::ALLOW));
+        assert_eq!(source_addr(&v6.key), "fd00:8::".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn limits_become_gcra_parameters_and_network_order_masks() {
+        let limit = RateLimit {
+            interval: crate::protect::parse_rate("10/s").expect("rate"),
+            burst: 5,
+            ipv4_prefix: 24,
+            ipv6_prefix: 64,
+        };
+        let l = limit_entry(&limit);
+        assert_eq!(l.interval_ns, 100_000_000);
+        assert_eq!(l.tau_ns, 400_000_000, "burst 5: four intervals of tolerance");
+        assert_eq!(l.mask_v4.to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(l.mask_v6[0].to_ne_bytes(), [255; 4]);
+        assert_eq!(l.mask_v6[1].to_ne_bytes(), [255; 4]);
+        assert_eq!(l.mask_v6[2], 0);
+    }
+
+    /// Position of the first op matching `pred` (panics when none does).
+    fn at(ops: &[MapOp], what: &str, pred: impl Fn(&MapOp) -> bool) -> usize {
+        ops.iter().position(pred).unwrap_or_else(|| panic!("no {what} in {ops:#?}"))
+    }
+
+    const PROTECTED: &str = "deny = [\"198.18.8.0/24\"]\n[service.limit]\nrate = \"10/s\"\n";
+
+    #[test]
+    fn a_fresh_start_defines_everything_before_a_service_points_at_it() {
+        let cfg = parse(
+            "t.toml",
+            &CFG.replacen("ring-size = 251\n", &format!("ring-size = 251\n{PROTECTED}"), 1),
+        )
+        .expect("valid");
+        let new = plan(&cfg).expect("plannable");
+        let ops = initial(&new, &[]);
+        let last_backend = ops.iter().rposition(|o| matches!(o, MapOp::SetBackend { .. }));
+        let first_flip = at(&ops, "flip", |o| matches!(o, MapOp::FlipService { .. }));
+        assert!(last_backend.expect("backends") < first_flip);
+        let acl = at(&ops, "acl", |o| matches!(o, MapOp::SetAcl(_)));
+        let limit = at(&ops, "limit", |o| matches!(o, MapOp::SetLimit { id: 0, .. }));
+        let git_ring = at(&ops, "ring", |o| matches!(o, MapOp::WriteStandbyRing { id: 0, .. }));
+        let git_flip = at(&ops, "flip", |o| matches!(o, MapOp::FlipService { id: 0, .. }));
+        assert!(acl < git_flip && limit < git_flip, "protection before the flag turns it on");
+        assert_eq!(git_ring + 1, git_flip, "standby ring, then the flip");
+        assert!(!ops.iter().any(|o| matches!(o, MapOp::RemoveService(_) | MapOp::RemoveAcl(_))));
+        assert_eq!(diff(&new, &new), Vec::new(), "no change, no write");
+    }
+
+    #[test]
+    fn a_takeover_removes_entries_no_service_wants_last() {
+        let new = plan(&parse("t.toml", CFG).expect("valid")).expect("plannable");
+        let leftover = acl_entries(&Acl { allow: vec![], deny: vec![cidr("198.18.9.0/24")] }, 0);
+        let ops = initial(&new, &leftover);
+        assert_eq!(ops.last(), Some(&MapOp::RemoveAcl(leftover[0])));
+    }
+
+    #[test]
+    fn changes_add_before_the_flip_and_remove_after_it() {
+        let (old, ids) =
+            plan_with(&parse("t.toml", CFG).expect("valid"), |_, _| true, &Ids::default())
+                .expect("plannable");
+        // git gains a deny list and b4, bastion goes away.
+        let edited = CFG
+            .replacen("ring-size = 251\n", &format!("ring-size = 251\n{PROTECTED}"), 1)
+            .replacen(
+                "state = \"drain\"\n",
+                "state = \"drain\"\n[[service.backend]]\nname = \"b4\"\naddress = \"198.18.0.14\"\n",
+                1,
+            );
+        let edited = &edited[..edited.find("\n[[service]]\nname = \"bastion\"").expect("bastion")];
+        let (new, _) = plan_with(&parse("t.toml", edited).expect("valid"), |_, _| true, &ids)
+            .expect("plannable");
+        let ops = diff(&old, &new);
+        let b4 = at(
+            &ops,
+            "b4",
+            |o| matches!(o, MapOp::SetBackend { backend, .. } if backend.addr[3] == 14),
+        );
+        let acl = at(&ops, "acl", |o| matches!(o, MapOp::SetAcl(_)));
+        let ring = at(&ops, "ring", |o| matches!(o, MapOp::WriteStandbyRing { id: 0, .. }));
+        let flip = at(&ops, "flip", |o| matches!(o, MapOp::FlipService { id: 0, .. }));
+        let gone = at(
+            &ops,
+            "removal",
+            |o| matches!(o, MapOp::RemoveService(k) if *k == old.services[1].key),
+        );
+        assert!(b4 < ring && acl < flip && ring < flip && flip < gone, "{ops:#?}");
+        assert_eq!(
+            ops.iter().filter(|o| matches!(o, MapOp::SetBackend { .. })).count(),
+            1,
+            "unchanged backends are not rewritten"
+        );
+        // Removing the list again: the flag flips off first, the entry goes after.
+        let back = diff(&new, &old);
+        let flip = at(&back, "flip", |o| matches!(o, MapOp::FlipService { id: 0, .. }));
+        let removal = at(&back, "acl removal", |o| matches!(o, MapOp::RemoveAcl(_)));
+        assert!(flip < removal, "{back:#?}");
+        let j1 = at(&back, "j1", |o| matches!(o, MapOp::SetBackend { id: 3, .. }));
+        let bastion = at(&back, "bastion", |o| matches!(o, MapOp::FlipService { id: 1, .. }));
+        assert!(j1 < bastion, "{back:#?}");
     }
 }

@@ -1,11 +1,8 @@
-//! Per-service protection, sans-IO: allow/deny lists (CIDRs, longest prefix wins) and the
-//! per-source new-connection limit, and how both become the data plane's map entries.
+//! Per-service protection policy, sans-IO: allow/deny lists (CIDRs, longest prefix wins) and the
+//! per-source new-connection limit — their types, their parsing and their decisions. How they
+//! become map entries is [`crate::plan`]'s business (this module imports nothing above it).
 
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
-
-use sshlb_common::{acl, Limit, SourceKey, ACL_PREFIX_BASE};
-
-use crate::plan::{addr16, ip_of};
 
 /// An address prefix, `addr/len` with no host bits set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,11 +81,13 @@ impl FromStr for Cidr {
     }
 }
 
-fn mask32(len: u8) -> u32 {
+/// The IPv4 netmask of a `len`-bit prefix, as a host-order integer.
+pub fn mask32(len: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)
 }
 
-fn mask128(len: u8) -> u128 {
+/// The IPv6 netmask of a `len`-bit prefix, as a host-order integer.
+pub fn mask128(len: u8) -> u128 {
     u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0)
 }
 
@@ -119,45 +118,6 @@ impl Acl {
             (None, None) => self.allow.is_empty(),
         }
     }
-
-    /// The service's `ACL` trie entries: (prefix length, key data, `acl::*`), sorted.
-    pub fn entries(&self, service_id: u32) -> Vec<AclEntry> {
-        let mut out: Vec<AclEntry> = self
-            .allow
-            .iter()
-            .map(|c| (c, acl::ALLOW))
-            .chain(self.deny.iter().map(|c| (c, acl::DENY)))
-            .map(|(c, action)| AclEntry {
-                prefix_len: ACL_PREFIX_BASE + u32::from(c.len),
-                key: source_key(service_id, c.addr),
-                action,
-            })
-            .collect();
-        out.sort_by_key(|e| (e.key.service_id, e.key.family, e.key.addr, e.prefix_len));
-        out
-    }
-}
-
-/// One `ACL` trie entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AclEntry {
-    /// Trie prefix length: [`ACL_PREFIX_BASE`] + the CIDR's.
-    pub prefix_len: u32,
-    /// Service, family, network address.
-    pub key: SourceKey,
-    /// `acl::ALLOW` or `acl::DENY`.
-    pub action: u32,
-}
-
-/// The `SourceKey` of `addr` in service `service_id`.
-pub fn source_key(service_id: u32, addr: IpAddr) -> SourceKey {
-    let (addr, fam) = addr16(addr);
-    SourceKey { service_id: service_id as u16, family: fam, pad: 0, addr }
-}
-
-/// The address (prefix) a `SourceKey` holds.
-pub fn source_addr(key: &SourceKey) -> IpAddr {
-    ip_of(key.family, &key.addr)
 }
 
 /// `[service.limit]`: new connections per client prefix.
@@ -174,20 +134,6 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// The data plane's `LIMITS` entry.
-    pub fn to_limit(&self) -> Limit {
-        let interval_ns = u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX).max(1);
-        let v6 = mask128(self.ipv6_prefix).to_be_bytes();
-        let word = |i: usize| u32::from_ne_bytes([v6[i], v6[i + 1], v6[i + 2], v6[i + 3]]);
-        Limit {
-            interval_ns,
-            tau_ns: interval_ns.saturating_mul(u64::from(self.burst.saturating_sub(1))),
-            mask_v4: u32::from_ne_bytes(mask32(self.ipv4_prefix).to_be_bytes()),
-            pad: 0,
-            mask_v6: [word(0), word(4), word(8), word(12)],
-        }
-    }
-
     /// The bucket prefix of a client address.
     pub fn prefix_of(&self, ip: IpAddr) -> Cidr {
         Cidr::of(ip, if ip.is_ipv4() { self.ipv4_prefix } else { self.ipv6_prefix })
@@ -210,8 +156,6 @@ pub fn parse_rate(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use sshlb_common::family;
-
     use super::*;
 
     fn cidr(s: &str) -> Cidr {
@@ -252,35 +196,17 @@ mod tests {
     }
 
     #[test]
-    fn trie_entries_carry_service_family_and_prefix() {
-        let acl = Acl { allow: vec![cidr("fd00:8::/64")], deny: vec![cidr("198.18.8.0/24")] };
-        let entries = acl.entries(3);
-        assert_eq!(entries.len(), 2);
-        let v4 = entries.iter().find(|e| e.key.family == family::V4).expect("v4");
-        assert_eq!((v4.prefix_len, v4.action, v4.key.service_id), (56, acl::DENY, 3));
-        assert_eq!(&v4.key.addr[..4], &[198, 18, 8, 0]);
-        let v6 = entries.iter().find(|e| e.key.family == family::V6).expect("v6");
-        assert_eq!((v6.prefix_len, v6.action), (96, acl::ALLOW));
-        assert_eq!(source_addr(&v6.key), ip("fd00:8::"));
-    }
-
-    #[test]
-    fn limits_become_gcra_parameters_and_network_order_masks() {
+    fn limits_bucket_clients_by_prefix() {
         let limit = RateLimit {
             interval: parse_rate("10/s").expect("rate"),
             burst: 5,
             ipv4_prefix: 24,
             ipv6_prefix: 64,
         };
-        let l = limit.to_limit();
-        assert_eq!(l.interval_ns, 100_000_000);
-        assert_eq!(l.tau_ns, 400_000_000, "burst 5: four intervals of tolerance");
-        assert_eq!(l.mask_v4.to_ne_bytes(), [255, 255, 255, 0]);
-        assert_eq!(l.mask_v6[0].to_ne_bytes(), [255; 4]);
-        assert_eq!(l.mask_v6[1].to_ne_bytes(), [255; 4]);
-        assert_eq!(l.mask_v6[2], 0);
         assert_eq!(limit.prefix_of(ip("198.18.8.77")).to_string(), "198.18.8.0/24");
         assert_eq!(limit.prefix_of(ip("fd00:8::1:2")).to_string(), "fd00:8::/64");
+        assert_eq!(mask32(24), 0xffff_ff00);
+        assert_eq!(mask128(0), 0);
     }
 
     #[test]

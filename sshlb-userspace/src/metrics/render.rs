@@ -1,5 +1,5 @@
-//! Prometheus text exposition (format 0.0.4): rendering is sans-IO ([`render`]); the agent
-//! serves it on `agent.metrics` (`GET /metrics`, loopback by default).
+//! Rendering a scrape in the Prometheus text exposition format 0.0.4 (sans-IO), and the
+//! health-check latency and configuration history only the metrics show.
 
 use std::fmt::Write as _;
 
@@ -207,21 +207,6 @@ pub fn render(s: &Snapshot<'_>) -> String {
     out
 }
 
-/// The HTTP response for a request head (`GET /metrics` → 200 with `body`; else 404/405).
-pub fn respond(request_head: &str, body: impl FnOnce() -> String) -> String {
-    let mut parts = request_head.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => ("200 OK", body()),
-        ("GET", _) => ("404 Not Found", "try /metrics\n".to_owned()),
-        _ => ("405 Method Not Allowed", "GET only\n".to_owned()),
-    };
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{content}",
-        content.len()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,15 +280,5 @@ mod tests {
                 .trim_end_matches("_count");
             assert!(text.contains(&format!("# TYPE {family} ")), "{name} has no TYPE");
         }
-    }
-
-    #[test]
-    fn http_routing() {
-        assert!(respond("GET /metrics HTTP/1.1\r\nHost: x\r\n", || "x 1\n".into())
-            .starts_with("HTTP/1.1 200 OK"));
-        assert!(respond("GET /metrics?x=1 HTTP/1.0", String::new).starts_with("HTTP/1.1 200"));
-        assert!(respond("GET / HTTP/1.1", || unreachable!()).starts_with("HTTP/1.1 404"));
-        assert!(respond("POST /metrics HTTP/1.1", || unreachable!()).starts_with("HTTP/1.1 405"));
-        assert!(respond("", || unreachable!()).starts_with("HTTP/1.1 405"));
     }
 }

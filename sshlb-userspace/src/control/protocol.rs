@@ -1,20 +1,6 @@
-//! The control socket: the running agent's runtime API, and its client.
-//!
-//! Protocol: a unix stream socket (mode 0600, root only); the client writes one JSON request on
-//! one line, the agent answers with one JSON reply on one line and closes. Requests that change
-//! backends (`set-weight`, `drain`, `enable`, `disable`, `switch`) edit the agent's in-memory
-//! configuration and go through the same re-plan as a reload, so they take effect atomically
-//! (one ring flip) and touch no established flow. They are not written back to the file: the
-//! next reload returns to what the file says (as HAProxy's runtime API does).
-//!
-//! `status --json` prints [`Status`]: a stable schema for scripts (fields are only ever added).
-
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
-    path::Path,
-    time::Duration,
-};
+//! The control protocol: one JSON [`Request`] line in, one JSON [`Reply`] line out; the
+//! `status --json` schema ([`Status`]); and how backend-changing requests edit a configuration
+//! ([`edit`], sans-IO).
 
 use serde::{Deserialize, Serialize};
 
@@ -227,19 +213,46 @@ pub struct BackendStatus {
     pub host_key_problem: Option<String>,
 }
 
+/// Why a backend-changing request was refused (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// No service has that name.
+    #[error("no service named {0:?}")]
+    NoService(String),
+    /// The service has no backend of that name.
+    #[error("service {service:?} has no backend named {backend:?}")]
+    NoBackend {
+        /// Service name.
+        service: String,
+        /// Backend name.
+        backend: String,
+    },
+    /// The service has no backend in that group.
+    #[error("service {service:?} has no backend in group {group:?}")]
+    NoGroup {
+        /// Service name.
+        service: String,
+        /// Group name.
+        group: String,
+    },
+    /// A weight above [`crate::config::MAX_WEIGHT`].
+    #[error("weight {0}: must be 0-{max}", max = crate::config::MAX_WEIGHT)]
+    Weight(u32),
+}
+
 /// Applies a backend-changing request to `config` (sans-IO; the caller re-plans).
-pub fn edit(config: &mut Config, request: &Request) -> Result<(), String> {
-    let find = |config: &Config, service: &str| -> Result<usize, String> {
+pub fn edit(config: &mut Config, request: &Request) -> Result<(), EditError> {
+    let find = |config: &Config, service: &str| -> Result<usize, EditError> {
         config
             .services
             .iter()
             .position(|s| s.name == service)
-            .ok_or_else(|| format!("no service named {service:?}"))
+            .ok_or_else(|| EditError::NoService(service.to_owned()))
     };
     match request {
         Request::SetWeight { service, backend, weight } => {
             if *weight > crate::config::MAX_WEIGHT {
-                return Err(format!("weight {weight}: must be 0-{}", crate::config::MAX_WEIGHT));
+                return Err(EditError::Weight(*weight));
             }
             let s = find(config, service)?;
             backend_mut(config, s, backend)?.weight = *weight;
@@ -260,7 +273,7 @@ pub fn edit(config: &mut Config, request: &Request) -> Result<(), String> {
             let s = find(config, service)?;
             let backends = &mut config.services[s].backends;
             if !backends.iter().any(|b| b.group.as_deref() == Some(group.as_str())) {
-                return Err(format!("service {service:?} has no backend in group {group:?}"));
+                return Err(EditError::NoGroup { service: service.clone(), group: group.clone() });
             }
             for b in backends.iter_mut() {
                 b.state = if b.group.as_deref() == Some(group.as_str()) {
@@ -279,142 +292,13 @@ fn backend_mut<'a>(
     config: &'a mut Config,
     service: usize,
     backend: &str,
-) -> Result<&'a mut crate::config::Backend, String> {
+) -> Result<&'a mut crate::config::Backend, EditError> {
     let name = config.services[service].name.clone();
     config.services[service]
         .backends
         .iter_mut()
         .find(|b| b.name == backend)
-        .ok_or_else(|| format!("service {name:?} has no backend named {backend:?}"))
-}
-
-/// Splits `SERVICE/BACKEND`.
-pub fn parse_target(target: &str) -> Result<(String, String), String> {
-    match target.split_once('/') {
-        Some((s, b)) if !s.is_empty() && !b.is_empty() => Ok((s.to_owned(), b.to_owned())),
-        _ => Err(format!("{target:?}: expected SERVICE/BACKEND")),
-    }
-}
-
-/// Errors talking to the agent.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// No agent listening.
-    #[error(
-        "cannot reach the agent at {path}: {source} (is `sshlb-agent up` running? see --control)"
-    )]
-    Connect {
-        /// Socket path.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The exchange failed.
-    #[error("talking to the agent failed: {0}")]
-    Io(#[from] std::io::Error),
-    /// The reply was not understood.
-    #[error("the agent's reply is not valid: {0}")]
-    Reply(#[from] serde_json::Error),
-}
-
-/// Sends `request` to the agent listening at `socket` and returns its reply.
-pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    Ok(serde_json::from_str(&reply)?)
-}
-
-/// Live sessions of `service`/`backend` in `status`, if the status names that backend.
-pub fn live_sessions(status: &Status, service: &str, backend: &str) -> Option<u64> {
-    let s = status.services.iter().find(|s| s.name == service)?;
-    s.backends.iter().find(|b| b.name == backend).map(|b| b.live_sessions)
-}
-
-/// How `drain --wait` ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DrainEnd {
-    /// No live session left.
-    Drained,
-    /// The timeout passed with this many sessions still open.
-    TimedOut(u64),
-}
-
-/// After a drain: asks the agent for the backend's live sessions every `every` until they reach
-/// zero or `timeout` passes, calling `report` with each new count (the first one included).
-pub fn wait_drained(
-    socket: &Path,
-    (service, backend): (&str, &str),
-    timeout: Duration,
-    every: Duration,
-    mut report: impl FnMut(u64),
-) -> Result<DrainEnd, String> {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        let reply = call(socket, &Request::Status).map_err(|e| e.to_string())?;
-        let status = reply
-            .status
-            .ok_or_else(|| reply.error.unwrap_or_else(|| "the agent sent no status".to_owned()))?;
-        let live = live_sessions(&status, service, backend).ok_or_else(|| {
-            format!("{service}/{backend} is no longer configured (reloaded meanwhile?)")
-        })?;
-        if last != Some(live) {
-            report(live);
-            last = Some(live);
-        }
-        if live == 0 {
-            return Ok(DrainEnd::Drained);
-        }
-        let now = std::time::Instant::now();
-        if now >= deadline {
-            return Ok(DrainEnd::TimedOut(live));
-        }
-        std::thread::sleep(every.min(deadline - now));
-    }
-}
-
-/// Renders a status for people.
-pub fn render(status: &Status) -> String {
-    let mut out = format!("interface {}\n", status.interface);
-    for s in &status.services {
-        out.push_str(&format!(
-            "service {} {}:{} {} affinity={} flows={} new={} packets={} bytes={}\n",
-            s.name,
-            s.vip,
-            s.port,
-            s.mode,
-            s.affinity,
-            s.active_flows,
-            s.new_flows,
-            s.packets,
-            s.bytes
-        ));
-        for b in &s.backends {
-            out.push_str(&format!(
-                "  {:<12} {:>22} health={:<7} state={:<8} weight={:<5} ring={:<5} flows={} live={} new={} packets={} bytes={}{}\n",
-                b.name,
-                format!("{}:{}", b.address, b.port),
-                b.health,
-                b.state,
-                b.weight,
-                if b.in_ring { "yes" } else { "no" },
-                b.active_flows,
-                b.live_sessions,
-                b.new_flows,
-                b.packets,
-                b.bytes,
-                b.group.as_ref().map_or(String::new(), |g| format!(" group={g}")),
-            ));
-        }
-    }
-    out
+        .ok_or_else(|| EditError::NoBackend { service: name, backend: backend.to_owned() })
 }
 
 #[cfg(test)]
@@ -487,27 +371,19 @@ state = "drain"
         let mut cfg = parse("t.toml", CFG).expect("valid");
         let err = edit(&mut cfg, &Request::Drain { service: "svn".into(), backend: "x".into() })
             .expect_err("no such service");
-        assert!(err.contains("\"svn\""), "{err}");
+        assert!(err.to_string().contains("\"svn\""), "{err}");
         let err = edit(&mut cfg, &Request::Enable { service: "git".into(), backend: "b9".into() })
             .expect_err("no such backend");
-        assert!(err.contains("\"b9\""), "{err}");
+        assert!(err.to_string().contains("\"b9\""), "{err}");
         let err = edit(&mut cfg, &Request::Switch { service: "git".into(), group: "red".into() })
             .expect_err("no such group");
-        assert!(err.contains("\"red\""), "{err}");
+        assert!(err.to_string().contains("\"red\""), "{err}");
         let err = edit(
             &mut cfg,
             &Request::SetWeight { service: "git".into(), backend: "blue1".into(), weight: 1 << 20 },
         )
         .expect_err("too heavy");
-        assert!(err.contains("0-65535"), "{err}");
+        assert!(err.to_string().contains("0-65535"), "{err}");
         assert_eq!(cfg, parse("t.toml", CFG).expect("valid"), "failed edits change nothing");
-    }
-
-    #[test]
-    fn targets_parse() {
-        assert_eq!(parse_target("git/b1").expect("ok"), ("git".into(), "b1".into()));
-        for bad in ["git", "/b1", "git/", ""] {
-            assert!(parse_target(bad).is_err(), "{bad:?}");
-        }
     }
 }
