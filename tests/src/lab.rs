@@ -8,6 +8,7 @@ use std::{
 };
 
 use crate::{
+    config::{ConfigBuilder, ServiceBuilder},
     run,
     sshd::{Sshd, SshdOptions},
     topo::{payload, Topo, BACKENDS, DSR4, DSR6, VIP4, VIP6},
@@ -137,25 +138,25 @@ impl Lab {
     /// A configuration for the lab: full NAT and DSR services over IPv4 and IPv6, three
     /// backends each (weights 100, 100, 200), control socket `control`.
     pub fn config(&self, control: &str) -> String {
-        let mut text = format!("[agent]\ncontrol = \"{control}\"\n");
+        self.config_builder(control).to_toml()
+    }
+
+    /// [`Self::config`] as a builder, for tests that change it first.
+    pub fn config_builder(&self, control: &str) -> ConfigBuilder {
+        let mut cfg = ConfigBuilder::new().control(control);
         for (name, vip, mode, v6) in [
             ("nat4", VIP4, "nat", false),
             ("nat6", VIP6, "nat", true),
             ("dsr4", DSR4, "dsr", false),
             ("dsr6", DSR6, "dsr", true),
         ] {
-            text += &format!(
-                "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 22\nmode = \"{mode}\"\n\
-                 ring-size = 4093\n\n[service.health]\ninterval = \"250ms\"\n"
-            );
-            for (bname, a4, a6) in BACKENDS {
-                let weight = if bname == "b3" { 200 } else { 100 };
-                let addr = if v6 { a6 } else { a4 };
-                text += &format!(
-                    "\n[[service.backend]]\nname = \"{bname}\"\naddress = \"{addr}\"\nweight = {weight}\n"
-                );
-            }
+            let service = ServiceBuilder::new(name, vip, 22)
+                .mode(mode)
+                .ring_size(4093)
+                .health("interval", "250ms")
+                .topo_backends(v6, |i, b| b.weight(if i == 2 { 200 } else { 100 }));
+            cfg = cfg.service(service);
         }
-        text
+        cfg
     }
 }

@@ -5,6 +5,8 @@
 //! in `Drop` — so a failing (panicking) test cleans up too. Processes a test starts are killed by
 //! PID, never by name.
 
+pub mod agent;
+pub mod config;
 pub mod lab;
 pub mod sshd;
 pub mod topo;
@@ -303,43 +305,6 @@ pub fn prepare_bridge(topo: &topo::Topo, files: Vec<PathBuf>) -> Detach {
         })
         .unwrap_or_else(|e| panic!("pass program on the bridge port: {e}"));
     Detach { iface: topo.lb_if.clone(), pass_port: topo.lb_port.clone(), files }
-}
-
-/// The whole agent (start + foreground loop with a control socket at `control`, reloading from
-/// `config_path`) on a thread inside the topology's lb namespace, until the returned sender fires.
-pub fn spawn_agent(
-    topo: &topo::Topo,
-    config: &sshlb::config::Config,
-    control: &std::path::Path,
-    config_path: Option<PathBuf>,
-) -> (thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (iface, config, socket) = (topo.lb_if.clone(), config.clone(), control.to_path_buf());
-    let handle = topo.lb.spawn_thread(move || {
-        let listener = sshlb::daemon::bind_control(&socket).expect("control socket");
-        let root = std::path::Path::new(PIN_ROOT);
-        let mut balancer =
-            sshlb::daemon::start(root, &iface, sshlb::loader::AttachMode::Native, &config)
-                .unwrap_or_else(|e| {
-                    let mut chain = e.to_string();
-                    let mut source = std::error::Error::source(&e);
-                    while let Some(cause) = source {
-                        chain += &format!(": {cause}");
-                        source = cause.source();
-                    }
-                    panic!("starting the balancer: {chain}")
-                });
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let options = sshlb::daemon::RunOptions {
-            control: Some(listener),
-            config_path,
-            ..Default::default()
-        };
-        rt.block_on(sshlb::daemon::run(&mut balancer, options, async {
-            let _ignored = stop_rx.await;
-        }));
-    });
-    (handle, stop_tx)
 }
 
 #[cfg(test)]

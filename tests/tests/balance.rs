@@ -6,6 +6,7 @@ use std::{collections::HashMap, path::PathBuf};
 
 use sshlb::{config, daemon, loader::AttachMode, plan};
 use sshlb_tests::{
+    config::{ConfigBuilder, ServiceBuilder},
     prepare_bridge, root_or_skip,
     topo::{payload, Conn, Topo, BACKENDS, DSR4, DSR6, VIP4, VIP6},
     Detach, PIN_ROOT,
@@ -33,26 +34,19 @@ impl Drop for Balancer {
 }
 
 fn config_text(weights: [u32; 3], b3_state: &str) -> String {
-    let mut text = String::new();
+    let mut cfg = ConfigBuilder::new();
     for (name, vip, mode, v6) in [
         ("nat4", VIP4, "nat", false),
         ("nat6", VIP6, "nat", true),
         ("dsr4", DSR4, "dsr", false),
         ("dsr6", DSR6, "dsr", true),
     ] {
-        text += &format!(
-            "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 22\nmode = \"{mode}\"\nring-size = 4093\n"
-        );
-        for (i, (bname, a4, a6)) in BACKENDS.iter().enumerate() {
-            let state = if i == 2 { b3_state } else { "active" };
-            let addr = if v6 { a6 } else { a4 };
-            text += &format!(
-                "[[service.backend]]\nname = \"{bname}\"\naddress = \"{addr}\"\nweight = {}\nstate = \"{state}\"\n",
-                weights[i]
-            );
-        }
+        cfg = cfg.service(ServiceBuilder::new(name, vip, 22).mode(mode).ring_size(4093).topo_backends(
+            v6,
+            |i, b| b.weight(weights[i]).state(if i == 2 { b3_state } else { "active" }),
+        ));
     }
-    text
+    cfg.to_toml()
 }
 
 fn start(topo: &Topo, config: &config::Config) -> Balancer {

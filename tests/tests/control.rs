@@ -2,17 +2,13 @@
 //! blue-green switch and reload, each taking effect for new flows at once while established
 //! flows keep carrying bytes.
 
-use std::{
-    path::PathBuf,
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
-use sshlb::control::Status;
 use sshlb_tests::{
-    agent_binary, prepare_bridge, root_or_skip,
-    topo::{payload, Conn, Topo, BACKENDS, VIP4},
-    wait_for,
+    agent::AgentHandle,
+    config::{ConfigBuilder, ServiceBuilder},
+    root_or_skip,
+    topo::{payload, Conn, Topo, VIP4},
 };
 
 #[test]
@@ -20,49 +16,18 @@ fn control_commands_steer_new_flows_and_spare_established_ones() {
     if !root_or_skip("control_commands_steer_new_flows_and_spare_established_ones") {
         return;
     }
-    let agent = agent_binary();
-    let agent = agent.to_str().expect("utf-8").to_owned();
-    let mut topo = Topo::new(22);
-    let dir = std::env::temp_dir();
-    let cfg_path = dir.join(format!("{}.toml", topo.lb_if));
-    let log = dir.join(format!("{}.log", topo.lb_if));
-    let control = format!("/run/sshlb/test-{}.sock", topo.lb_if);
-    let mut text = format!(
-        "[agent]\ncontrol = \"{control}\"\n\n[[service]]\nname = \"git\"\nvip = \"{VIP4}\"\nport = 22\nring-size = 4093\n\
-         [service.health]\ninterval = \"100ms\"\nexpect = \"\"\n"
-    );
-    for (name, v4, _) in BACKENDS {
-        let group = if name == "b3" { "green" } else { "blue" };
-        text += &format!(
-            "[[service.backend]]\nname = \"{name}\"\naddress = \"{v4}\"\ngroup = \"{group}\"\n"
-        );
-    }
-    std::fs::write(&cfg_path, text).expect("config");
-    let _detach =
-        prepare_bridge(&topo, vec![cfg_path.clone(), log.clone(), PathBuf::from(&control)]);
-    let lb_if = topo.lb_if.clone();
-    let cfg = cfg_path.to_str().expect("utf-8").to_owned();
-    topo.lb.spawn_logged(&agent, &["up", &lb_if, "--config", &cfg], &log);
-    let ctl = |args: &[&str]| -> Output {
-        let mut full = vec!["--control", control.as_str()];
-        full.extend_from_slice(args);
-        std::process::Command::new(&agent).args(&full).output().expect("spawn agent client")
-    };
-    let status = || -> Status {
-        let out = ctl(&["status", "--json"]);
-        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("status --json parses")
-    };
-    let all_up = wait_for(Duration::from_secs(10), || {
-        let out = ctl(&["status", "--json"]);
-        let s: Status = serde_json::from_slice(&out.stdout).ok()?;
-        s.services[0].backends.iter().all(|b| b.health == "up").then_some(())
-    });
-    assert!(
-        all_up.is_some(),
-        "backends never reported up:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let topo = Topo::new(22);
+    let mut agent = AgentHandle::new(&topo);
+    let service = ServiceBuilder::new("git", VIP4, 22)
+        .ring_size(4093)
+        .health("interval", "100ms")
+        .health("expect", "")
+        .topo_backends(false, |i, b| b.group(if i == 2 { "green" } else { "blue" }));
+    agent.write_config(&ConfigBuilder::new().control(agent.control()).service(service).to_toml());
+    agent.up();
+    let ctl = |args: &[&str]| agent.ctl(args);
+    let status = || agent.status();
+    agent.wait_until_up();
 
     let mut established = topo
         .client
@@ -158,8 +123,7 @@ fn control_commands_steer_new_flows_and_spare_established_ones() {
     assert!(generation >= 6, "six changes were applied, generation says {generation}");
 
     // A second agent for the same socket is refused before touching anything.
-    let second =
-        topo.lb.command(&agent, &["up", &lb_if, "--config", &cfg]).output().expect("spawn");
+    let second = agent.command(&agent.up_args()).output().expect("spawn");
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("another sshlb-agent is running"));
 }

@@ -13,7 +13,8 @@ use std::{
 use sshlb::{config, control, loader};
 use sshlb_tests::{
     lab::Lab,
-    prepare_bridge, root_or_skip, spawn_agent,
+    agent::AgentThread,
+    prepare_bridge, root_or_skip,
     topo::{payload, BACKENDS, VIP4},
     unique, wait_for, PIN_ROOT,
 };
@@ -26,12 +27,8 @@ fn ctl(control: &Path, request: control::Request) {
     assert!(reply.ok, "{request:?}: {:?}", reply.error);
 }
 
-fn all_up(control: &Path) -> bool {
-    let Some(status) =
-        control::call(control, &control::Request::Status).ok().and_then(|r| r.status)
-    else {
-        return false;
-    };
+/// Every backend of every service reports health `up`.
+fn all_up(status: &control::Status) -> bool {
     status.services.iter().flat_map(|s| &s.backends).all(|b| b.health == "up")
 }
 
@@ -42,22 +39,26 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     }
     let mut lab = Lab::build(&std::env::temp_dir().join(unique("ops")), true);
     let control = PathBuf::from(format!("/run/sshlb/test-{}.sock", lab.topo.lb_if));
-    let mut text = lab.config(&control.display().to_string());
-    text = text.replace(
-        "interval = \"250ms\"",
-        "interval = \"100ms\"\nfall = 2\nrise = 2\ntimeout = \"300ms\"",
-    );
-    // Blue-green groups for the switch: b1, b2 blue; b3 green.
-    text = text.replace("name = \"b3\"\n", "name = \"b3\"\ngroup = \"green\"\n");
-    text = text.replace("name = \"b1\"\n", "name = \"b1\"\ngroup = \"blue\"\n");
-    text = text.replace("name = \"b2\"\n", "name = \"b2\"\ngroup = \"blue\"\n");
+    let mut built = lab.config_builder(&control.display().to_string());
+    for service in built.services_mut() {
+        service
+            .set_health("interval", "100ms")
+            .set_health_count("fall", 2)
+            .set_health_count("rise", 2)
+            .set_health("timeout", "300ms");
+        // Blue-green groups for the switch: b1, b2 blue; b3 green.
+        for (name, group) in [("b3", "green"), ("b1", "blue"), ("b2", "blue")] {
+            service.backend_mut(name).set_group(group);
+        }
+    }
+    let text = built.to_toml();
     let cfg_path = lab.files.path("sshlb.toml");
     std::fs::write(&cfg_path, &text).expect("config");
     let cfg = config::parse("ops.toml", &text).expect("config");
     let _detach = prepare_bridge(&lab.topo, vec![control.clone()]);
-    let (mut agent, mut stop) = spawn_agent(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
+    let mut agent = AgentThread::spawn(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
     assert!(
-        wait_for(Duration::from_secs(10), || all_up(&control).then_some(())).is_some(),
+        agent.wait_status(Duration::from_secs(10), all_up),
         "backends not up"
     );
 
@@ -102,11 +103,10 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     ctl(&control, control::Request::Switch { service: "nat4".into(), group: "blue".into() });
     ctl(&control, control::Request::Reload { kill_established: false });
     // Agent restart: the loop stops, a new agent takes over the pinned data plane.
-    let _ = stop.send(());
-    agent.join().expect("agent thread");
-    (agent, stop) = spawn_agent(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
+    agent.stop();
+    agent = AgentThread::spawn(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
     assert!(
-        wait_for(Duration::from_secs(10), || all_up(&control).then_some(())).is_some(),
+        agent.wait_status(Duration::from_secs(10), all_up),
         "not up after restart"
     );
 
@@ -202,6 +202,5 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
         body.chunks(CHUNK).all(|c| c == chunk.as_slice()),
         "transfer via {served_by} corrupted"
     );
-    let _ = stop.send(());
-    agent.join().expect("agent thread");
+    agent.stop();
 }

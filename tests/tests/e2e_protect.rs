@@ -14,9 +14,11 @@ use std::{
 
 use sshlb::{config, control, loader};
 use sshlb_tests::{
+    config::{ConfigBuilder, ServiceBuilder},
     agent_binary,
     lab::Lab,
-    prepare_bridge, root_or_skip, run, spawn_agent,
+    agent::AgentThread,
+    prepare_bridge, root_or_skip, run,
     sshd::{Sshd, SshdOptions},
     topo::{BACKENDS, CLIENT4, VIP4},
     unique, wait_for, PIN_ROOT,
@@ -95,16 +97,13 @@ impl Phase<'_> {
 }
 
 fn config_text(lab: &Lab, control: &Path, extra: &str) -> String {
-    let mut text = format!(
-        "[agent]\ncontrol = \"{}\"\n\n[[service]]\nname = \"bastion\"\nvip = \"{VIP4}\"\n\
-         port = 22\n{extra}\n\n[service.health]\ninterval = \"100ms\"\nhost-key-interval = \"1s\"\n",
-        control.display()
-    );
     let _ = lab;
-    for (name, addr, _) in BACKENDS {
-        text += &format!("\n[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
-    }
-    text
+    let service = ServiceBuilder::new("bastion", VIP4, 22)
+        .raw(extra)
+        .health("interval", "100ms")
+        .health("host-key-interval", "1s")
+        .topo_backends(false, |_, b| b);
+    ConfigBuilder::new().control(control).service(service).to_toml()
 }
 
 /// The backend name whose address an `echo $SSH_CONNECTION` line ends with (server side).
@@ -156,12 +155,10 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
     std::fs::write(&cfg_path, &text).expect("config");
     let cfg = config::parse("protect.toml", &text).expect("config");
     let _detach = prepare_bridge(&lab.topo, vec![control.clone()]);
-    let (agent, stop) = spawn_agent(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
+    let agent = AgentThread::spawn(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
     let phase = Phase { lab: &lab, control: control.clone(), cfg_path };
-    let serving = wait_for(Duration::from_secs(10), || {
-        control::call(&control, &control::Request::Status).ok().map(|_| ())
-    });
-    assert!(serving.is_some(), "the agent did not come up");
+    let serving = agent.wait_status(Duration::from_secs(10), |_| true);
+    assert!(serving, "the agent did not come up");
 
     // 1. Host keys, policy "warn": b3 is flagged with a reason, counted, and stays in the ring.
     let flagged = wait_for(Duration::from_secs(15), || {
@@ -302,6 +299,5 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
     assert!(why.contains("still open"), "{why}");
     assert!(long.wait().expect("session").success(), "the timed-out drain cut the session");
 
-    let _ = stop.send(());
-    agent.join().expect("agent thread");
+    agent.stop();
 }

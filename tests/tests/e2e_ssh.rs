@@ -8,10 +8,11 @@ use std::{
     time::Duration,
 };
 
-use sshlb::{config, control};
+use sshlb::config;
 use sshlb_tests::{
     lab::{Files, Lab},
-    prepare_bridge, root_or_skip, spawn_agent,
+    agent::AgentThread,
+    prepare_bridge, root_or_skip,
     topo::{payload, Conn, DSR4, DSR6, VIP4, VIP6},
     unique, wait_for, Netns,
 };
@@ -56,17 +57,16 @@ fn ssh_git_and_tunnels_through_every_vip() {
     let control = PathBuf::from(format!("/run/sshlb/test-{}.sock", topo.lb_if));
     let _detach = prepare_bridge(topo, vec![control.clone()]);
     // The whole agent (health checks, control socket) runs in the lb namespace.
-    let (agent, stop_tx) = spawn_agent(topo, &cfg, &control, None);
+    let agent = AgentThread::spawn(topo, &cfg, &control, None);
     // Every backend of every service, IPv4 and IPv6, passes its SSH banner check (the checks
     // leave from the balancer's own address, not from a VIP it also holds).
-    let all_up = wait_for(Duration::from_secs(10), || {
-        let status = control::call(&control, &control::Request::Status).ok()?.status?;
+    let all_up = agent.wait_status(Duration::from_secs(10), |status| {
         let healths: Vec<_> =
             status.services.iter().flat_map(|s| &s.backends).map(|b| b.health.clone()).collect();
-        (healths.len() == 12 && healths.iter().all(|h| h == "up")).then_some(())
+        healths.len() == 12 && healths.iter().all(|h| h == "up")
     });
-    let status = control::call(&control, &control::Request::Status).ok().and_then(|r| r.status);
-    assert!(all_up.is_some(), "not every backend is up: {status:?}");
+    let status = agent.status();
+    assert!(all_up, "not every backend is up: {status:?}");
 
     // ssh runs a command and gets the right answer, through every VIP, with strict host keys.
     for vip in [VIP4, VIP6, DSR4, DSR6] {
@@ -150,6 +150,5 @@ fn ssh_git_and_tunnels_through_every_vip() {
     let _ = tunnel.kill();
     let _ = tunnel.wait();
     assert!(echoed.is_some(), "nothing came back through the ssh -L tunnel");
-    let _ = stop_tx.send(());
-    agent.join().expect("agent thread");
+    agent.stop();
 }

@@ -5,16 +5,15 @@
 use std::{
     io::Read as _,
     net::TcpStream,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use sshlb::{config, daemon, loader};
 use sshlb_tests::{
+    agent::AgentThread,
+    config::{ConfigBuilder, ServiceBuilder},
     prepare_bridge, root_or_skip,
     sshd::Sshd,
     topo::{Topo, BACKENDS, VIP4},
-    PIN_ROOT,
 };
 
 const PORT: u16 = 2200;
@@ -49,31 +48,17 @@ fn stopped_sshd_leaves_the_ring_in_time_and_rejoins() {
         .zip(&topo.backends)
         .map(|((name, v4, _), ns)| Sshd::start_named(ns, v4, PORT, Some(name)))
         .collect();
-    let mut text = format!(
-        "[[service]]\nname = \"ssh\"\nvip = \"{VIP4}\"\nport = {PORT}\nring-size = 4093\n\
-         [service.health]\ninterval = \"100ms\"\ntimeout = \"300ms\"\nrise = 2\nfall = 2\n"
-    );
-    for (name, v4, _) in BACKENDS {
-        text +=
-            &format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{v4}\"\nport = {PORT}\n");
-    }
-    let cfg = config::parse("test.toml", &text).expect("config");
+    let service = ServiceBuilder::new("ssh", VIP4, PORT)
+        .ring_size(4093)
+        .health("interval", "100ms")
+        .health("timeout", "300ms")
+        .health_count("rise", 2)
+        .health_count("fall", 2)
+        .topo_backends(false, |_, b| b.port(PORT));
+    let cfg = ConfigBuilder::new().service(service).parse("test.toml");
     // Detaches the balancer and the pass program when the test ends, also when it fails.
     let cleanup = prepare_bridge(&topo, Vec::new());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let iface = topo.lb_if.clone();
-    let agent = topo.lb.spawn_thread(move || {
-        let mut attached =
-            daemon::start(&PathBuf::from(PIN_ROOT), &iface, loader::AttachMode::Native, &cfg)
-                .unwrap_or_else(|e| panic!("start: {e}"));
-        let _ = ready_tx.send(());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        rt.block_on(daemon::run(&mut attached, daemon::RunOptions::default(), async {
-            let _ = stop_rx.await;
-        }));
-    });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("the balancer started");
+    let agent = AgentThread::spawn_plain(&topo, &cfg);
 
     let names =
         |n: usize| topo.client.run(move || (0..n).map(|_| banner_name()).collect::<Vec<_>>());
@@ -99,7 +84,6 @@ fn stopped_sshd_leaves_the_ring_in_time_and_rejoins() {
     assert!(after.iter().all(Result::is_ok), "{after:?}");
     assert!(after.iter().any(|r| r.as_deref() == Ok("b2")), "b2 did not rejoin: {after:?}");
 
-    let _ = stop_tx.send(());
-    agent.join().expect("agent thread");
+    agent.stop();
     drop(cleanup);
 }

@@ -3,25 +3,22 @@
 //! changed) and then turns invalid. The connection never notices, new flows follow the new
 //! configuration, and a bad file changes nothing.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sshlb_tests::{
-    agent_binary, prepare_bridge, root_or_skip,
+    agent::AgentHandle,
+    config::{BackendBuilder, ConfigBuilder, ServiceBuilder},
+    root_or_skip,
     topo::{payload, Conn, Topo, BACKENDS, VIP4},
-    wait_for,
 };
 
-fn config(control: &str, backends: &[(&str, u32)]) -> String {
-    let mut text = format!(
-        "[agent]\ncontrol = \"{control}\"\n\n[[service]]\nname = \"git\"\nvip = \"{VIP4}\"\nport = 22\nring-size = 4093\n"
-    );
+fn config(control: &std::path::Path, backends: &[(&str, u32)]) -> String {
+    let mut service = ServiceBuilder::new("git", VIP4, 22).ring_size(4093);
     for (name, weight) in backends {
         let (_, v4, _) = BACKENDS.iter().find(|(n, _, _)| n == name).expect("known backend");
-        text += &format!(
-            "[[service.backend]]\nname = \"{name}\"\naddress = \"{v4}\"\nweight = {weight}\n"
-        );
+        service = service.backend(BackendBuilder::new(name, v4).weight(*weight));
     }
-    text
+    ConfigBuilder::new().control(control).service(service).to_toml()
 }
 
 #[test]
@@ -29,21 +26,13 @@ fn sighup_applies_changes_without_touching_established_flows() {
     if !root_or_skip("sighup_applies_changes_without_touching_established_flows") {
         return;
     }
-    let agent = agent_binary();
-    let agent = agent.to_str().expect("utf-8").to_owned();
-    let mut topo = Topo::new(22);
-    let dir = std::env::temp_dir();
-    let cfg_path = dir.join(format!("{}.toml", topo.lb_if));
-    let log = dir.join(format!("{}.log", topo.lb_if));
-    let control = format!("/run/sshlb/test-{}.sock", topo.lb_if);
-    std::fs::write(&cfg_path, config(&control, &[("b1", 100), ("b2", 100)])).expect("config");
-    let _detach =
-        prepare_bridge(&topo, vec![cfg_path.clone(), log.clone(), PathBuf::from(&control)]);
-    let lb_if = topo.lb_if.clone();
-    let cfg = cfg_path.to_str().expect("utf-8").to_owned();
-    let pid = topo.lb.spawn_logged(&agent, &["up", &lb_if, "--config", &cfg], &log);
-    let log_has = |what: &str| std::fs::read_to_string(&log).unwrap_or_default().contains(what);
-    assert!(wait_for(Duration::from_secs(10), || log_has("attached to").then_some(())).is_some());
+    let topo = Topo::new(22);
+    let mut agent = AgentHandle::new(&topo);
+    let control = agent.control().to_path_buf();
+    agent.write_config(&config(&control, &[("b1", 100), ("b2", 100)]));
+    agent.up();
+    let log_has = |what: &str| agent.log_has(what);
+    assert!(agent.wait_log("attached to", Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(300));
 
     // Established flows on both original backends.
@@ -54,14 +43,9 @@ fn sighup_applies_changes_without_touching_established_flows() {
     let removed = if kept == "b1" { "b2" } else { "b1" };
 
     // b3 inserted first, the other original backend removed, weights changed.
-    std::fs::write(&cfg_path, config(&control, &[("b3", 300), (kept.as_str(), 100)]))
-        .expect("config");
-    // SAFETY: kill(2) on a PID this test spawned.
-    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    assert!(
-        wait_for(Duration::from_secs(5), || log_has("reloaded").then_some(())).is_some(),
-        "no reload"
-    );
+    agent.write_config(&config(&control, &[("b3", 300), (kept.as_str(), 100)]));
+    agent.signal(libc::SIGHUP);
+    assert!(agent.wait_log("reloaded", Duration::from_secs(5)), "no reload");
     conns = topo.client.run(move || {
         for (i, conn) in conns.iter_mut().enumerate() {
             let data = payload(64 * 1024, i as u64);
@@ -84,11 +68,9 @@ fn sighup_applies_changes_without_touching_established_flows() {
     assert!(fresh.iter().all(|b| b.as_deref() != Ok(removed)), "removed {removed} got a new flow");
 
     // A broken file is refused with its location; nothing changes.
-    std::fs::write(&cfg_path, "[[service]]\nname = \"git\"\nvip = \"not-an-ip\"\nport = 22\n")
-        .expect("config");
-    // SAFETY: as above.
-    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    assert!(wait_for(Duration::from_secs(5), || log_has("reload refused").then_some(())).is_some());
+    agent.write_config(&ConfigBuilder::new().service(ServiceBuilder::new("git", "not-an-ip", 22)).to_toml());
+    agent.signal(libc::SIGHUP);
+    assert!(agent.wait_log("reload refused", Duration::from_secs(5)));
     assert!(log_has(":3: service[0].vip"), "the refusal names file, line and field");
     let after = topo.client.run(|| {
         (0..30)

@@ -2,11 +2,13 @@
 //! the data plane keeps forwarding without an agent, the new agent takes over the pinned maps
 //! and program, and the connection carries on, every byte intact.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sshlb_tests::{
-    agent_binary, prepare_bridge, root_or_skip, run,
-    topo::{payload, Conn, Topo, BACKENDS, VIP4},
+    agent::AgentHandle,
+    config::{ConfigBuilder, ServiceBuilder},
+    root_or_skip, run,
+    topo::{payload, Conn, Topo, VIP4},
     wait_for,
 };
 
@@ -15,31 +17,15 @@ fn established_flow_survives_agent_sigkill_and_restart() {
     if !root_or_skip("established_flow_survives_agent_sigkill_and_restart") {
         return;
     }
-    let agent = agent_binary();
-    let agent = agent.to_str().expect("utf-8").to_owned();
-    let mut topo = Topo::new(22);
-    let config = std::env::temp_dir().join(format!("{}.toml", topo.lb_if));
-    let mut text = format!(
-        "[agent]\ncontrol = \"/run/sshlb/test-{}.sock\"\n\n[[service]]\nname = \"git\"\nvip = \"{VIP4}\"\nport = 22\nring-size = 4093\n",
-        topo.lb_if
-    );
-    for (name, v4, _) in BACKENDS {
-        text += &format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{v4}\"\n");
-    }
-    std::fs::write(&config, text).expect("config");
-    // The SIGKILLed agent cannot remove its control socket: the guard does.
-    let socket = PathBuf::from(format!("/run/sshlb/test-{}.sock", topo.lb_if));
-    let _detach = prepare_bridge(&topo, vec![config.clone(), socket]);
-    let lb_if = topo.lb_if.clone();
-    let cfg = config.to_str().expect("utf-8").to_owned();
-    let attached = |topo: &Topo| {
-        let out = topo.lb.ip(&["link", "show", &lb_if]);
-        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-    };
+    let topo = Topo::new(22);
+    // The SIGKILLed agent cannot remove its control socket: the handle does.
+    let mut agent = AgentHandle::new(&topo);
+    let service = ServiceBuilder::new("git", VIP4, 22).ring_size(4093).topo_backends(false, |_, b| b);
+    agent.write_config(&ConfigBuilder::new().control(agent.control()).service(service).to_toml());
 
-    let first = topo.lb.spawn(&agent, &["up", &topo.lb_if.clone(), "--config", &cfg]);
+    agent.up();
     assert!(
-        wait_for(Duration::from_secs(10), || attached(&topo).then_some(())).is_some(),
+        wait_for(Duration::from_secs(10), || agent.attached().then_some(())).is_some(),
         "agent did not attach"
     );
     // Give the agent's start-up (rings, neighbours) a moment before the first connection.
@@ -57,16 +43,15 @@ fn established_flow_survives_agent_sigkill_and_restart() {
     conn = exchange(conn, 1);
 
     // SIGKILL: no cleanup at all. The pinned program keeps forwarding.
-    // SAFETY: kill(2) on a PID this test spawned.
-    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    agent.kill();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(attached(&topo), "the program must stay attached when the agent dies");
+    assert!(agent.attached(), "the program must stay attached when the agent dies");
     conn = exchange(conn, 2);
 
     // A new agent takes over; the connection never notices.
-    let out = run(&mut topo
-        .lb
-        .command(&agent, &["up", &topo.lb_if.clone(), "--config", &cfg, "--detach"]));
+    let mut detached = agent.up_args();
+    detached.push("--detach".into());
+    let out = run(&mut agent.command(&detached));
     assert!(String::from_utf8_lossy(&out.stderr).contains("took over"), "{out:?}");
     conn = exchange(conn, 3);
     assert_eq!(conn.backend, backend);

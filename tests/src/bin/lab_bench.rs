@@ -18,8 +18,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use sshlb::{config, daemon, loader};
+use sshlb::{config, loader};
 use sshlb_tests::{
+    agent::AgentThread,
+    config::{BackendBuilder, ServiceBuilder},
     lab::Lab,
     topo::{BACKENDS, DSR4, VIP4},
     unique, wait_for, Detach, Netns, PIN_ROOT,
@@ -83,31 +85,24 @@ fn main() -> Result<()> {
 
     // sshlb, full NAT and DSR.
     let control = PathBuf::from(format!("/run/sshlb/bench-{}.sock", lab.topo.lb_if));
-    let mut text = lab.config(&control.display().to_string());
+    let mut built = lab.config_builder(&control.display().to_string());
     for (name, vip, mode) in [("nat4-iperf", VIP4, "nat"), ("dsr4-iperf", DSR4, "dsr")] {
-        text += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 5201\nmode = \"{mode}\"\nring-size = 4093\n[service.health]\nexpect = \"\"\ninterval = \"1h\"\n");
         // iperf3 opens a control and a data connection that must meet the same server: every
         // peer sends iperf3 to b1 only (the path is what is measured, not the spread).
         let (b, v4, _) = BACKENDS[0];
-        text += &format!("[[service.backend]]\nname = \"{b}\"\naddress = \"{v4}\"\nport = 5201\n");
+        built = built.service(
+            ServiceBuilder::new(name, vip, 5201)
+                .mode(mode)
+                .ring_size(4093)
+                .health("expect", "")
+                .health("interval", "1h")
+                .backend(BackendBuilder::new(b, v4).port(5201)),
+        );
     }
-    let cfg = config::parse("bench.toml", &text).context("bench config")?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (iface, socket, cfg2) = (lab.topo.lb_if.clone(), control.clone(), cfg.clone());
-    let agent = lab.topo.lb.spawn_thread(move || {
-        let listener = daemon::bind_control(&socket).expect("control");
-        let mut balancer =
-            daemon::start(Path::new(PIN_ROOT), &iface, loader::AttachMode::Native, &cfg2)
-                .expect("start");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let options = daemon::RunOptions { control: Some(listener), ..Default::default() };
-        rt.block_on(daemon::run(&mut balancer, options, async {
-            let _ = stop_rx.await;
-        }));
-    });
+    let cfg = config::parse("bench.toml", &built.to_toml()).context("bench config")?;
+    let agent = AgentThread::spawn(&lab.topo, &cfg, &control, None);
     wait_for(Duration::from_secs(10), || {
-        let status =
-            sshlb::control::call(&control, &sshlb::control::Request::Status).ok()?.status?;
+        let status = agent.status()?;
         status.services.iter().flat_map(|s| &s.backends).all(|b| b.health == "up").then_some(())
     })
     .context("backends never came up")?;
@@ -115,8 +110,7 @@ fn main() -> Result<()> {
     nat.failover = failover(&mut lab, VIP4, 1)?;
     rows.push(nat);
     rows.push(measure(&lab, "sshlb dsr", DSR4, None)?);
-    let _ = stop_tx.send(());
-    agent.join().map_err(|_| anyhow::anyhow!("agent thread"))?;
+    agent.stop();
     loader::down(Path::new(PIN_ROOT), &lab.topo.lb_if).context("down")?;
 
     // HAProxy mode tcp, as operators configure it, defaults and tuned checks.
