@@ -56,14 +56,7 @@ pub fn remove_flow(
 ) -> bool {
     if flow.flags & flow_flags::NAT != 0 {
         if let Ok(backend) = dp.backend(flow.backend_id) {
-            let nat_key = NatKey {
-                backend: backend.addr,
-                backend_port_be: backend.port_be,
-                nat_port_be: flow.nat_port_be,
-                family: key.family,
-                pad8: 0,
-                pad16: 0,
-            };
+            let nat_key = NatKey::new(backend.addr, backend.port_be, flow.nat_port_be, key.family);
             // Absent is fine: the data plane replaced it (tuple reuse).
             let _ignored = dp.nat_reverse().remove(&nat_key);
         }

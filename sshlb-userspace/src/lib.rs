@@ -1,21 +1,18 @@
 //! `sshlb-agent`'s library: everything the binary does, as testable modules.
 //!
-//! - [`loader`]: loads the embedded XDP object, attaches it, pins it under
-//!   `/sys/fs/bpf/sshlb/<iface>`, and detaches/unpins it.
-//! - [`maglev`]: builds weighted Maglev rings (pure: backends' keys and weights → slots).
-//! - [`maps`]: typed writers/readers for the data plane's maps.
-//! - [`metrics`]: Prometheus exposition.
-//! - [`plan`]: a configuration → the exact map contents (backend ids, rings).
-//! - [`expiry`]: removes flows idle past their state's timeout.
-//! - [`health`]: SSH banner health checks (state machine + the check).
-//! - [`stats`]: reads the data plane's per-CPU counters.
-//! - [`sys`]: the few host facts the loader needs (privileges, bpffs, interfaces).
-//! - [`cli`]: the command line.
-//! - [`daemon`]: start (attach + write the config) and the foreground loop (expiry, neighbours).
-//! - [`config`]: the TOML configuration file, validated into a typed model.
-//! - [`control`]: the control socket protocol, `status` schema and client.
-//! - [`protect`]: allow/deny lists and per-source rate limits → the data plane's entries.
-//! - [`hostkeys`]: host-key scans (a real key exchange per key type) and consistency.
+//! Layers, each importing only the ones above it:
+//! 1. ABI — `sshlb-common` (map layouts, the 16-byte address layout, key constructors).
+//! 2. Model — [`config`] (TOML → a validated, typed model; enum spellings and defaults once),
+//!    [`protection`] (allow/deny and rate-limit policy), [`maglev`] (pure ring builder),
+//!    [`health`] (banner-check state machine + the check), [`hostkeys`] (key scans, consistency).
+//! 3. Plan — [`plan`]: a configuration → the exact map contents, and `plan::diff` → the ordered
+//!    map writes (`MapOp`s) that move the data plane from one to the other safely.
+//! 4. Data-plane IO — [`loader`] (load/attach/pin), [`maps`] (typed accessors, the `MapOp`
+//!    executor), [`stats`] (per-CPU counters), [`expiry`] (idle flows), [`sys`] (host facts).
+//! 5. Daemon — [`daemon`]: the balancer state (one `BackendRef` and runtime record per backend),
+//!    the status view, health/host-key tasks, host setup, the run loop.
+//! 6. API — [`control`] (socket protocol, server, client), [`metrics`] (Prometheus rendering
+//!    and server), [`cli`].
 
 pub mod cli;
 pub mod config;
@@ -29,6 +26,6 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod plan;
-pub mod protect;
+pub mod protection;
 pub mod stats;
 pub mod sys;

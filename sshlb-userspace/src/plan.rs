@@ -15,14 +15,14 @@ use std::{
 };
 
 use sshlb_common::{
-    acl, family, proto, service_flags, v4_in_16, Backend, Config as DataplaneConfig, Limit,
-    ServiceKey, SourceKey, ACL_PREFIX_BASE,
+    acl, addr, proto, service_flags, Backend, Config as DataplaneConfig, Limit, ServiceKey,
+    SourceKey, ACL_PREFIX_BASE,
 };
 
 use crate::{
     config::{self, Affinity, BackendState, Config, Mode},
     maglev::{build_ring, RingError, RingMember},
-    protect::{mask128, mask32, Acl, RateLimit},
+    protection::{mask128, mask32, Acl, RateLimit},
 };
 
 /// One service as written to the maps.
@@ -71,23 +71,6 @@ pub enum PlanError {
     },
 }
 
-/// An address in the maps' 16-byte layout, with its family tag.
-pub fn addr16(addr: IpAddr) -> ([u8; 16], u8) {
-    match addr {
-        IpAddr::V4(a) => (v4_in_16(a.octets()), family::V4),
-        IpAddr::V6(a) => (a.octets(), family::V6),
-    }
-}
-
-/// The address a map key holds in the 16-byte layout (the inverse of [`addr16`]).
-pub fn ip_of(fam: u8, addr: &[u8; 16]) -> IpAddr {
-    if fam == family::V4 {
-        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
-    } else {
-        IpAddr::from(*addr)
-    }
-}
-
 /// Whether `backend` takes new flows: its operator state is `active`, its weight is above
 /// zero, and it is `usable` (health and host keys allow it). The one rule for ring membership:
 /// the plan builds rings with it and `status` reports `in_ring` with it.
@@ -133,13 +116,13 @@ pub fn acl_entries(list: &Acl, service_id: u32) -> Vec<AclEntry> {
 
 /// The `SourceKey` of `addr` in service `service_id`.
 pub fn source_key(service_id: u32, addr: IpAddr) -> SourceKey {
-    let (addr, fam) = addr16(addr);
+    let (addr, fam) = addr::to16(addr);
     SourceKey { service_id: service_id as u16, family: fam, pad: 0, addr }
 }
 
 /// The address (prefix) a `SourceKey` holds.
 pub fn source_addr(key: &SourceKey) -> IpAddr {
-    ip_of(key.family, &key.addr)
+    addr::from16(key.family, &key.addr)
 }
 
 /// The data plane's `LIMITS` entry for `limit` (GCRA parameters, network-order masks).
@@ -247,7 +230,7 @@ pub fn plan_with(
             service.backends.iter().map(config::Backend::ring_key).collect();
         let mut members = Vec::new();
         for (j, (b, key_str)) in service.backends.iter().zip(&ring_keys).enumerate() {
-            let (addr, fam) = addr16(b.address);
+            let (addr, fam) = addr::to16(b.address);
             let entry = Backend { addr, port_be: b.port.to_be(), family: fam, flags: 0 };
             let ident = (fam, addr, entry.port_be);
             let backend_id = match ids.backends.get(&ident) {
@@ -417,6 +400,7 @@ fn stale_acl(present: &[AclEntry], new: &Plan) -> Vec<MapOp> {
 mod tests {
     use super::*;
     use crate::config::parse;
+    use sshlb_common::family;
 
     const CFG: &str = r#"
 [[service]]
@@ -512,7 +496,7 @@ port = 2222
         assert_eq!(a, b);
     }
 
-    fn cidr(s: &str) -> crate::protect::Cidr {
+    fn cidr(s: &str) -> crate::protection::Cidr {
         s.parse().expect("valid cidr")
     }
 
@@ -532,7 +516,7 @@ port = 2222
     #[test]
     fn limits_become_gcra_parameters_and_network_order_masks() {
         let limit = RateLimit {
-            interval: crate::protect::parse_rate("10/s").expect("rate"),
+            interval: crate::protection::parse_rate("10/s").expect("rate"),
             burst: 5,
             ipv4_prefix: 24,
             ipv6_prefix: 64,

@@ -63,12 +63,10 @@ impl<'t> AgentHandle<'t> {
         let file = std::fs::File::create(&self.log)
             .unwrap_or_else(|e| panic!("creating {}: {e}", self.log.display()));
         let err = file.try_clone().expect("dup log");
-        let child = self
-            .command(&self.up_args())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {} in {}: {e}", self.binary, self.topo.lb.name));
+        let child =
+            self.command(&self.up_args()).stdout(file).stderr(err).spawn().unwrap_or_else(|e| {
+                panic!("spawning {} in {}: {e}", self.binary, self.topo.lb.name)
+            });
         let pid = child.id();
         self.child = Some(child);
         pid

@@ -104,8 +104,9 @@ impl ConfigBuilder {
 
     /// The agent's own reading of the text (`file` names it in errors); panics when refused.
     pub fn parse(&self, file: &str) -> sshlb::config::Config {
-        sshlb::config::parse(file, &self.to_toml())
-            .unwrap_or_else(|e| panic!("the built configuration was refused: {e}\n{}", self.to_toml()))
+        sshlb::config::parse(file, &self.to_toml()).unwrap_or_else(|e| {
+            panic!("the built configuration was refused: {e}\n{}", self.to_toml())
+        })
     }
 }
 

@@ -41,10 +41,14 @@ fn config_text(weights: [u32; 3], b3_state: &str) -> String {
         ("dsr4", DSR4, "dsr", false),
         ("dsr6", DSR6, "dsr", true),
     ] {
-        cfg = cfg.service(ServiceBuilder::new(name, vip, 22).mode(mode).ring_size(4093).topo_backends(
-            v6,
-            |i, b| b.weight(weights[i]).state(if i == 2 { b3_state } else { "active" }),
-        ));
+        cfg = cfg.service(
+            ServiceBuilder::new(name, vip, 22)
+                .mode(mode)
+                .ring_size(4093)
+                .topo_backends(v6, |i, b| {
+                    b.weight(weights[i]).state(if i == 2 { b3_state } else { "active" })
+                }),
+        );
     }
     cfg.to_toml()
 }

@@ -12,8 +12,8 @@ use std::{
 
 use sshlb::{config, control, loader};
 use sshlb_tests::{
-    lab::Lab,
     agent::AgentThread,
+    lab::Lab,
     prepare_bridge, root_or_skip,
     topo::{payload, BACKENDS, VIP4},
     unique, wait_for, PIN_ROOT,
@@ -57,10 +57,7 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     let cfg = config::parse("ops.toml", &text).expect("config");
     let _detach = prepare_bridge(&lab.topo, vec![control.clone()]);
     let mut agent = AgentThread::spawn(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
-    assert!(
-        agent.wait_status(Duration::from_secs(10), all_up),
-        "backends not up"
-    );
+    assert!(agent.wait_status(Duration::from_secs(10), all_up), "backends not up");
 
     // The long transfer: first line names the backend, then ROUNDS copies of a fixed chunk,
     // paced so the transfer spans every operation below.
@@ -105,10 +102,7 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     // Agent restart: the loop stops, a new agent takes over the pinned data plane.
     agent.stop();
     agent = AgentThread::spawn(&lab.topo, &cfg, &control, Some(cfg_path.clone()));
-    assert!(
-        agent.wait_status(Duration::from_secs(10), all_up),
-        "not up after restart"
-    );
+    assert!(agent.wait_status(Duration::from_secs(10), all_up), "not up after restart");
 
     // Hostile outsiders: garbage to the SSH port, idle connections held open, a port scan.
     let garbage = lab.topo.client.run(|| {

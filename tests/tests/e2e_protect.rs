@@ -14,10 +14,10 @@ use std::{
 
 use sshlb::{config, control, loader};
 use sshlb_tests::{
-    config::{ConfigBuilder, ServiceBuilder},
-    agent_binary,
-    lab::Lab,
     agent::AgentThread,
+    agent_binary,
+    config::{ConfigBuilder, ServiceBuilder},
+    lab::Lab,
     prepare_bridge, root_or_skip, run,
     sshd::{Sshd, SshdOptions},
     topo::{BACKENDS, CLIENT4, VIP4},

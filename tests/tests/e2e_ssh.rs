@@ -10,8 +10,8 @@ use std::{
 
 use sshlb::config;
 use sshlb_tests::{
-    lab::{Files, Lab},
     agent::AgentThread,
+    lab::{Files, Lab},
     prepare_bridge, root_or_skip,
     topo::{payload, Conn, DSR4, DSR6, VIP4, VIP6},
     unique, wait_for, Netns,

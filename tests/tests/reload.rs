@@ -68,7 +68,9 @@ fn sighup_applies_changes_without_touching_established_flows() {
     assert!(fresh.iter().all(|b| b.as_deref() != Ok(removed)), "removed {removed} got a new flow");
 
     // A broken file is refused with its location; nothing changes.
-    agent.write_config(&ConfigBuilder::new().service(ServiceBuilder::new("git", "not-an-ip", 22)).to_toml());
+    agent.write_config(
+        &ConfigBuilder::new().service(ServiceBuilder::new("git", "not-an-ip", 22)).to_toml(),
+    );
     agent.signal(libc::SIGHUP);
     assert!(agent.wait_log("reload refused", Duration::from_secs(5)));
     assert!(log_has(":3: service[0].vip"), "the refusal names file, line and field");

@@ -20,7 +20,8 @@ fn established_flow_survives_agent_sigkill_and_restart() {
     let topo = Topo::new(22);
     // The SIGKILLed agent cannot remove its control socket: the handle does.
     let mut agent = AgentHandle::new(&topo);
-    let service = ServiceBuilder::new("git", VIP4, 22).ring_size(4093).topo_backends(false, |_, b| b);
+    let service =
+        ServiceBuilder::new("git", VIP4, 22).ring_size(4093).topo_backends(false, |_, b| b);
     agent.write_config(&ConfigBuilder::new().control(agent.control()).service(service).to_toml());
 
     agent.up();

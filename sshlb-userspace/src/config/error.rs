@@ -4,7 +4,7 @@
 
 use std::{fmt, net::IpAddr};
 
-use crate::protect::Cidr;
+use crate::protection::Cidr;
 
 /// An error in a configuration file, located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

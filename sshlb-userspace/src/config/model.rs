@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::error::UnknownChoice;
-use crate::protect::{Acl, RateLimit};
+use crate::protection::{Acl, RateLimit};
 
 /// Declares an enum of the configuration file together with its spelling table: `ALL`,
 /// `SPELLINGS`, `as_str`, `Display` and `FromStr` (whose error lists every choice) all come from

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// `"10/s"`, `"30/m"`, `"100/h"` → the time per connection (the rate limiter's parser, reused).
-pub(super) use crate::protect::parse_rate;
+pub(super) use crate::protection::parse_rate;
 
 /// `"FIRST-LAST"` → `(FIRST, LAST)` with `1024 <= FIRST <= LAST`.
 pub(super) fn parse_port_range(s: &str) -> Option<(u16, u16)> {

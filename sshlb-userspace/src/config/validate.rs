@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     maglev::{is_prime, DEFAULT_RING_SIZE},
-    protect::{Acl, Cidr, RateLimit},
+    protection::{Acl, Cidr, RateLimit},
 };
 
 /// The file being validated: its name (for messages) and text (to turn spans into lines).

@@ -16,7 +16,7 @@ use crate::{
     maps::MapsError,
     metrics,
     plan::{self, Ids, MapOp, Plan},
-    protect, stats,
+    protection, stats,
 };
 
 use super::host::{self, NoNatAddress};
@@ -233,7 +233,7 @@ impl Balancer {
     /// Copies each configured backend's map id from the ids in force into its record.
     fn record_map_ids(&mut self) {
         for (r, record) in &mut self.backends {
-            let (addr, fam) = plan::addr16(r.address.ip());
+            let (addr, fam) = sshlb_common::addr::to16(r.address.ip());
             record.map_id = self.ids.backends.get(&(fam, addr, r.address.port().to_be())).copied();
         }
     }
@@ -305,7 +305,7 @@ impl Balancer {
     /// Ends established flows whose client the allow/deny lists now refuse (`reload
     /// --kill-established`); returns how many.
     pub fn kill_denied_flows(&mut self) -> u64 {
-        let acls: Vec<(u32, protect::Acl)> = self
+        let acls: Vec<(u32, protection::Acl)> = self
             .config
             .services
             .iter()
@@ -318,7 +318,8 @@ impl Balancer {
         }
         expiry::remove_where(&mut self.attached.dataplane, |key, flow| {
             acls.iter().any(|(id, acl)| {
-                *id == flow.service_id && !acl.allows(plan::ip_of(key.family, &key.src))
+                *id == flow.service_id
+                    && !acl.allows(sshlb_common::addr::from16(key.family, &key.src))
             })
         })
     }

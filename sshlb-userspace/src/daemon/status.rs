@@ -8,7 +8,7 @@ use crate::{
     control::{BackendStatus, LimitStatus, LimitedPrefix, ServiceStatus, Status},
     hostkeys::Verdict,
     plan,
-    protect::RateLimit,
+    protection::RateLimit,
 };
 
 use super::balancer::Balancer;
