@@ -78,6 +78,7 @@ impl Delta {
 /// The four native-order 32-bit words of a 16-byte field, read without assuming alignment (the
 /// BPF backend would otherwise assemble them byte by byte through stack temporaries).
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "read with read_unaligned, never dereferenced")]
 pub fn words(field: &[u8; 16]) -> [u32; 4] {
     let p = field.as_ptr().cast::<u32>();
     // SAFETY: `field` is 16 readable bytes; read_unaligned has no alignment requirement.
@@ -159,13 +160,17 @@ mod tests {
         for _ in 0..5000 {
             // A 40-byte "header" with its checksum at bytes 10..12; rewrite a random 16-byte run.
             let mut data = [0u8; 40];
-            data.iter_mut().for_each(|b| *b = xorshift(&mut rng) as u8);
+            for b in &mut data {
+                *b = xorshift(&mut rng) as u8;
+            }
             data[10..12].copy_from_slice(&[0, 0]);
             let check = full(&data);
             let start = 12 + 2 * (xorshift(&mut rng) % 5) as usize;
             let old: [u8; 16] = data[start..start + 16].try_into().expect("16 bytes");
             let mut new = [0u8; 16];
-            new.iter_mut().for_each(|b| *b = xorshift(&mut rng) as u8);
+            for b in &mut new {
+                *b = xorshift(&mut rng) as u8;
+            }
             data[start..start + 16].copy_from_slice(&new);
             // Also change a 16-bit field (a port) and a 4-byte one elsewhere in the header.
             let old_port = [data[36], data[37]];

@@ -6,6 +6,14 @@
 //! counted exactly once and nothing is silently swallowed.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        clippy::cast_ptr_alignment,
+        reason = "header words are read and written through pointers the verifier bounds-checks; \
+                  BPF and every JIT we run on take unaligned packet access"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod balance;
@@ -43,6 +51,10 @@ mod prog {
 
     /// The XDP program attached to the balancer's interface.
     #[xdp]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "aya's #[xdp] entry takes the context by value"
+    )]
     pub fn sshlb(ctx: XdpContext) -> u32 {
         let decision = try_sshlb(&ctx);
         stats::count(decision.counter());
@@ -86,6 +98,10 @@ mod prog {
     /// least any XDP forwarder does per packet. `cargo xtask bench dataplane` measures `sshlb`
     /// against it on the same interface, in the same run.
     #[xdp]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "aya's #[xdp] entry takes the context by value"
+    )]
     pub fn sshlb_baseline(ctx: XdpContext) -> u32 {
         let Some(eth) = crate::parse::ptr_at::<[u8; 12]>(&ctx, 0) else {
             return aya_ebpf::bindings::xdp_action::XDP_DROP;

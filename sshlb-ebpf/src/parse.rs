@@ -95,7 +95,7 @@ pub struct Out<'a> {
 #[inline(always)]
 fn data_end(ctx: &XdpContext) -> usize {
     // SAFETY: ctx.ctx points at the kernel's xdp_md for the whole program run.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize }
 }
 
 /// Largest header offset the program ever reads at (Ethernet + VLAN + IPv4 with options is 82).
@@ -291,7 +291,7 @@ fn parse_tcp(
     key.sport_be = u16::from_ne_bytes(tcp.source);
     key.dport_be = u16::from_ne_bytes(tcp.dest);
     // SAFETY: byte 13 (flags) is inside the 20-byte header checked above.
-    let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
+    let flags = unsafe { *core::ptr::from_ref(tcp).cast::<u8>().add(13) };
     Ok(flags)
 }
 

@@ -62,7 +62,7 @@ pub enum Admission {
 #[inline(never)]
 pub fn admit(key: &FlowKey, service_id: u32, flags: u32, syn: bool, now: u64) -> Admission {
     // SAFETY: FlowKey is 4-aligned and `src` is its first field: four aligned words.
-    let src = unsafe { *(key.src.as_ptr() as *const [u32; 4]) };
+    let src = unsafe { *key.src.as_ptr().cast::<[u32; 4]>() };
     if flags & service_flags::ACL != 0 {
         let verdict = match acl_entry(source_key(service_id, key.family, src)) {
             Some(v) => v,
@@ -96,23 +96,20 @@ fn take_token(limit: &Limit, fam: u8, service_id: u32, src: [u32; 4], now: u64) 
         ]
     };
     let bucket_key = source_key(service_id, fam, masked);
-    match LIMITER.get_ptr_mut(bucket_key) {
-        Some(bucket) => {
-            // SAFETY: a live map value; whole u64 fields, read once, written once.
-            unsafe {
-                let tat = if (*bucket).tat_ns > now { (*bucket).tat_ns } else { now };
-                if tat - now > limit.tau_ns {
-                    (*bucket).refused += 1;
-                    return Admission::RateLimited;
-                }
-                (*bucket).tat_ns = tat + limit.interval_ns;
+    if let Some(bucket) = LIMITER.get_ptr_mut(bucket_key) {
+        // SAFETY: a live map value; whole u64 fields, read once, written once.
+        unsafe {
+            let tat = if (*bucket).tat_ns > now { (*bucket).tat_ns } else { now };
+            if tat - now > limit.tau_ns {
+                (*bucket).refused += 1;
+                return Admission::RateLimited;
             }
+            (*bucket).tat_ns = tat + limit.interval_ns;
         }
-        None => {
-            let fresh = Bucket { tat_ns: now + limit.interval_ns, refused: 0 };
-            // A full LRU evicts its oldest bucket; a failed insert only forgets this SYN.
-            let _ignored = LIMITER.insert(bucket_key, fresh, 0);
-        }
+    } else {
+        let fresh = Bucket { tat_ns: now + limit.interval_ns, refused: 0 };
+        // A full LRU evicts its oldest bucket; a failed insert only forgets this SYN.
+        let _ignored = LIMITER.insert(bucket_key, fresh, 0);
     }
     Admission::Admitted
 }

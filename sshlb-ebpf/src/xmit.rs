@@ -148,7 +148,8 @@ fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
         params.__bindgen_anon_4.ipv6_dst = words(dst);
     }
     // SAFETY: params is a valid, writable bpf_fib_lookup of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0) };
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut params, size_of::<FibParams>() as i32, 0) };
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         return Ok(Next::NoNeigh);
     }

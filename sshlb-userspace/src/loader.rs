@@ -515,11 +515,11 @@ fn attach_hint(mode: AttachMode, err: &ProgramError) -> &'static str {
         _ => None,
     };
     match (mode, errno) {
-        (_, Some(libc::EBUSY) | Some(libc::EEXIST)) => {
+        (_, Some(libc::EBUSY | libc::EEXIST)) => {
             ": another XDP program is already attached to this interface; remove it first \
              (`ip link set dev IFACE xdp off`)"
         }
-        (AttachMode::Native, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => {
+        (AttachMode::Native, Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
             ": the driver does not support native XDP (or its MTU/queues don't allow it); \
              retry with `--xdp-mode generic`"
         }

@@ -362,7 +362,7 @@ mod tests {
             .map(|i| {
                 let n = seed as usize * 7919 + i;
                 if i % 3 == 2 {
-                    format!("[fd00::{:x}]:22", n)
+                    format!("[fd00::{n:x}]:22")
                 } else {
                     format!("198.{}.{}.{}:22", 18 + n / 65536 % 2, n / 256 % 256, n % 256)
                 }
@@ -491,7 +491,7 @@ mod tests {
 
     #[test]
     fn builder_replays_the_credit_loop_exactly() {
-        let mut rng = XorShift(0xc0ffee);
+        let mut rng = XorShift(0x00c0_ffee);
         for case in 0..300 {
             let ring_size = [13, 101, 1009, 4099, 65537][case % 5];
             let count = rng.between(1, (ring_size / MIN_SLOTS_PER_MEMBER).min(40)) as usize;

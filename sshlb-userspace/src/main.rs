@@ -74,7 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("starting the tokio runtime")?;
             let interval = Duration::from_secs(stats_interval);
-            let shutdown = shutdown_signal()?;
+            let shutdown = shutdown_signal();
             let options = daemon::RunOptions { config_path, stats_interval: interval, control };
             runtime.block_on(daemon::run(&mut balancer, options, shutdown));
             eprint!(
@@ -174,9 +174,8 @@ fn drain_wait(
             Ok(())
         }
         control::DrainEnd::TimedOut(live) => anyhow::bail!(
-            "{target}: {live} session(s) still open after {:?}; the backend is drained for new \
-             flows, its open sessions continue",
-            timeout
+            "{target}: {live} session(s) still open after {timeout:?}; the backend is drained for new \
+             flows, its open sessions continue"
         ),
     }
 }
@@ -201,20 +200,19 @@ fn simple(
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM. Must be called inside no runtime: it builds the futures only.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ignored = tokio::signal::ctrl_c().await;
+/// Resolves on SIGINT or SIGTERM. Lazy like every async fn: calling it outside a runtime only
+/// builds the future.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
         }
-    })
+        Err(_) => {
+            let _ignored = tokio::signal::ctrl_c().await;
+        }
+    }
 }

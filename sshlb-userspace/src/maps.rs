@@ -122,7 +122,7 @@ impl Dataplane {
 
     /// Buckets the rate limiter holds now (at most `LIMITER_ENTRIES`).
     pub fn limiter_len(&mut self) -> u32 {
-        self.limiter().keys().filter(Result::is_ok).count() as u32
+        self.limiter().keys().flatten().count() as u32
     }
 
     /// Backend `id` as the data plane sees it.

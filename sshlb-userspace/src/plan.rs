@@ -199,14 +199,13 @@ pub fn plan_with(
     let mut backends = Vec::new();
     let mut services = Vec::with_capacity(config.services.len());
     for (s, (service, key)) in config.services.iter().zip(&keys).enumerate() {
-        let id = match previous.services.get(&ord(key)) {
-            Some(&id) => id,
-            None => {
-                let id = lowest_free(&used_service_ids, sshlb_common::MAX_SERVICES)
-                    .ok_or(PlanError::OutOfIds { what: "service" })?;
-                used_service_ids.insert(id);
-                id
-            }
+        let id = if let Some(&id) = previous.services.get(&ord(key)) {
+            id
+        } else {
+            let id = lowest_free(&used_service_ids, sshlb_common::MAX_SERVICES)
+                .ok_or(PlanError::OutOfIds { what: "service" })?;
+            used_service_ids.insert(id);
+            id
         };
         ids.services.insert(ord(key), id);
         let mut flags = 0;
@@ -233,15 +232,14 @@ pub fn plan_with(
             let (addr, fam) = addr::to16(b.address);
             let entry = Backend { addr, port_be: b.port.to_be(), family: fam, flags: 0 };
             let ident = (fam, addr, entry.port_be);
-            let backend_id = match ids.backends.get(&ident) {
-                Some(&id) => id,
-                None => {
-                    let id = lowest_free(&used_backend_ids, sshlb_common::MAX_BACKENDS)
-                        .ok_or(PlanError::OutOfIds { what: "backend" })?;
-                    used_backend_ids.insert(id);
-                    ids.backends.insert(ident, id);
-                    id
-                }
+            let backend_id = if let Some(&id) = ids.backends.get(&ident) {
+                id
+            } else {
+                let id = lowest_free(&used_backend_ids, sshlb_common::MAX_BACKENDS)
+                    .ok_or(PlanError::OutOfIds { what: "backend" })?;
+                used_backend_ids.insert(id);
+                ids.backends.insert(ident, id);
+                id
             };
             if !backends.iter().any(|(id, _)| *id == backend_id) {
                 backends.push((backend_id, entry));

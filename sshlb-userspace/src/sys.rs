@@ -25,7 +25,7 @@ pub fn is_bpffs(path: &Path) -> bool {
     // SAFETY: statfs is plain old data; zeroed is a valid initial value.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is NUL-terminated and buf is a valid, writable statfs.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut buf) };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &raw mut buf) };
     let magic = buf.f_type as i64;
     rc == 0 && magic == BPF_FS_MAGIC
 }
@@ -50,11 +50,15 @@ pub fn ensure_bpffs(path: &Path) -> io::Result<()> {
 
 /// The global addresses of interface `name` with their prefix lengths (link-local IPv6 is
 /// skipped), in the kernel's order.
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "getifaddrs hands out sockaddr storage aligned for the address family it names"
+)]
 pub fn interface_addrs(name: &str) -> Vec<(std::net::IpAddr, u8)> {
     let mut found = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
         return found;
     }
     let mut cur = head;
@@ -123,6 +127,6 @@ pub fn poke_neighbour(addr: std::net::IpAddr) {
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }

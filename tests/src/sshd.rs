@@ -72,15 +72,12 @@ impl Sshd {
     pub fn start_with(ns: &Netns, options: &SshdOptions) -> Self {
         let dir = std::env::temp_dir().join(unique("sshd"));
         std::fs::create_dir_all(&dir).expect("sshd dir");
-        let key = match &options.host_key {
-            Some(key) => key.clone(),
-            None => {
-                let key = dir.join("ssh_host_ed25519_key");
-                run(Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(&key));
-                key
-            }
+        let key = if let Some(key) = &options.host_key {
+            key.clone()
+        } else {
+            let key = dir.join("ssh_host_ed25519_key");
+            run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key));
+            key
         };
         // sshd refuses to start without its privilege-separation directory.
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");

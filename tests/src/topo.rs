@@ -164,6 +164,7 @@ impl Drop for Topo {
 }
 
 /// Starts servers on `0.0.0.0:port` and `[::]:port` in `ns` (one thread each, polling `stop`).
+#[expect(clippy::needless_pass_by_value, reason = "the caller hands over its clone of `stop`")]
 fn serve(
     ns: &Netns,
     name: &'static str,

@@ -22,7 +22,7 @@ fn stats(lb: &Netns, iface: &str) -> Vec<(String, u64)> {
 }
 
 fn counter(stats: &[(String, u64)], name: &str) -> u64 {
-    stats.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("{name}"))
+    stats.iter().find(|(n, _)| n == name).map_or_else(|| panic!("{name}"), |(_, v)| *v)
 }
 
 /// Detaches on drop so a failing test does not leave a program attached or pins behind.

@@ -35,11 +35,7 @@ fn control_commands_steer_new_flows_and_spare_established_ones() {
     let new_backends = |n: usize| {
         topo.client.run(move || {
             (0..n)
-                .map(|_| {
-                    Conn::open(VIP4, 22)
-                        .map(|c| c.backend)
-                        .unwrap_or_else(|e| format!("error: {e}"))
-                })
+                .map(|_| Conn::open(VIP4, 22).map_or_else(|e| format!("error: {e}"), |c| c.backend))
                 .collect::<Vec<_>>()
         })
     };

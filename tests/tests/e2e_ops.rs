@@ -22,6 +22,7 @@ use sshlb_tests::{
 const CHUNK: usize = 256 * 1024;
 const ROUNDS: usize = 50;
 
+#[expect(clippy::needless_pass_by_value, reason = "call sites build the request inline")]
 fn ctl(control: &Path, request: control::Request) {
     let reply = control::call(control, &request).unwrap_or_else(|e| panic!("{request:?}: {e}"));
     assert!(reply.ok, "{request:?}: {:?}", reply.error);

@@ -112,8 +112,7 @@ fn backend_of(line: &str) -> String {
     BACKENDS
         .iter()
         .find(|(_, a, _)| *a == addr)
-        .map(|(n, _, _)| (*n).to_owned())
-        .unwrap_or_else(|| panic!("{line:?} names no backend"))
+        .map_or_else(|| panic!("{line:?} names no backend"), |(n, _, _)| (*n).to_owned())
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {

@@ -360,7 +360,7 @@ fn validate_acl(
         for (k, text) in list.iter().enumerate() {
             let field = format!("service[{i}].{list_name}[{k}]");
             let cidr: Cidr = text.get_ref().parse().map_err(|e: <Cidr as FromStr>::Err| {
-                ctx.err(text.span(), &field, Problem::Cidr(e.to_string()))
+                ctx.err(text.span(), &field, Problem::Cidr(e.clone()))
             })?;
             if cidr.addr.is_ipv4() != vip.is_ipv4() {
                 return Err(ctx.err(text.span(), &field, Problem::AclFamily { cidr, vip }));

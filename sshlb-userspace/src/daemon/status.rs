@@ -151,6 +151,6 @@ mod tests {
             ipv4_prefix: 24,
             ipv6_prefix: 64,
         };
-        assert_eq!(limit_status(&limit).per_second, 4.0);
+        assert!((limit_status(&limit).per_second - 4.0).abs() < 1e-9);
     }
 }

@@ -247,7 +247,7 @@ mod tests {
             config: ConfigState {
                 generation: 3,
                 last_reload_ok: false,
-                last_reload_unix: 1700000000,
+                last_reload_unix: 1_700_000_000,
             },
             host_key_mismatches: &[("git".to_owned(), 2)].into_iter().collect(),
         });

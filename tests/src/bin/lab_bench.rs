@@ -107,7 +107,7 @@ fn main() -> Result<()> {
     })
     .context("backends never came up")?;
     let mut nat = measure(&lab, "sshlb nat", VIP4, None)?;
-    nat.failover = failover(&mut lab, VIP4, 1)?;
+    nat.failover = failover(&mut lab, VIP4, 1);
     rows.push(nat);
     rows.push(measure(&lab, "sshlb dsr", DSR4, None)?);
     agent.stop();
@@ -124,7 +124,7 @@ fn main() -> Result<()> {
         } else {
             Row { peer: label.to_owned(), ..Row::default() }
         };
-        row.failover = failover(&mut lab, HAPROXY_VIP, 1)?;
+        row.failover = failover(&mut lab, HAPROXY_VIP, 1);
         // SAFETY: kill(2) on the haproxy we started.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         std::thread::sleep(Duration::from_millis(300));
@@ -134,7 +134,7 @@ fn main() -> Result<()> {
     // netfilter DNAT (+SNAT so replies come back through the one-armed balancer).
     dnat(&lab.topo.lb, true)?;
     let mut row = measure(&lab, "netfilter DNAT", DNAT_VIP, None)?;
-    row.failover = "never (no health checks)".to_owned();
+    "never (no health checks)".clone_into(&mut row.failover);
     rows.push(row);
     dnat(&lab.topo.lb, false)?;
 
@@ -378,7 +378,7 @@ fn measure(lab: &Lab, peer: &str, target: &str, process: Option<u32>) -> Result<
 
 /// Kills backend `victim`'s sshd and measures how long new connections to `target` keep
 /// failing (reaching the dead backend); restarts it afterwards.
-fn failover(lab: &mut Lab, target: &str, victim: usize) -> Result<String> {
+fn failover(lab: &mut Lab, target: &str, victim: usize) -> String {
     lab.sshds[victim].stop();
     let killed = Instant::now();
     let mut last_failure = None;
@@ -410,11 +410,11 @@ fn failover(lab: &mut Lab, target: &str, victim: usize) -> Result<String> {
     );
     let _ = v4;
     std::thread::sleep(Duration::from_secs(2));
-    Ok(match last_failure {
+    match last_failure {
         Some(t) if consecutive_ok >= 40 => format!("{:.2} s", t.as_secs_f64()),
         Some(_) => "> 15 s".to_owned(),
         None => "0 s (no failed connection)".to_owned(),
-    })
+    }
 }
 
 fn report(rows: &[Row]) -> Result<()> {

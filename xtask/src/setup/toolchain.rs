@@ -113,18 +113,17 @@ pub fn ensure_components(
 ) -> Result<()> {
     let mut installed_lists: BTreeMap<&str, String> = BTreeMap::new();
     for &(toolchain, component) in wanted {
-        let list = match installed_lists.get(toolchain) {
-            Some(list) => list,
-            None => {
-                let list = cmd::output(Command::new("rustup").args([
-                    "component",
-                    "list",
-                    "--toolchain",
-                    toolchain,
-                    "--installed",
-                ]))?;
-                installed_lists.entry(toolchain).or_insert(list)
-            }
+        let list = if let Some(list) = installed_lists.get(toolchain) {
+            list
+        } else {
+            let list = cmd::output(Command::new("rustup").args([
+                "component",
+                "list",
+                "--toolchain",
+                toolchain,
+                "--installed",
+            ]))?;
+            installed_lists.entry(toolchain).or_insert(list)
         };
         let piece = format!("{component} for {toolchain}");
         let rustc = &toolchains[toolchain];

@@ -34,6 +34,7 @@ fn private_apt(dir: &Path, suites: &[&str]) -> Result<PathBuf> {
     for sub in ["lists/partial", "cache/archives/partial", "parts"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
+    #[expect(clippy::format_collect, reason = "a few lines, built once")]
     let sources: String =
         suites.iter().map(|s| format!("deb [signed-by={KEYRING}] {MIRROR} {s} main\n")).collect();
     std::fs::write(dir.join("sources.list"), sources)?;
@@ -45,7 +46,7 @@ fn private_apt(dir: &Path, suites: &[&str]) -> Result<PathBuf> {
     );
     let path = dir.join("apt.conf");
     std::fs::write(&path, conf)?;
-    let fresh = dir.join("lists").read_dir().map(|d| d.count() > 1).unwrap_or(false);
+    let fresh = dir.join("lists").read_dir().is_ok_and(|d| d.count() > 1);
     if !fresh {
         cmd::output(Command::new("apt-get").args(["-qq", "update"]).env("APT_CONFIG", &path))
             .context("updating the private package lists")?;
@@ -89,12 +90,11 @@ pub fn fetch_kernel(root: &Path, k: Kernel) -> Result<PathBuf> {
     let madison = cmd::output(apt_cmd("apt-cache").args(["madison", "linux-image-cloud-amd64"]))?;
     let version = madison
         .lines()
-        .filter_map(|l| {
+        .find_map(|l| {
             let cols: Vec<&str> = l.split('|').map(str::trim).collect();
             let suite = cols.get(2)?.split_whitespace().nth(1)?.split('/').next()?;
             (suite == k.suite()).then(|| cols[1].to_owned())
         })
-        .next()
         .with_context(|| format!("no linux-image-cloud-amd64 in {}", k.suite()))?;
     let dir = root.join(format!("kernel-{}-{version}", k.label()));
     if dir.join(".complete").exists() {

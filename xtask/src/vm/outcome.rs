@@ -55,7 +55,7 @@ pub fn parse_console(console: &str) -> Outcome {
         let line = line.trim_end_matches('\r');
         // Markers may follow terminal escapes QEMU's firmware printed on the same line.
         if let Some(i) = line.find("SSHLB-VM release ") {
-            o.release = line[i + "SSHLB-VM release ".len()..].trim().to_owned();
+            line[i + "SSHLB-VM release ".len()..].trim().clone_into(&mut o.release);
             section = "fixtures";
         } else if line.contains("SSHLB-VM fixtures-exit") {
             section = "namespace";
