@@ -206,7 +206,34 @@ impl Drop for Netns {
             let _ignored = child.kill();
             let _ignored = child.wait();
         }
+        self.kill_remaining();
         let _ignored = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+impl Netns {
+    /// Kills what is still running inside the namespace: processes our children started and
+    /// did not take with them (sshd's per-session children outlive a killed listener). `ip netns
+    /// del` only unlinks the name, so without this they would run on in an unnamed namespace.
+    /// Bounded: a few rounds of SIGKILL, as a fork between listing and killing is possible.
+    fn kill_remaining(&self) {
+        for _ in 0..20 {
+            let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() else {
+                return;
+            };
+            let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) with a pid listed as living in this test's own namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
