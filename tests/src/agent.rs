@@ -210,7 +210,9 @@ impl AgentThread {
             let root = Path::new(PIN_ROOT);
             let mut balancer =
                 sshlb::daemon::start(root, &iface, sshlb::loader::AttachMode::Native, &config)
-                    .unwrap_or_else(|e| panic!("starting the balancer: {}", error_chain(&e)));
+                    .unwrap_or_else(|e| {
+                        panic!("starting the balancer: {:#}", anyhow::Error::from(e))
+                    });
             started(&balancer);
             let rt =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
@@ -252,16 +254,4 @@ impl Drop for AgentThread {
             let _ignored = thread.join();
         }
     }
-}
-
-/// `err` and its sources, `: `-joined.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
