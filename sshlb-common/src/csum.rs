@@ -45,6 +45,16 @@ impl Delta {
         self.0 += u64::from(!old) + u64::from(new);
     }
 
+    /// A run of 32-bit words read natively (e.g. an address pair) as `old` now holds `new`.
+    #[inline(always)]
+    pub fn word_run<const N: usize>(&mut self, old: &[u32; N], new: &[u32; N]) {
+        let mut i = 0;
+        while i < N {
+            self.word32(old[i], new[i]);
+            i += 1;
+        }
+    }
+
     /// The 16-bit field whose wire bytes were `old` now holds `new`.
     #[inline(always)]
     pub fn bytes2(&mut self, old: [u8; 2], new: [u8; 2]) {
@@ -65,6 +75,12 @@ impl Delta {
         self.word32(old[1], new[1]);
         self.word32(old[2], new[2]);
         self.word32(old[3], new[3]);
+    }
+
+    /// The checksum field's new value, given its current one, both read natively.
+    #[inline(always)]
+    pub fn apply16(self, check: u16) -> u16 {
+        !fold(u64::from(!check) + self.0)
     }
 
     /// The checksum field's new wire bytes, given its current ones.

@@ -44,6 +44,10 @@ pub mod map_names {
     /// Token buckets, LRU-bounded: masked [`crate::SourceKey`] → [`crate::Bucket`]. Written by
     /// XDP, read by the agent (top limited prefixes).
     pub const LIMITER: &str = "LIMITER";
+    /// The service pre-filter, one [`crate::ServiceFilter`] at index 0: a bit per
+    /// [`crate::hash::filter_slot`] of every service's (VIP, port). Written by the agent with the
+    /// services, read by XDP before any hash lookup.
+    pub const SERVICE_FILTER: &str = "SERVICE_FILTER";
 }
 
 /// Largest number of services (VIP, port, protocol) one balancer serves. Each costs two rings of
@@ -95,7 +99,7 @@ pub mod proto {
 ///
 /// Addresses and the port are kept in network byte order, exactly as they appear in the packet, so
 /// the data plane builds a key by copying bytes and never swaps.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     /// VIP address in network byte order; IPv4 uses the first four bytes, the rest are zero.
@@ -117,6 +121,41 @@ impl ServiceKey {
     /// Key for an IPv6 VIP; `port` in host byte order.
     pub const fn v6(addr: [u8; 16], port: u16, proto: u8) -> Self {
         Self { addr, port_be: port.to_be(), proto, family: family::V6 }
+    }
+}
+
+/// Bits in the service pre-filter ([`ServiceFilter`]).
+pub const FILTER_BITS: u32 = 4096;
+
+/// Value of the `SERVICE_FILTER` map: bit [`hash::filter_slot`]`(vip, port)` is set for every
+/// service. A clear bit proves a segment is addressed to no service, so the data plane passes
+/// it after one array read instead of a hash lookup; a set bit only means "maybe" (the
+/// `SERVICES` lookup decides). With at most [`MAX_SERVICES`] services in 4,096 bits, traffic
+/// to a VIP's other ports or the host's own addresses almost never takes the slow path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceFilter {
+    /// Bit `i` of the filter is bit `i % 64` of word `i / 64`.
+    pub words: [u64; (FILTER_BITS / 64) as usize],
+}
+
+impl Default for ServiceFilter {
+    fn default() -> Self {
+        Self { words: [0; (FILTER_BITS / 64) as usize] }
+    }
+}
+
+impl ServiceFilter {
+    /// Sets the bit of service `key`.
+    pub fn insert(&mut self, key: &ServiceKey) {
+        let slot = hash::filter_slot(&key.addr, key.port_be, key.family);
+        self.words[(slot / 64) as usize] |= 1 << (slot % 64);
+    }
+
+    /// Whether `key`'s bit is set.
+    pub fn may_contain(&self, key: &ServiceKey) -> bool {
+        let slot = hash::filter_slot(&key.addr, key.port_be, key.family);
+        self.words[(slot / 64) as usize] & (1 << (slot % 64)) != 0
     }
 }
 
@@ -158,7 +197,7 @@ pub mod acl {
 
 /// A client address within one service: the data of an `ACL` trie key (after its prefix
 /// length) and, masked to the limit's prefix, the key of a `LIMITER` bucket.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SourceKey {
     /// Service id.
@@ -201,7 +240,7 @@ pub struct Bucket {
 }
 
 /// Value of the `BACKENDS` map.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     /// Address in network byte order (IPv4 in the first four bytes).
@@ -216,7 +255,9 @@ pub struct Backend {
 
 /// Key of the connection table: the flow as the client sent it (client → VIP).
 ///
-/// Aligned to 4 so the data plane zeroes and copies it in words, not bytes.
+/// Aligned to 4 (as are the other keys and values holding addresses, all sized in whole words,
+/// so the alignment adds no padding) so the data plane zeroes, copies and compares them in
+/// words, not bytes.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -282,7 +323,7 @@ pub mod flow_flags {
 }
 
 /// Key of the full-NAT reverse index: a packet from a backend to the balancer.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NatKey {
     /// Backend address.
@@ -300,7 +341,7 @@ pub struct NatKey {
 }
 
 /// The balancer's own settings (`CONFIG[0]`).
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
     /// Full-NAT source address towards IPv4 backends (the balancer's own address).
@@ -353,6 +394,8 @@ mod pod {
     unsafe impl aya::Pod for super::Limit {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceFilter {}
 }
 
 #[cfg(test)]
@@ -364,7 +407,7 @@ mod layout_tests {
     #[test]
     fn service_key_layout_is_packed_and_stable() {
         assert_eq!(size_of::<ServiceKey>(), 20);
-        assert_eq!(align_of::<ServiceKey>(), 2);
+        assert_eq!(align_of::<ServiceKey>(), 4);
         assert_eq!(offset_of!(ServiceKey, addr), 0);
         assert_eq!(offset_of!(ServiceKey, port_be), 16);
         assert_eq!(offset_of!(ServiceKey, proto), 18);
@@ -435,6 +478,11 @@ mod layout_tests {
         assert_eq!(offset_of!(Limit, mask_v4), 16);
         assert_eq!(offset_of!(Limit, mask_v6), 24);
         assert_eq!(size_of::<Bucket>(), 16);
+    }
+
+    #[test]
+    fn service_filter_is_one_page_eighth() {
+        assert_eq!(size_of::<ServiceFilter>(), (FILTER_BITS / 8) as usize);
     }
 
     #[test]

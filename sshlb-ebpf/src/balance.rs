@@ -1,10 +1,12 @@
 //! The balancer's two paths: client → VIP (pick or follow the flow's backend, then NAT or DSR)
 //! and backend → balancer (full-NAT replies back to the client).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use sshlb_common::{flow_flags, flow_state, service_flags, stats, Flow, NatKey, Service};
 
 use crate::{
+    clock,
+    csum::{self, words},
     flow,
     nat::{self, Rewrite},
     parse::{tcp_flags, Tcp},
@@ -15,41 +17,49 @@ use crate::{
     xmit::{send, Hop},
 };
 
-/// The flow's backend and NAT port, and whether this packet started the flow.
+/// What an established segment needs from its flow's entry: where it goes and how it is
+/// rewritten, so that a table hit needs no service lookup.
 ///
 /// Written through an out-parameter: returned inside a `Result`, LLVM packs it into registers
 /// together with whatever pointer happens to be dead there, and the verifier refuses ALU on a
 /// map-value pointer even when the bits are unused.
 struct Assigned {
     backend_id: u32,
+    service_id: u32,
     nat_port_be: u16,
+    /// `flow_flags::*` of the entry (NAT or not).
+    flags: u8,
     new_flow: bool,
 }
 
-/// A segment from a client to a service's VIP. Not inlined: a BPF subprogram of its own keeps
-/// its stack frame apart from the reverse path's (LLVM's 512-byte limit is per function).
+/// A segment that may be addressed to a service's VIP (the pre-filter said so): follow its
+/// flow, or start one if the VIP and port are a service's. Not inlined: a BPF subprogram of its
+/// own keeps its stack frame apart from the reverse path's (LLVM's 512-byte limit is per
+/// function).
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Decision {
-    try_forward(ctx, pkt, service).into()
+pub fn forward(ctx: &XdpContext, pkt: &Tcp) -> Decision {
+    try_forward(ctx, pkt).into()
 }
 
 #[inline(always)]
-fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome, Error> {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let dsr = service.flags & service_flags::DSR != 0;
-    let mut assigned = Assigned { backend_id: 0, nat_port_be: 0, new_flow: false };
+fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
+    let now = clock::now();
+    let mut assigned =
+        Assigned { backend_id: 0, service_id: 0, nat_port_be: 0, flags: 0, new_flow: false };
+    // The connection table first: an established segment — nearly every packet — is decided by
+    // this one lookup and the array reads below.
     let found = follow(pkt, now, &mut assigned);
     if found != Found::Followed {
-        // New, or a finished tuple reused: either way a flow starts here.
-        admit(pkt, service, now)?;
-        create(pkt, service, now, found == Found::Reused, &mut assigned)?;
+        // New, or a finished tuple reused: either way a flow starts here, if this is a service.
+        let Some(service) = services::lookup(&pkt.key) else { return Ok(Outcome::NotService) };
+        admit(pkt, &service, now)?;
+        create(pkt, &service, now, found == Found::Reused, &mut assigned)?;
     }
-    traffic(service.id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
+    traffic(assigned.service_id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
     let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;
     let fam = pkt.key.family;
-    if dsr {
-        // The backend owns the VIP: only the destination MAC changes.
+    if assigned.flags & flow_flags::NAT == 0 {
+        // Direct server return: the backend owns the VIP, only the destination MAC changes.
         return send(
             ctx,
             Path::Dsr,
@@ -60,10 +70,9 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp, service: &Service) -> Result<Outcome
     let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
     let nat_src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
     let to = Rewrite {
-        src: &nat_src,
-        dst: &backend.addr,
-        sport_be: assigned.nat_port_be,
-        dport_be: backend.port_be,
+        src: words(&nat_src),
+        dst: words(&backend.addr),
+        ports: csum::ports(assigned.nat_port_be, backend.port_be),
     };
     nat::rewrite(ctx, pkt, &to)?;
     send(ctx, Path::Nat, &Hop { fam, src: &nat_src, dst: &backend.addr, ip_len: pkt.ip_len }, now)
@@ -88,9 +97,16 @@ enum Found {
 fn follow(pkt: &Tcp, now: u64, out: &mut Assigned) -> Found {
     let Some(entry) = flow::get(&pkt.key) else { return Found::New };
     // SAFETY: a live map value; read whole fields once.
-    let (backend_id, nat_port_be, state) =
-        unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).state) };
-    *out = Assigned { backend_id, nat_port_be, new_flow: false };
+    let (backend_id, service_id, nat_port_be, state, flags) = unsafe {
+        (
+            (*entry).backend_id,
+            (*entry).service_id,
+            (*entry).nat_port_be,
+            (*entry).state,
+            (*entry).flags,
+        )
+    };
+    *out = Assigned { backend_id, service_id, nat_port_be, flags, new_flow: false };
     if is_syn(pkt.flags) && flow::is_finished(state) {
         return Found::Reused;
     }
@@ -148,7 +164,13 @@ fn create(
     }
     match flow::insert(&pkt.key, &new, reused) {
         Ok(()) => {
-            *out = Assigned { backend_id, nat_port_be: new.nat_port_be, new_flow: true };
+            *out = Assigned {
+                backend_id,
+                service_id: service.id,
+                nat_port_be: new.nat_port_be,
+                flags: new.flags,
+                new_flow: true,
+            };
             Ok(())
         }
         Err(err) => {
@@ -161,8 +183,15 @@ fn create(
             // Another CPU created the flow between our lookup and insert: follow its choice.
             let entry = flow::get(&pkt.key).ok_or(Error::FlowTableFull)?;
             // SAFETY: a live map value.
-            let (backend_id, nat_port_be) = unsafe { ((*entry).backend_id, (*entry).nat_port_be) };
-            *out = Assigned { backend_id, nat_port_be, new_flow: false };
+            let (backend_id, nat_port_be, flags) =
+                unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).flags) };
+            *out = Assigned {
+                backend_id,
+                service_id: service.id,
+                nat_port_be,
+                flags,
+                new_flow: false,
+            };
             Ok(())
         }
     }
@@ -186,8 +215,7 @@ fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     // destination port.
     let nat_key = NatKey::new(pkt.key.src, pkt.key.sport_be, pkt.key.dport_be, fam);
     let Some(client) = nat::reverse_lookup(nat_key) else { return Ok(Outcome::NotService) };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     if let Some(entry) = flow::get(&client) {
         flow::touch(entry, pkt.flags, now, false);
         // SAFETY: a live map value, fields read once.
@@ -196,10 +224,9 @@ fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     }
     // VIP:port → client:port, exactly the tuple the client connected to.
     let to = Rewrite {
-        src: &client.dst,
-        dst: &client.src,
-        sport_be: client.dport_be,
-        dport_be: client.sport_be,
+        src: words(&client.dst),
+        dst: words(&client.src),
+        ports: csum::ports(client.dport_be, client.sport_be),
     };
     nat::rewrite(ctx, pkt, &to)?;
     send(

@@ -3,7 +3,7 @@
 //! the word runs — address pairs, port pairs — that the rewrites write back).
 
 use aya_ebpf::helpers::bpf_csum_diff;
-pub use sshlb_common::csum::{ports, v4_pair, v6_pair, Delta};
+pub use sshlb_common::csum::{ports, v4_pair, v6_pair, words, Delta};
 
 use crate::verdict::Error;
 

@@ -100,9 +100,7 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
 /// [`xmit::send`] for an ICMP error (which, unlike a flow's segment, has no clock reading yet).
 #[inline(always)]
 fn send(ctx: &XdpContext, hop: &Hop<'_>) -> Result<Outcome, Error> {
-    // SAFETY: plain helper call.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    xmit::send(ctx, Path::IcmpError, hop, now)
+    xmit::send(ctx, Path::IcmpError, hop, crate::clock::now())
 }
 
 /// Rewrites the outer addresses and the quoted addresses and ports, keeping the outer IPv4

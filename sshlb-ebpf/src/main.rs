@@ -6,6 +6,8 @@
 //! counted exactly once and nothing is silently swallowed.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `asm!` on BPF: the one-instruction unaligned word accesses of `word.rs`.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(
     target_arch = "bpf",
     expect(
@@ -17,6 +19,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod balance;
+#[cfg(target_arch = "bpf")]
+mod clock;
 #[cfg(target_arch = "bpf")]
 mod csum;
 #[cfg(target_arch = "bpf")]
@@ -35,6 +39,8 @@ mod services;
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod verdict;
+#[cfg(target_arch = "bpf")]
+mod word;
 #[cfg(target_arch = "bpf")]
 mod xmit;
 
@@ -80,10 +86,16 @@ mod prog {
         }
         // SAFETY: CONTINUE means parse_into wrote the whole Tcp.
         let tcp = unsafe { tcp.assume_init_ref() };
-        match services::lookup(&tcp.key) {
-            Some(service) => balance::forward(ctx, tcp, &service),
-            None => balance::reverse(ctx, tcp),
+        // Client → VIP first (the pre-filter rules out most other segments with one array
+        // read); anything that is not a service's goes to the full-NAT reply path, which passes
+        // what is not addressed to the NAT address either.
+        if services::may_be_service(&tcp.key) {
+            let decision = balance::forward(ctx, tcp);
+            if decision != Decision::NOT_SERVICE {
+                return decision;
+            }
         }
+        balance::reverse(ctx, tcp)
     }
 
     /// A one-line XDP_PASS program. Test and lab topologies attach it to the veth peers of

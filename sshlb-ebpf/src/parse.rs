@@ -12,9 +12,12 @@ use network_types::{
     tcp::TcpHdr,
     vlan::VlanHdr,
 };
-use sshlb_common::{family, proto, v4_in_16, FlowKey};
+use sshlb_common::{family, proto, FlowKey};
 
-use crate::verdict::{Decision, Error, Outcome};
+use crate::{
+    verdict::{Decision, Error, Outcome},
+    word,
+};
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -209,14 +212,37 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
     if fragment {
         return Ok(L3::Other(Outcome::Ipv4Fragment));
     }
-    // Ports are filled in by parse_tcp.
-    let mut key =
-        FlowKey::new(v4_in_16(ip.src_addr), v4_in_16(ip.dst_addr), 0, 0, proto::TCP, family::V4);
+    // Ports are filled in by parse_tcp. Addresses in words (see `word`).
+    let base = core::ptr::from_ref(ip).cast::<u8>();
+    // SAFETY: ptr_at checked the 20-byte header; the addresses are bytes 12..20.
+    let (src, dst) = unsafe { (word::load32(base.add(12)), word::load32(base.add(16))) };
+    let mut key = FlowKey::new(
+        addr_of([src, 0, 0, 0]),
+        addr_of([dst, 0, 0, 0]),
+        0,
+        0,
+        proto::TCP,
+        family::V4,
+    );
     let l4_off = l3_off + header_len;
     let flags = parse_tcp(ctx, l4_off, usize::from(total_len) - header_len, &mut key)?;
     // SAFETY: `out.tcp` points at writable memory for a Tcp (the caller's stack slot).
     unsafe { out.tcp.write(Tcp { key, l3_off, l4_off, ip_len: total_len, flags }) };
     Ok(L3::Tcp)
+}
+
+/// A 16-byte address from its four words as loaded (native order).
+#[inline(always)]
+fn addr_of(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size; every bit pattern is valid for both.
+    unsafe { core::mem::transmute(words) }
+}
+
+/// A 16-byte address from its two 64-bit words as loaded.
+#[inline(always)]
+fn addr_of64(words: [u64; 2]) -> [u8; 16] {
+    // SAFETY: as in addr_of.
+    unsafe { core::mem::transmute(words) }
 }
 
 /// IPv6 next-header values that are extension headers (RFC 8200 §4 and the IANA registry).
@@ -257,8 +283,16 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
             if is_ipv6_extension(ip.next_hdr) { Outcome::Ipv6ExtHeader } else { Outcome::NotTcp };
         return Ok(L3::Other(outcome));
     }
-    // Ports are filled in by parse_tcp.
-    let mut key = FlowKey::new(ip.src_addr, ip.dst_addr, 0, 0, proto::TCP, family::V6);
+    // Ports are filled in by parse_tcp. Addresses in words (see `word`).
+    let base = core::ptr::from_ref(ip).cast::<u8>();
+    // SAFETY: ptr_at checked the 40-byte header; the addresses are bytes 8..40.
+    let (src, dst) = unsafe {
+        (
+            addr_of64([word::load64(base.add(8)), word::load64(base.add(16))]),
+            addr_of64([word::load64(base.add(24)), word::load64(base.add(32))]),
+        )
+    };
+    let mut key = FlowKey::new(src, dst, 0, 0, proto::TCP, family::V6);
     let flags = parse_tcp(ctx, l4_off, usize::from(payload_len), &mut key)?;
     let ip_len = payload_len.saturating_add(Ipv6Hdr::LEN as u16);
     // SAFETY: as in parse_ipv4.
@@ -288,8 +322,11 @@ fn parse_tcp(
     if header_len > ip_payload_len {
         return Err(Error::TruncatedTcp);
     }
-    key.sport_be = u16::from_ne_bytes(tcp.source);
-    key.dport_be = u16::from_ne_bytes(tcp.dest);
+    // SAFETY: the ports are the header's first 4 bytes, checked above.
+    let ports = unsafe { word::load32(core::ptr::from_ref(tcp).cast::<u8>()) };
+    // Native order: the first two bytes on the wire (the source port) are the low half.
+    key.sport_be = ports as u16;
+    key.dport_be = (ports >> 16) as u16;
     // SAFETY: byte 13 (flags) is inside the 20-byte header checked above.
     let flags = unsafe { *core::ptr::from_ref(tcp).cast::<u8>().add(13) };
     Ok(flags)

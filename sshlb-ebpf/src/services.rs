@@ -6,10 +6,27 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use sshlb_common::{
-    hash::{flow_hash, RING_SEED},
-    service_flags, Backend, FlowKey, Service, ServiceKey, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES,
-    RING_STRIDE,
+    hash::{filter_slot, flow_hash, RING_SEED},
+    service_flags, Backend, FlowKey, Service, ServiceFilter, ServiceKey, EMPTY_SLOT, MAX_BACKENDS,
+    MAX_SERVICES, RING_STRIDE,
 };
+
+/// The service pre-filter at index 0. Written by the agent (a service's bit is set before its
+/// `SERVICES` entry appears and cleared after it is gone), read by XDP ([`may_be_service`]).
+#[map]
+static SERVICE_FILTER: Array<ServiceFilter> = Array::with_max_entries(1, 0);
+
+/// Whether a segment to `key`'s destination may be addressed to a service. `false` is certain
+/// (no service has that VIP and port); `true` sends it on to the table lookups. One inlined array
+/// read: what every segment to the balancer host's own addresses pays.
+#[inline(always)]
+pub fn may_be_service(key: &FlowKey) -> bool {
+    let Some(filter) = SERVICE_FILTER.get(0) else { return true };
+    let slot = filter_slot(&key.dst, key.dport_be, key.family);
+    // `slot < FILTER_BITS`, so the word index is in bounds (the mask makes it visible).
+    let word = filter.words[(slot as usize / 64) & 63];
+    word & (1 << (slot % 64)) != 0
+}
 
 /// (VIP, port, protocol) → service. Written by the agent, read by XDP ([`lookup`]).
 #[map]

@@ -211,6 +211,9 @@ impl Decision {
     pub const CONTINUE: Self = Self::new(0, u32::MAX);
     /// Not a verdict: "parsed an ICMP error about TCP, keep going".
     pub const ICMP: Self = Self::new(1, u32::MAX);
+    /// A TCP segment addressed to no service: the reply path may still claim it.
+    pub const NOT_SERVICE: Self =
+        Self::new(Outcome::NotService.counter(), Outcome::NotService.action());
 
     /// Count `counter`, return `action`.
     #[inline(always)]

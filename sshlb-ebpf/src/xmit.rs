@@ -18,6 +18,7 @@ use sshlb_common::{csum::words, family};
 use crate::{
     parse::ptr_at,
     verdict::{Error, Outcome, Path, Xmit},
+    word,
 };
 
 const AF_INET: u8 = 2;
@@ -59,16 +60,17 @@ pub fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Out
 pub struct CachedHop {
     /// When the FIB answered (`bpf_ktime_get_ns`); 0 = empty.
     stamped_ns: u64,
-    /// Destination the answer was for.
-    dst: [u8; 16],
+    /// Destination the answer was for, as four native-order words.
+    dst: [u32; 4],
     /// Interface the frame came in on when the FIB answered.
     ingress: u32,
     /// Egress interface.
     ifindex: u32,
-    /// Next hop's MAC (the frame's new destination).
-    dmac: [u8; 6],
-    /// Egress interface's MAC (the frame's new source).
-    smac: [u8; 6],
+    /// The frame's new first 12 bytes — next hop's MAC, then the egress interface's — as one
+    /// 8-byte and one 4-byte word, stored with two instructions.
+    macs_lo: u64,
+    macs_hi: u32,
+    pad: u32,
 }
 
 /// Slots in the per-CPU next-hop cache (direct-mapped by destination hash).
@@ -84,26 +86,25 @@ const HOP_CACHE_TTL_NS: u64 = 1_000_000_000;
 static HOP_CACHE: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(HOP_CACHE_SLOTS, 0);
 
 #[inline(always)]
-fn cache_slot(dst: &[u8; 16]) -> u32 {
-    let w = words(dst);
+fn cache_slot(w: &[u32; 4]) -> u32 {
     let h = w[0] ^ w[1] ^ w[2] ^ w[3];
     (h ^ (h >> 16) ^ (h >> 8)) & (HOP_CACHE_SLOTS - 1)
 }
 
-/// Sets the frame's MACs and says how to send it.
+/// Sets the frame's MACs (its first 12 bytes, as two words) and says how to send it.
 #[inline(always)]
 fn apply(
     ctx: &XdpContext,
-    dmac: [u8; 6],
-    smac: [u8; 6],
+    macs_lo: u64,
+    macs_hi: u32,
     ifindex: u32,
     ingress: u32,
 ) -> Result<Next, Error> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Error::TruncatedEth)?;
-    // SAFETY: ptr_at checked the header's bounds.
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Error::TruncatedEth)?.cast::<u8>();
+    // SAFETY: ptr_at checked the 14-byte header.
     unsafe {
-        (*eth).dst_addr = dmac;
-        (*eth).src_addr = smac;
+        word::store64(eth, macs_lo);
+        word::store32(eth.add(8), macs_hi);
     }
     if ifindex == ingress {
         Ok(Next::Send(Xmit::Tx))
@@ -121,16 +122,23 @@ fn apply(
 fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
     let Hop { fam, src, dst, ip_len } = *hop;
     let ingress = ctx.ingress_ifindex() as u32;
-    let slot = HOP_CACHE.get_ptr_mut(cache_slot(dst));
+    let dst_words = words(dst);
+    let slot = HOP_CACHE.get_ptr_mut(cache_slot(&dst_words));
     if let Some(entry) = slot {
-        // SAFETY: this CPU's slot; no other program runs on this CPU meanwhile.
-        let cached = unsafe { *entry };
-        if cached.stamped_ns != 0
-            && now.wrapping_sub(cached.stamped_ns) < HOP_CACHE_TTL_NS
-            && cached.ingress == ingress
-            && cached.dst == *dst
-        {
-            return apply(ctx, cached.dmac, cached.smac, cached.ifindex, ingress);
+        // SAFETY: this CPU's slot; no other program runs on this CPU meanwhile. Fields are read
+        // in place, not copied out whole.
+        unsafe {
+            let stamped = (*entry).stamped_ns;
+            if stamped != 0
+                && now.wrapping_sub(stamped) < HOP_CACHE_TTL_NS
+                && (*entry).ingress == ingress
+                && (*entry).dst[0] == dst_words[0]
+                && (*entry).dst[1] == dst_words[1]
+                && (*entry).dst[2] == dst_words[2]
+                && (*entry).dst[3] == dst_words[3]
+            {
+                return apply(ctx, (*entry).macs_lo, (*entry).macs_hi, (*entry).ifindex, ingress);
+            }
         }
     }
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid starting value.
@@ -156,18 +164,26 @@ fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Err(Error::NoRoute);
     }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&params.dmac);
+    macs[6..].copy_from_slice(&params.smac);
+    let macs_lo = u64::from_ne_bytes([
+        macs[0], macs[1], macs[2], macs[3], macs[4], macs[5], macs[6], macs[7],
+    ]);
+    let macs_hi = u32::from_ne_bytes([macs[8], macs[9], macs[10], macs[11]]);
     if let Some(entry) = slot {
         // SAFETY: as above.
         unsafe {
             *entry = CachedHop {
                 stamped_ns: now,
-                dst: *dst,
+                dst: dst_words,
                 ingress,
                 ifindex: params.ifindex,
-                dmac: params.dmac,
-                smac: params.smac,
+                macs_lo,
+                macs_hi,
+                pad: 0,
             };
         }
     }
-    apply(ctx, params.dmac, params.smac, params.ifindex, ingress)
+    apply(ctx, macs_lo, macs_hi, params.ifindex, ingress)
 }

@@ -6,8 +6,8 @@ use aya::maps::{
     Array, HashMap, MapData, MapError, PerCpuArray,
 };
 use sshlb_common::{
-    map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, Service, ServiceKey,
-    SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES, RING_STRIDE,
+    map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, Service, ServiceFilter,
+    ServiceKey, SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES, RING_STRIDE,
 };
 
 use crate::{
@@ -300,7 +300,26 @@ impl Dataplane {
         }
         let ring_offset = self.standby_half(key, id);
         let service = Service { id, flags, ring_size, ring_offset };
+        // The pre-filter's bit first: a service the filter hides would pass its packets by.
+        let mut filter = self.service_filter()?;
+        if !filter.may_contain(key) {
+            filter.insert(key);
+            self.set_service_filter(&filter)?;
+        }
         self.services().insert(key, service, 0).map_err(map_err("writing", map_names::SERVICES))
+    }
+
+    /// The service pre-filter as the data plane reads it.
+    pub fn service_filter(&mut self) -> Result<ServiceFilter, MapsError> {
+        self.array::<ServiceFilter>(map_names::SERVICE_FILTER)
+            .get(&0, 0)
+            .map_err(map_err("reading", map_names::SERVICE_FILTER))
+    }
+
+    fn set_service_filter(&mut self, filter: &ServiceFilter) -> Result<(), MapsError> {
+        self.array::<ServiceFilter>(map_names::SERVICE_FILTER)
+            .set(0, filter, 0)
+            .map_err(map_err("writing", map_names::SERVICE_FILTER))
     }
 
     /// Carries out `ops` in order ([`crate::plan::diff`] decides them; this only writes). Stops
@@ -325,10 +344,17 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes a service: new flows to it are no longer balanced (established ones are
-    /// unaffected only until their packets miss the service — i.e. removal ends them).
+    /// Removes a service: new flows to it are no longer balanced, and once the pre-filter is
+    /// rebuilt without it (here, right after) neither are its established ones — removal ends
+    /// them.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapsError> {
-        self.services().remove(key).map_err(map_err("removing", map_names::SERVICES))
+        self.services().remove(key).map_err(map_err("removing", map_names::SERVICES))?;
+        // Rebuilt from the services that remain: another service may share the bit.
+        let mut filter = ServiceFilter::default();
+        for remaining in self.services().keys().filter_map(Result::ok) {
+            filter.insert(&remaining);
+        }
+        self.set_service_filter(&filter)
     }
 }
 
