@@ -216,7 +216,10 @@ impl Netns {
     /// did not take with them (sshd's per-session children outlive a killed listener). `ip netns
     /// del` only unlinks the name, so without this they would run on in an unnamed namespace.
     /// Bounded: a few rounds of SIGKILL, as a fork between listing and killing is possible.
+    /// Never this process itself: a benchmark that moved its own thread into the namespace
+    /// (`setns`) is listed there too.
     fn kill_remaining(&self) {
+        let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         for _ in 0..20 {
             let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() else {
                 return;
@@ -224,6 +227,7 @@ impl Netns {
             let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
+                .filter(|&pid| pid != me)
                 .collect();
             if pids.is_empty() {
                 return;
