@@ -48,6 +48,10 @@ pub mod map_names {
     /// [`crate::hash::filter_slot`] of every service's (VIP, port). Written by the agent with the
     /// services, read by XDP before any hash lookup.
     pub const SERVICE_FILTER: &str = "SERVICE_FILTER";
+    /// The balancer's own addresses — VIPs, NAT addresses, backends' — as [`crate::OwnAddr`]
+    /// keys (value: a `u32`, 1). Written by the agent with the services, backends and NAT
+    /// settings; read by XDP before a flow is created: no client has one of these addresses.
+    pub const OWN_ADDRESSES: &str = "OWN_ADDRESSES";
 }
 
 /// Largest number of services (VIP, port, protocol) one balancer serves. Each costs two rings of
@@ -121,6 +125,30 @@ impl ServiceKey {
     /// Key for an IPv6 VIP; `port` in host byte order.
     pub const fn v6(addr: [u8; 16], port: u16, proto: u8) -> Self {
         Self { addr, port_be: port.to_be(), proto, family: family::V6 }
+    }
+}
+
+/// Largest number of entries in `OWN_ADDRESSES`: every backend, VIP and NAT address.
+pub const MAX_OWN_ADDRESSES: u32 = MAX_BACKENDS + MAX_SERVICES + 2;
+
+/// Key of the `OWN_ADDRESSES` map: one address of the balancer's own configuration.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct OwnAddr {
+    /// The address, network byte order (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub pad8: u8,
+    /// Explicit padding, zero.
+    pub pad16: u16,
+}
+
+impl OwnAddr {
+    /// The key for `addr` of family `family` (padding zeroed).
+    pub const fn new(addr: [u8; 16], family: u8) -> Self {
+        Self { addr, family, pad8: 0, pad16: 0 }
     }
 }
 
@@ -396,6 +424,8 @@ mod pod {
     unsafe impl aya::Pod for super::Bucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ServiceFilter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OwnAddr {}
 }
 
 #[cfg(test)]
@@ -478,6 +508,12 @@ mod layout_tests {
         assert_eq!(offset_of!(Limit, mask_v4), 16);
         assert_eq!(offset_of!(Limit, mask_v6), 24);
         assert_eq!(size_of::<Bucket>(), 16);
+    }
+
+    #[test]
+    fn own_addr_layout_is_stable() {
+        assert_eq!(size_of::<OwnAddr>(), 20);
+        assert_eq!(offset_of!(OwnAddr, family), 16);
     }
 
     #[test]

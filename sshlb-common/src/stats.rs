@@ -91,6 +91,32 @@ counters! {
     DROP_CSUM_HELPER_FAILED = 30, "drop_csum_helper_failed";
     /// The per-CPU parse scratch slot could not be looked up: an internal error (XDP_ABORTED).
     DROP_SCRATCH_MISSING = 31, "drop_scratch_missing";
+    /// TCP flags no stack sends (RFC 9293 §3.10.7): SYN with FIN or RST, or a segment without
+    /// ACK that is neither a SYN nor a RST (no flags, FIN, URG or PSH alone): dropped.
+    DROP_BAD_TCP_FLAGS = 32, "drop_bad_tcp_flags";
+    /// TCP source or destination port 0 (reserved, never a connection's): dropped.
+    DROP_PORT_ZERO = 33, "drop_port_zero";
+    /// IPv4 TTL or IPv6 hop limit 0: no router forwards it, neither do we: dropped.
+    DROP_TTL_ZERO = 34, "drop_ttl_zero";
+    /// A new flow whose source is one of our own addresses — a VIP, a NAT address or a
+    /// backend's — which no client has: spoofed (or looped), dropped before any state.
+    DROP_SPOOFED_SOURCE = 35, "drop_spoofed_source";
+    /// IPv4 options that run past the header or carry a source route (LSRR/SSRR, refused by
+    /// hosts: `accept_source_route = 0`): dropped.
+    DROP_BAD_IPV4_OPTIONS = 36, "drop_bad_ipv4_options";
+    /// 802.1Q-tagged (VLAN id ≠ 0) frame: no service is on a VLAN, so it is the kernel's
+    /// (forwarding it to untagged backends would hop VLANs): passed.
+    PASS_VLAN_TAGGED = 37, "pass_vlan_tagged";
+    /// A RST or FIN for a full-NAT flow the table does not know: it cannot start a flow and has
+    /// no NAT port to go out with (guessing one could reset another client's session): dropped.
+    DROP_CLOSE_WITHOUT_FLOW = 38, "drop_close_without_flow";
+    /// Event (not an outcome): a RST or FIN for a direct-server-return flow the table does not
+    /// know was forwarded by the ring without creating an entry (the backend, which may hold the
+    /// connection after a restart or failover, needs it).
+    EVENT_STATELESS_CLOSE = 39, "event_stateless_close";
+    /// Event (not an outcome): a new full-NAT flow took the NAT port of a flow whose handshake
+    /// never completed and which was idle past the embryonic grace period (SYN flood defence).
+    EVENT_NAT_PORT_RECLAIMED = 40, "event_nat_port_reclaimed";
 }
 
 #[cfg(test)]
@@ -117,6 +143,7 @@ mod tests {
         assert_eq!(DROP_RATE_LIMITED, 29);
         assert_eq!(NAMES[DROP_CSUM_HELPER_FAILED as usize], "drop_csum_helper_failed");
         assert_eq!(NAMES[DROP_SCRATCH_MISSING as usize], "drop_scratch_missing");
-        assert_eq!(COUNT, 32);
+        assert_eq!(NAMES[DROP_BAD_TCP_FLAGS as usize], "drop_bad_tcp_flags");
+        assert_eq!(COUNT, 41);
     }
 }

@@ -52,6 +52,9 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     if found != Found::Followed {
         // New, or a finished tuple reused: either way a flow starts here, if this is a service.
         let Some(service) = services::lookup(&pkt.key) else { return Ok(Outcome::NotService) };
+        if services::is_own_address(&pkt.key) {
+            return Err(Error::SpoofedSource);
+        }
         admit(pkt, &service, now)?;
         create(pkt, &service, now, found == Found::Reused, &mut assigned)?;
     }
@@ -131,6 +134,25 @@ fn create(
 ) -> Result<(), Error> {
     let syn = is_syn(pkt.flags);
     let dsr = service.flags & service_flags::DSR != 0;
+    if !syn && pkt.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 {
+        // A close for a flow nobody knows starts nothing. Direct server return: the ring sends
+        // it where the flow went (the backend may hold the connection after a restart or a
+        // failover), without an entry. Full NAT has no port to send it from: dropped.
+        if !dsr {
+            return Err(Error::CloseWithoutFlow);
+        }
+        let backend_id =
+            services::backend_for_new_flow(service, &pkt.key).ok_or(Error::NoBackend)?;
+        count(stats::EVENT_STATELESS_CLOSE);
+        *out = Assigned {
+            backend_id,
+            service_id: service.id,
+            nat_port_be: 0,
+            flags: 0,
+            new_flow: false,
+        };
+        return Ok(());
+    }
     if reused {
         // The client reused the tuple of a finished flow: free its NAT port, start afresh.
         if let Some(old) = services::backend(out.backend_id) {
@@ -159,7 +181,7 @@ fn create(
     }
     if !dsr {
         let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-        new.nat_port_be = nat::allocate_port(&pkt.key, &backend, &cfg)?;
+        new.nat_port_be = nat::allocate_port(&pkt.key, &backend, &cfg, now)?;
         new.flags |= flow_flags::NAT;
     }
     match flow::insert(&pkt.key, &new, reused) {

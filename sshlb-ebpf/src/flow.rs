@@ -29,6 +29,12 @@ pub fn insert(key: &FlowKey, flow: &Flow, replace: bool) -> Result<(), i32> {
     FLOWS.insert(key, flow, if replace { 0 } else { u64::from(BPF_NOEXIST) })
 }
 
+/// Removes a flow's entry (a dead handshake whose NAT port a new flow reclaims).
+#[inline(always)]
+pub fn remove(key: &FlowKey) -> Result<(), i32> {
+    FLOWS.remove(key)
+}
+
 /// Whether a SYN on a flow in `state` starts a new flow (the client reused a finished tuple).
 #[inline(always)]
 pub fn is_finished(state: u8) -> bool {

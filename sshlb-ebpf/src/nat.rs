@@ -9,14 +9,14 @@ use network_types::{
     tcp::TcpHdr,
 };
 use sshlb_common::{
-    family,
+    family, flow_state,
     hash::{flow_hash, NAT_PORT_SEED},
     stats, v4_in_16, Backend, Config, FlowKey, NatKey, DEFAULT_MAX_FLOWS,
 };
 
 use crate::{
     csum::Delta,
-    flow::EEXIST,
+    flow::{self, EEXIST},
     parse::{ptr_at, Tcp},
     stats::count,
     verdict::Error,
@@ -36,6 +36,11 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// NAT source-port probes per new flow before giving up.
 const PORT_PROBES: u32 = 8;
+/// How long a flow whose handshake has not completed keeps its NAT port against a new flow
+/// that needs it. A real handshake completes within a round trip, and a client whose SYN went
+/// unanswered retransmits after 1 s (RFC 6298) and so refreshes its entry; what stays silent in
+/// SYN state longer is, under a flood, a spoofed source that will never answer.
+pub const EMBRYONIC_GRACE_NS: u64 = 2_000_000_000;
 /// Distance between probes (odd, so consecutive probes differ for any range size).
 const PROBE_STEP: u32 = 0x9e37_79b1;
 
@@ -61,8 +66,18 @@ pub fn nat_addr(cfg: &Config, fam: u8) -> Option<[u8; 16]> {
 /// The first probe is a hash of the flow, so after a balancer restart a flow picked up mid-stream
 /// usually gets the port it had and the backend's connection carries on. The claim is the
 /// `NAT_REVERSE` insert itself (`BPF_NOEXIST`), atomic across CPUs.
+///
+/// A probe that hits a port held by an embryonic flow (SYN seen, handshake never completed,
+/// silent for [`EMBRYONIC_GRACE_NS`]) takes that port over and ends the embryonic flow: a
+/// spoofed SYN flood then recycles ports among its own dead flows instead of locking real
+/// clients out, and no established flow ever loses its port.
 #[inline(always)]
-pub fn allocate_port(key: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u16, Error> {
+pub fn allocate_port(
+    key: &FlowKey,
+    backend: &Backend,
+    cfg: &Config,
+    now: u64,
+) -> Result<u16, Error> {
     let min = u32::from(cfg.nat_port_min);
     let max = u32::from(cfg.nat_port_max);
     if min == 0 || max < min {
@@ -77,14 +92,40 @@ pub fn allocate_port(key: &FlowKey, backend: &Backend, cfg: &Config) -> Result<u
         nat_key.nat_port_be = port.to_be();
         match NAT_REVERSE.insert(nat_key, key, u64::from(BPF_NOEXIST)) {
             Ok(()) => return Ok(port.to_be()),
-            // Taken by another flow to the same backend: probe on.
-            Err(EEXIST) => count(stats::EVENT_NAT_PORT_RETRY),
+            // Taken by another flow to the same backend: reclaim it if that flow is a dead
+            // handshake, else probe on.
+            Err(EEXIST) => {
+                if reclaim(nat_key, key, now) {
+                    count(stats::EVENT_NAT_PORT_RECLAIMED);
+                    return Ok(port.to_be());
+                }
+                count(stats::EVENT_NAT_PORT_RETRY);
+            }
             // Out of entries (or memory): as full as the connection table.
             Err(_) => return Err(Error::FlowTableFull),
         }
         probe = probe.wrapping_add(PROBE_STEP);
     }
     Err(Error::NatPortsExhausted)
+}
+
+/// Takes the NAT port `nat_key` for `key` if its holder is an embryonic flow past the grace
+/// period (or no flow at all any more): the holder's entry is removed and the port's reverse
+/// entry rewritten to `key`.
+#[inline(always)]
+fn reclaim(nat_key: NatKey, key: &FlowKey, now: u64) -> bool {
+    // SAFETY: copied out at once.
+    let Some(holder) = (unsafe { NAT_REVERSE.get(nat_key) }).copied() else { return false };
+    if let Some(entry) = flow::get(&holder) {
+        // SAFETY: a live map value, fields read once.
+        let (state, last_seen) = unsafe { ((*entry).state, (*entry).last_seen_ns) };
+        if state != flow_state::SYN || now.wrapping_sub(last_seen) < EMBRYONIC_GRACE_NS {
+            return false;
+        }
+        // The dead handshake goes; a late ACK of it would be picked up as a recovered flow.
+        let _ignored = flow::remove(&holder);
+    }
+    NAT_REVERSE.insert(nat_key, key, 0).is_ok()
 }
 
 /// Frees the NAT port of a flow that is being replaced or could not be stored.

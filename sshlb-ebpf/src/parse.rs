@@ -33,6 +33,20 @@ pub mod tcp_flags {
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// Whether a host would accept a segment with `flags` at all (RFC 9293 §3.10.7, and Linux's
+/// `tcp_validate_incoming`/`tcp_rcv_state_process`): a SYN never carries FIN or RST (nor URG
+/// without ACK); every segment but the first SYN and a bare RST carries ACK. Scans (null, FIN,
+/// Xmas) and malformed stacks send the rest. ECE/CWR are left alone (ECN).
+#[inline(always)]
+pub fn flags_are_valid(flags: u8) -> bool {
+    use tcp_flags::{ACK, FIN, RST, SYN, URG};
+    if flags & SYN != 0 {
+        return flags & (FIN | RST) == 0 && (flags & ACK != 0 || flags & URG == 0);
+    }
+    flags & (ACK | RST) != 0
 }
 
 /// A well-formed TCP segment: its flow key (as sent) and where its headers are.
@@ -162,10 +176,17 @@ fn parse(ctx: &XdpContext, out: &mut Out<'_>) -> Result<L3, Error> {
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         let vlan = ptr_at::<VlanHdr>(ctx, l3_off).ok_or(Error::TruncatedVlan)?;
         // SAFETY: as above.
-        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        let (tci, inner) = unsafe { ((*vlan).tci, (*vlan).ether_type) };
+        ether_type = u16::from_be(inner);
         l3_off += VlanHdr::LEN;
         if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
             return Ok(L3::Other(Outcome::VlanStacked));
+        }
+        // A VLAN id means a VLAN the balancer has no service on (services are untagged):
+        // the kernel's — forwarded to untagged backends it would hop VLANs. Id 0 is a
+        // priority tag (802.1p) on the untagged network: parsed as untagged.
+        if u16::from_be_bytes(tci) & 0x0FFF != 0 {
+            return Ok(L3::Other(Outcome::VlanTagged));
         }
     }
     match ether_type {
@@ -212,6 +233,12 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
     if fragment {
         return Ok(L3::Other(Outcome::Ipv4Fragment));
     }
+    if ip.ttl == 0 {
+        return Err(Error::TtlZero);
+    }
+    if header_len > Ipv4Hdr::LEN {
+        check_ipv4_options(ctx, l3_off + Ipv4Hdr::LEN, l3_off + header_len)?;
+    }
     // Ports are filled in by parse_tcp. Addresses in words (see `word`).
     let base = core::ptr::from_ref(ip).cast::<u8>();
     // SAFETY: ptr_at checked the 20-byte header; the addresses are bytes 12..20.
@@ -229,6 +256,58 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
     // SAFETY: `out.tcp` points at writable memory for a Tcp (the caller's stack slot).
     unsafe { out.tcp.write(Tcp { key, l3_off, l4_off, ip_len: total_len, flags }) };
     Ok(L3::Tcp)
+}
+
+/// IPv4 option kinds (RFC 791, IANA "ip-parameters").
+mod ipv4_option {
+    /// End of option list.
+    pub const EOL: u8 = 0;
+    /// No operation (one byte, padding).
+    pub const NOP: u8 = 1;
+    /// Loose source and record route.
+    pub const LSRR: u8 = 131;
+    /// Strict source and record route.
+    pub const SSRR: u8 = 137;
+}
+
+/// Options walked per header. The verifier follows every path through the walk, so it must stay
+/// short; real traffic carries one or two options (router alert, a timestamp, record route,
+/// with NOP padding). A header with more is refused as malformed.
+const MAX_IPV4_OPTIONS: usize = 4;
+
+/// Walks the IPv4 options in `[start, end)` (inside the datagram, whose length the caller
+/// checked against the frame): every option must fit, with a length byte of at least 2 where
+/// it has one (the kernel's `__ip_options_compile` rules), none may be a source route, and
+/// there may be at most [`MAX_IPV4_OPTIONS`] of them before the end-of-list or the header's
+/// end. Valid options (router alert, timestamps, record route, security labels) pass: hosts
+/// accept them, and they are forwarded untouched.
+#[inline(always)]
+fn check_ipv4_options(ctx: &XdpContext, start: usize, end: usize) -> Result<(), Error> {
+    let mut off = start;
+    let mut i = 0;
+    while i < MAX_IPV4_OPTIONS && off < end {
+        // Kind and length byte read as one pair (a 1-byte read's bounds check is one LLVM
+        // rewrites into a form the verifier cannot use). The pair always exists in a TCP
+        // segment (its header follows the options); if the frame ends first it is truncated.
+        // SAFETY: ptr_at checked both bytes.
+        let [kind, len] = unsafe { *ptr_at::<[u8; 2]>(ctx, off).ok_or(Error::TruncatedTcp)? };
+        if kind == ipv4_option::EOL {
+            return Ok(());
+        }
+        if kind == ipv4_option::LSRR || kind == ipv4_option::SSRR {
+            return Err(Error::BadIpv4Options);
+        }
+        let step = if kind == ipv4_option::NOP { 1 } else { usize::from(len) };
+        if step == 0 || (kind != ipv4_option::NOP && step < 2) || off + step > end {
+            return Err(Error::BadIpv4Options);
+        }
+        off += step;
+        i += 1;
+    }
+    if off < end {
+        return Err(Error::BadIpv4Options);
+    }
+    Ok(())
 }
 
 /// A 16-byte address from its four words as loaded (native order).
@@ -283,6 +362,9 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
             if is_ipv6_extension(ip.next_hdr) { Outcome::Ipv6ExtHeader } else { Outcome::NotTcp };
         return Ok(L3::Other(outcome));
     }
+    if ip.hop_limit == 0 {
+        return Err(Error::TtlZero);
+    }
     // Ports are filled in by parse_tcp. Addresses in words (see `word`).
     let base = core::ptr::from_ref(ip).cast::<u8>();
     // SAFETY: ptr_at checked the 40-byte header; the addresses are bytes 8..40.
@@ -327,8 +409,14 @@ fn parse_tcp(
     // Native order: the first two bytes on the wire (the source port) are the low half.
     key.sport_be = ports as u16;
     key.dport_be = (ports >> 16) as u16;
+    if key.sport_be == 0 || key.dport_be == 0 {
+        return Err(Error::PortZero);
+    }
     // SAFETY: byte 13 (flags) is inside the 20-byte header checked above.
     let flags = unsafe { *core::ptr::from_ref(tcp).cast::<u8>().add(13) };
+    if !flags_are_valid(flags) {
+        return Err(Error::BadTcpFlags);
+    }
     Ok(flags)
 }
 

@@ -7,9 +7,22 @@ use aya_ebpf::{
 };
 use sshlb_common::{
     hash::{filter_slot, flow_hash, RING_SEED},
-    service_flags, Backend, FlowKey, Service, ServiceFilter, ServiceKey, EMPTY_SLOT, MAX_BACKENDS,
-    MAX_SERVICES, RING_STRIDE,
+    service_flags, Backend, FlowKey, OwnAddr, Service, ServiceFilter, ServiceKey, EMPTY_SLOT,
+    MAX_BACKENDS, MAX_OWN_ADDRESSES, MAX_SERVICES, RING_STRIDE,
 };
+
+/// The balancer's own addresses (VIPs, NAT addresses, backends). Written by the agent, read by
+/// XDP ([`is_own_address`]) only when a flow would start.
+#[map]
+static OWN_ADDRESSES: HashMap<OwnAddr, u32> = HashMap::with_max_entries(MAX_OWN_ADDRESSES, 0);
+
+/// Whether `key`'s source is one of the balancer's own addresses: no client has one, so a flow
+/// from it is spoofed (or a loop) and must not get state.
+#[inline(always)]
+pub fn is_own_address(key: &FlowKey) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { OWN_ADDRESSES.get(OwnAddr::new(key.src, key.family)) }.is_some()
+}
 
 /// The service pre-filter at index 0. Written by the agent (a service's bit is set before its
 /// `SERVICES` entry appears and cleared after it is gone), read by XDP ([`may_be_service`]).

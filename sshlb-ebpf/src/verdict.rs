@@ -43,6 +43,8 @@ pub enum Outcome {
     NotIp,
     /// QinQ or a second 802.1Q tag.
     VlanStacked,
+    /// One 802.1Q tag with a VLAN id: no service is on a VLAN.
+    VlanTagged,
     /// IP, but not TCP.
     NotTcp,
     /// IPv4 fragment: the kernel reassembles it.
@@ -64,6 +66,7 @@ impl Outcome {
         match self {
             Self::NotIp => stats::PASS_NOT_IP,
             Self::VlanStacked => stats::PASS_VLAN_STACKED,
+            Self::VlanTagged => stats::PASS_VLAN_TAGGED,
             Self::NotTcp => stats::PASS_NOT_TCP,
             Self::Ipv4Fragment => stats::PASS_IPV4_FRAGMENT,
             Self::Ipv6ExtHeader => stats::PASS_IPV6_EXT_HEADER,
@@ -83,6 +86,7 @@ impl Outcome {
         match self {
             Self::NotIp
             | Self::VlanStacked
+            | Self::VlanTagged
             | Self::NotTcp
             | Self::Ipv4Fragment
             | Self::Ipv6ExtHeader
@@ -130,6 +134,18 @@ pub enum Error {
     AclDenied,
     /// A SYN over the source prefix's new-connection rate.
     RateLimited,
+    /// TCP flags no stack sends.
+    BadTcpFlags,
+    /// TCP port 0.
+    PortZero,
+    /// IPv4 TTL / IPv6 hop limit 0.
+    TtlZero,
+    /// A new flow from one of our own addresses.
+    SpoofedSource,
+    /// IPv4 options malformed or source-routed.
+    BadIpv4Options,
+    /// RST/FIN for an unknown full-NAT flow.
+    CloseWithoutFlow,
     /// Internal: `bpf_csum_diff` refused the program's own arguments mid-rewrite.
     CsumHelperFailed,
     /// Internal: this CPU's parse scratch slot could not be looked up.
@@ -158,6 +174,12 @@ impl Error {
             Self::TruncatedIcmp => stats::DROP_TRUNCATED_ICMP,
             Self::AclDenied => stats::DROP_ACL_DENIED,
             Self::RateLimited => stats::DROP_RATE_LIMITED,
+            Self::BadTcpFlags => stats::DROP_BAD_TCP_FLAGS,
+            Self::PortZero => stats::DROP_PORT_ZERO,
+            Self::TtlZero => stats::DROP_TTL_ZERO,
+            Self::SpoofedSource => stats::DROP_SPOOFED_SOURCE,
+            Self::BadIpv4Options => stats::DROP_BAD_IPV4_OPTIONS,
+            Self::CloseWithoutFlow => stats::DROP_CLOSE_WITHOUT_FLOW,
             Self::CsumHelperFailed => stats::DROP_CSUM_HELPER_FAILED,
             Self::ScratchMissing => stats::DROP_SCRATCH_MISSING,
         }
@@ -188,7 +210,13 @@ impl Error {
             | Self::NoRoute
             | Self::TruncatedIcmp
             | Self::AclDenied
-            | Self::RateLimited => xdp_action::XDP_DROP,
+            | Self::RateLimited
+            | Self::BadTcpFlags
+            | Self::PortZero
+            | Self::TtlZero
+            | Self::SpoofedSource
+            | Self::BadIpv4Options
+            | Self::CloseWithoutFlow => xdp_action::XDP_DROP,
             Self::CsumHelperFailed | Self::ScratchMissing => xdp_action::XDP_ABORTED,
         }
     }

@@ -48,9 +48,37 @@ pub struct Hop<'a> {
 /// (or that the kernel must resolve the neighbour first).
 #[inline(always)]
 pub fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Outcome, Error> {
-    match route(ctx, hop, now)? {
-        Next::Send(how) => Ok(Outcome::Forwarded(path, how)),
-        Next::NoNeigh => Ok(Outcome::NoNeigh),
+    match routed(ctx, hop, now) {
+        Routed::Tx => Ok(Outcome::Forwarded(path, Xmit::Tx)),
+        Routed::Redirect => Ok(Outcome::Forwarded(path, Xmit::Redirect)),
+        Routed::NoNeigh => Ok(Outcome::NoNeigh),
+        Routed::NoRoute => Err(Error::NoRoute),
+        Routed::Truncated => Err(Error::TruncatedEth),
+    }
+}
+
+/// [`route`]'s answer as one integer (a subprogram's result in R0; see `Decision`).
+#[repr(u32)]
+#[derive(Clone, Copy)]
+enum Routed {
+    Tx,
+    Redirect,
+    NoNeigh,
+    NoRoute,
+    Truncated,
+}
+
+/// [`route`] as a BPF subprogram of its own: the FIB's 64-byte parameter block then lives in
+/// this frame, not in the caller's, which sits under the new-flow path's deeper call chain
+/// (the verifier allows 512 bytes of stack for a whole chain).
+#[inline(never)]
+fn routed(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Routed {
+    match route(ctx, hop, now) {
+        Ok(Next::Send(Xmit::Tx)) => Routed::Tx,
+        Ok(Next::Send(Xmit::Redirect)) => Routed::Redirect,
+        Ok(Next::NoNeigh) => Routed::NoNeigh,
+        Err(Error::NoRoute) => Routed::NoRoute,
+        Err(_) => Routed::Truncated,
     }
 }
 

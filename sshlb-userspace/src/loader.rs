@@ -42,7 +42,7 @@ const PIN_PROGRAM: &str = "prog";
 const PIN_LINK: &str = "link";
 
 /// Maps that are pinned (and adopted by name on restart).
-const PINNED_MAPS: [&str; 13] = [
+const PINNED_MAPS: [&str; 14] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::RINGS,
@@ -56,6 +56,7 @@ const PINNED_MAPS: [&str; 13] = [
     map_names::LIMITS,
     map_names::LIMITER,
     map_names::SERVICE_FILTER,
+    map_names::OWN_ADDRESSES,
 ];
 
 /// How the program is attached.
@@ -223,13 +224,13 @@ impl Default for LoadOptions {
 }
 
 /// `(map, key size, value size, max entries)` this binary expects for every pinned map.
-fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 13] {
+fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 14] {
     use core::mem::size_of;
 
     use sshlb_common::{
-        stats, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, Service, ServiceFilter,
-        ServiceKey, SourceKey, Traffic, LIMITER_ENTRIES, MAX_ACL_ENTRIES, MAX_BACKENDS,
-        MAX_SERVICES, RING_STRIDE,
+        stats, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, OwnAddr, Service,
+        ServiceFilter, ServiceKey, SourceKey, Traffic, LIMITER_ENTRIES, MAX_ACL_ENTRIES,
+        MAX_BACKENDS, MAX_OWN_ADDRESSES, MAX_SERVICES, RING_STRIDE,
     };
     let size = |n: usize| n as u32;
     [
@@ -262,6 +263,7 @@ fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 13]
             LIMITER_ENTRIES,
         ),
         (map_names::SERVICE_FILTER, 4, size(size_of::<ServiceFilter>()), 1),
+        (map_names::OWN_ADDRESSES, size(size_of::<OwnAddr>()), 4, MAX_OWN_ADDRESSES),
     ]
 }
 

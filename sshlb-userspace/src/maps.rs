@@ -6,8 +6,9 @@ use aya::maps::{
     Array, HashMap, MapData, MapError, PerCpuArray,
 };
 use sshlb_common::{
-    map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, Service, ServiceFilter,
-    ServiceKey, SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES, RING_STRIDE,
+    family, map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, OwnAddr, Service,
+    ServiceFilter, ServiceKey, SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES,
+    RING_STRIDE,
 };
 
 use crate::{
@@ -341,7 +342,47 @@ impl Dataplane {
                 MapOp::RemoveAcl(entry) => self.remove_acl_entry(entry)?,
             }
         }
+        self.refresh_own_addresses()
+    }
+
+    /// Makes `OWN_ADDRESSES` hold exactly the addresses the maps now name — every VIP, NAT
+    /// address and defined backend — so that a new flow from one of them is refused as spoofed.
+    /// Additions go in before removals; an address that stays is not touched.
+    pub fn refresh_own_addresses(&mut self) -> Result<(), MapsError> {
+        let mut want = std::collections::BTreeSet::new();
+        for key in self.services().keys().filter_map(Result::ok) {
+            want.insert(OwnAddr::new(key.addr, key.family));
+        }
+        let backends = self.array::<Backend>(map_names::BACKENDS);
+        for id in 0..MAX_BACKENDS {
+            if let Ok(backend) = backends.get(&id, 0) {
+                if backend.family != 0 {
+                    want.insert(OwnAddr::new(backend.addr, backend.family));
+                }
+            }
+        }
+        if let Ok(config) = self.array::<Config>(map_names::CONFIG).get(&0, 0) {
+            if config.nat_v4 != [0; 4] {
+                want.insert(OwnAddr::new(sshlb_common::v4_in_16(config.nat_v4), family::V4));
+            }
+            if config.nat_v6 != [0; 16] {
+                want.insert(OwnAddr::new(config.nat_v6, family::V6));
+            }
+        }
+        let mut own = self.own_addresses();
+        let have: std::collections::BTreeSet<OwnAddr> = own.keys().filter_map(Result::ok).collect();
+        for addr in want.difference(&have) {
+            own.insert(addr, 1, 0).map_err(map_err("writing", map_names::OWN_ADDRESSES))?;
+        }
+        for addr in have.difference(&want) {
+            own.remove(addr).map_err(map_err("removing", map_names::OWN_ADDRESSES))?;
+        }
         Ok(())
+    }
+
+    fn own_addresses(&mut self) -> HashMap<&mut MapData, OwnAddr, u32> {
+        let map = self.ebpf_mut().map_mut(map_names::OWN_ADDRESSES).expect("object defines it");
+        HashMap::try_from(map).expect("OWN_ADDRESSES is a hash map of OwnAddr → u32")
     }
 
     /// Removes a service: new flows to it are no longer balanced, and once the pre-filter is
