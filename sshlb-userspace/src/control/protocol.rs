@@ -410,6 +410,18 @@ state = "drain"
     }
 
     #[test]
+    fn floats_read_back_exactly() {
+        // Read back as 1.0086398161248256e149 without serde_json's float_roundtrip.
+        let limit =
+            LimitStatus { per_second: 1.008_639_816_124_825_7e149, burst: 1, ..Default::default() };
+        let service = ServiceStatus { limit: Some(limit), ..Default::default() };
+        let status = Status { interface: "eth0".into(), services: vec![service] };
+        let reply = Reply { status: Some(status), ..Reply::done() };
+        let line = encode(&reply).expect("encode");
+        assert_eq!(decode_reply(line.as_bytes()).expect("decode"), reply, "{line}");
+    }
+
+    #[test]
     fn edits_change_only_their_target() {
         let mut cfg = parse("t.toml", CFG).expect("valid");
         let before = cfg.clone();
