@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod lab;
 mod setup;
 mod test;
@@ -48,6 +49,18 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         seconds: u64,
     },
+    /// Run one cargo-fuzz target (fuzz/) for longer than the test suite does; new inputs go to
+    /// fuzz/corpus-new/TARGET, crashes to fuzz/artifacts/TARGET.
+    Fuzz {
+        /// `config_parse` or `control_protocol`.
+        target: String,
+        /// How long to run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// libFuzzer sanitizer (`none`, `address`, ...).
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
+    },
     /// The test lab: `up` (background), `down` (removes everything, also after a crash), `status`.
     Lab {
         /// What to do.
@@ -85,6 +98,7 @@ fn main() -> ExitCode {
         Command::Run { duration } => lab::run(duration.map(std::time::Duration::from_secs)),
         Command::Lab { action } => lab::lab(action),
         Command::Bench { which, seconds } => bench::bench(which, seconds),
+        Command::Fuzz { target, seconds, sanitizer } => fuzz::fuzz(&target, seconds, &sanitizer),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,6 +134,13 @@ mod tests {
         assert!(matches!(cli.command, Command::Run { duration: Some(8) }), "{cli:?}");
         let cli = Cli::try_parse_from(["xtask", "test", "--quick"]).expect("valid");
         assert!(matches!(cli.command, Command::Test { quick: true }), "{cli:?}");
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "config_parse", "--seconds", "60"])
+            .expect("valid");
+        assert!(
+            matches!(&cli.command, Command::Fuzz { target, seconds: 60, sanitizer }
+                if target == "config_parse" && sanitizer == "none"),
+            "{cli:?}"
+        );
         let cli = Cli::try_parse_from(["xtask", "build", "--release"]).expect("valid");
         assert!(matches!(cli.command, Command::Build { release: true }), "{cli:?}");
     }

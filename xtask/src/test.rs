@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the one command that proves the project works, and exactly what CI runs.
-//! Owns the list of tiers (setup, formatting, both clippy runs, unit tests, BPF packet fixtures,
+//! Owns the list of tiers (setup, formatting, both clippy runs, unit tests, bounded fuzzing of the
+//! config parser and control protocol, BPF packet fixtures with the frame fuzzer,
 //! namespace/end-to-end tests), how each is invoked, root handling, and the summary table.
 
 use std::{
@@ -105,6 +106,17 @@ fn tiers(root: bool) -> Vec<Tier> {
                 test_cargo(&["test", "--workspace", "--exclude", "sshlb-tests", "--lib", "--bins"]),
                 test_cargo(&["test", "--package", "sshlb-common"]),
             ]),
+        },
+        Tier {
+            name: "fuzz (config, control protocol)",
+            needs_root: false,
+            lint_or_setup: false,
+            step: Step::Commands(
+                crate::fuzz::TARGETS
+                    .iter()
+                    .map(|t| crate::fuzz::run_command(t, crate::fuzz::SUITE_SECONDS, "none"))
+                    .collect(),
+            ),
         },
         Tier {
             name: "bpf fixtures",
@@ -257,6 +269,7 @@ mod tests {
                 "clippy (host crates)",
                 "clippy (BPF crate)",
                 "unit tests",
+                "fuzz (config, control protocol)",
                 "bpf fixtures",
                 "namespace/e2e",
                 "kernel matrix (5.10, newest)"
@@ -271,6 +284,11 @@ mod tests {
             "SSHLB_REQUIRE_ROOT_TESTS=1 ",
             "test --workspace --exclude sshlb-tests --lib --bins",
             "test --package sshlb-common",
+            "rustup run nightly cargo fuzz run --sanitizer none config_parse \
+             fuzz/corpus-new/config_parse fuzz/corpus/config_parse -- -max_total_time=20",
+            "rustup run nightly cargo fuzz run --sanitizer none control_protocol \
+             fuzz/corpus-new/control_protocol fuzz/corpus/control_protocol -- \
+             -max_total_time=20",
             "test --package sshlb-userspace --test fixtures",
             "test --package sshlb-tests -- --test-threads=2",
             "vm-test [K5_10, K7]",

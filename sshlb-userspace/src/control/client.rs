@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use super::protocol::{Reply, Request, Status};
+use super::protocol::{decode_reply, encode, Reply, Request, Status};
 
 /// A command-line target that is not `SERVICE/BACKEND`.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +40,12 @@ pub enum ClientError {
     /// The exchange failed.
     #[error("talking to the agent failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The request could not be written as JSON.
+    #[error("encoding the request failed: {0}")]
+    Encode(#[from] serde_json::Error),
     /// The reply was not understood.
     #[error("the agent's reply is not valid: {0}")]
-    Reply(#[from] serde_json::Error),
+    Reply(#[from] super::protocol::DecodeError),
 }
 
 /// Sends `request` to the agent listening at `socket` and returns its reply.
@@ -50,12 +53,10 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
     let mut stream = UnixStream::connect(socket)
         .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    Ok(serde_json::from_str(&reply)?)
+    stream.write_all(encode(request)?.as_bytes())?;
+    let mut reply = Vec::new();
+    BufReader::new(stream).read_until(b'\n', &mut reply)?;
+    Ok(decode_reply(&reply)?)
 }
 
 /// Live sessions of `service`/`backend` in `status`, if the status names that backend.

@@ -1,8 +1,9 @@
-//! The control protocol: one JSON [`Request`] line in, one JSON [`Reply`] line out; the
-//! `status --json` schema ([`Status`]); and how backend-changing requests edit a configuration
-//! ([`edit`], sans-IO).
+//! The control protocol: one JSON [`Request`] line in, one JSON [`Reply`] line out ([`encode`],
+//! [`decode_request`], [`decode_reply`]: the bytes of one line, sans-IO); the `status --json`
+//! schema ([`Status`]); and how backend-changing requests edit a configuration ([`edit`],
+//! sans-IO).
 
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::config::{BackendState, Config};
 
@@ -11,6 +12,48 @@ pub const DEFAULT_SOCKET: &str = crate::config::Agent::DEFAULT_CONTROL;
 
 /// Largest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Why the bytes of one line are not a request (or a reply).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A request longer than [`MAX_REQUEST`] (the server reads no more).
+    #[error("longer than {MAX_REQUEST} bytes")]
+    TooLong,
+    /// Not UTF-8 text.
+    #[error("not UTF-8: {0}")]
+    NotUtf8(#[source] std::str::Utf8Error),
+    /// Not one JSON object of the protocol (syntax, unknown command or field, wrong type).
+    #[error("{0}")]
+    Json(#[source] serde_json::Error),
+}
+
+/// One message as its line on the socket: compact JSON and a `\n`.
+pub fn encode<T: Serialize>(message: &T) -> Result<String, serde_json::Error> {
+    let mut line = serde_json::to_string(message)?;
+    line.push('\n');
+    Ok(line)
+}
+
+/// A request from the bytes of one line as read from the socket (its `\n` or `\r\n` optional).
+pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
+    if line.len() > MAX_REQUEST {
+        return Err(DecodeError::TooLong);
+    }
+    decode(line)
+}
+
+/// A reply from the bytes of one line as read from the socket (its `\n` or `\r\n` optional).
+/// No length limit: a status of many services is longer than any request.
+pub fn decode_reply(line: &[u8]) -> Result<Reply, DecodeError> {
+    decode(line)
+}
+
+fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, DecodeError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = std::str::from_utf8(line).map_err(DecodeError::NotUtf8)?;
+    serde_json::from_str(text).map_err(DecodeError::Json)
+}
 
 /// A request to the running agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,6 +390,35 @@ state = "drain"
             serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).expect("parse"),
             Request::Reload { kill_established: false }
         );
+    }
+
+    #[test]
+    fn lines_decode_to_typed_errors() {
+        let request = Request::Drain { service: "git".into(), backend: "b1".into() };
+        let line = encode(&request).expect("encode");
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line:?}");
+        assert_eq!(decode_request(line.as_bytes()).expect("decode"), request);
+        let crlf = line.replace('\n', "\r\n");
+        assert_eq!(decode_request(crlf.as_bytes()).expect("CRLF line"), request);
+        assert!(matches!(decode_request(b"\xff\n"), Err(DecodeError::NotUtf8(_))));
+        assert!(matches!(decode_request(b""), Err(DecodeError::Json(_))));
+        let long = vec![b' '; MAX_REQUEST + 1];
+        assert!(matches!(decode_request(&long), Err(DecodeError::TooLong)));
+        let reply = Reply::failed("no");
+        let line = encode(&reply).expect("encode");
+        assert_eq!(decode_reply(line.as_bytes()).expect("decode"), reply);
+    }
+
+    #[test]
+    fn floats_read_back_exactly() {
+        // Read back as 1.0086398161248256e149 without serde_json's float_roundtrip.
+        let limit =
+            LimitStatus { per_second: 1.008_639_816_124_825_7e149, burst: 1, ..Default::default() };
+        let service = ServiceStatus { limit: Some(limit), ..Default::default() };
+        let status = Status { interface: "eth0".into(), services: vec![service] };
+        let reply = Reply { status: Some(status), ..Reply::done() };
+        let line = encode(&reply).expect("encode");
+        assert_eq!(decode_reply(line.as_bytes()).expect("decode"), reply, "{line}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{os::unix::net::UnixListener, path::Path, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{Reply, Request, MAX_REQUEST};
+use super::protocol::{decode_request, encode, Reply, Request, MAX_REQUEST};
 
 /// Why the control socket cannot be bound.
 #[derive(Debug, thiserror::Error)]
@@ -92,10 +92,14 @@ pub async fn serve(
         tokio::spawn(async move {
             use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
             let (read, mut write) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64)).lines();
-            let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await;
-            let reply = match line {
-                Ok(Ok(Some(line))) => match serde_json::from_str::<Request>(&line) {
+            // One byte past the limit, so an over-long line is seen as such, not cut short.
+            let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+            let mut line = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line))
+                    .await;
+            let reply = match read {
+                Ok(Ok(n)) if n > 0 => match decode_request(&line) {
                     Ok(request) => {
                         let (tx, rx) = oneshot::channel();
                         if requests.send((request, tx)).await.is_err() {
@@ -108,8 +112,7 @@ pub async fn serve(
                 },
                 _ => Reply::failed("expected one JSON request line"),
             };
-            if let Ok(mut text) = serde_json::to_string(&reply) {
-                text.push('\n');
+            if let Ok(text) = encode(&reply) {
                 let _ignored = write.write_all(text.as_bytes()).await;
             }
         });

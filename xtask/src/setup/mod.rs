@@ -1,13 +1,15 @@
 //! `cargo xtask setup`: checks for, and installs where it can, everything a fresh Debian 12 machine
 //! needs to build, lint and test sshlb — the rustup toolchains and components ([`toolchain`]),
 //! `bpf-linker` built against the nightly's own libLLVM ([`bpf_linker`]; recipe in
-//! `docs/toolchain.md`), and the Debian packages the tests and the lab use ([`packages`]).
+//! `docs/toolchain.md`), `cargo-fuzz` for the fuzz targets ([`cargo_fuzz`]), and the Debian
+//! packages the tests and the lab use ([`packages`]).
 //! Idempotent, and fast when everything is there: it only asks `rustup`, `dpkg-query` and
 //! `bpf-linker` questions unless something is missing.
 //!
 //! This module owns the order of the checks and the report of what each one found or did.
 
 mod bpf_linker;
+mod cargo_fuzz;
 mod packages;
 mod toolchain;
 
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use bpf_linker::ensure_bpf_linker;
+use cargo_fuzz::ensure_cargo_fuzz;
 use packages::ensure_packages;
 pub use toolchain::NIGHTLY;
 use toolchain::{ensure_components, ensure_toolchains, BPF_COMPONENTS, FULL_COMPONENTS, STABLE};
@@ -90,9 +93,15 @@ pub fn setup() -> Result<Report> {
     let toolchains = ensure_toolchains(&mut report, &[STABLE, NIGHTLY])?;
     ensure_components(&mut report, Mode::Install, FULL_COMPONENTS, &toolchains)?;
     ensure_bpf_linker(&mut report, Mode::Install, &toolchains[NIGHTLY])?;
+    ensure_cargo_fuzz(&mut report, Mode::Install)?;
     ensure_packages(&mut report)?;
     println!("{}", report.summary(started.elapsed()));
     Ok(report)
+}
+
+/// Checks, without installing anything, that cargo-fuzz is there (for `cargo xtask fuzz`).
+pub fn check_cargo_fuzz() -> Result<()> {
+    ensure_cargo_fuzz(&mut Report::default(), Mode::CheckOnly)
 }
 
 /// Checks, without installing anything, that the BPF crate can be built: the nightly toolchain,
