@@ -40,7 +40,7 @@ const PORT_PROBES: u32 = 8;
 /// that needs it. A real handshake completes within a round trip, and a client whose SYN went
 /// unanswered retransmits after 1 s (RFC 6298) and so refreshes its entry; what stays silent in
 /// SYN state longer is, under a flood, a spoofed source that will never answer.
-pub const EMBRYONIC_GRACE_NS: u64 = 2_000_000_000;
+pub const EMBRYONIC_GRACE_NS: u64 = 1_000_000_000;
 /// Distance between probes (odd, so consecutive probes differ for any range size).
 const PROBE_STEP: u32 = 0x9e37_79b1;
 
