@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod counters;
 pub mod lab;
 pub mod sshd;
 pub mod topo;
@@ -221,9 +222,12 @@ impl Netns {
             let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() else {
                 return;
             };
+            // Never this process: a benchmark may have moved its own main thread in.
+            let own = std::process::id() as i32;
             let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
+                .filter(|&p| p != own)
                 .collect();
             if pids.is_empty() {
                 return;
