@@ -158,13 +158,18 @@ impl Lab {
             ("dsr4", DSR4, "dsr", false),
             ("dsr6", DSR6, "dsr", true),
         ] {
-            let service = ServiceBuilder::new(name, vip, 22)
-                .mode(mode)
-                .ring_size(4093)
-                .health("interval", "250ms")
-                .topo_backends(v6, |i, b| b.weight(if i == 2 { 200 } else { 100 }));
-            cfg = cfg.service(service);
+            cfg = cfg.service(Self::ssh_service(name, vip, mode, v6));
         }
         cfg
+    }
+
+    /// One of the lab's SSH services: port 22 on `vip`, `mode` (`nat`/`dsr`), the three backends
+    /// over IPv4 or IPv6 with weights 100, 100, 200, health checks every 250 ms.
+    pub fn ssh_service(name: &str, vip: &str, mode: &str, v6: bool) -> ServiceBuilder {
+        ServiceBuilder::new(name, vip, 22)
+            .mode(mode)
+            .ring_size(4093)
+            .health("interval", "250ms")
+            .topo_backends(v6, |i, b| b.weight(if i == 2 { 200 } else { 100 }))
     }
 }

@@ -264,7 +264,7 @@ fn scenarios(
 /// path looks up.
 fn replies_to_nat(dp: &mut loader::Dataplane, family: Family) -> Result<Vec<Vec<u8>>> {
     let mut frames = Vec::new();
-    for entry in dp.nat_reverse().iter() {
+    for entry in &dp.nat_reverse() {
         let (nat, client) = entry.context("reading NAT_REVERSE")?;
         if nat.family != family.tag() || client.dport_be != NAT_PORT.to_be() {
             continue;

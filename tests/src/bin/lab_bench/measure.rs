@@ -15,10 +15,10 @@ use sshlb_tests::{counters::Snapshot, lab::Lab, PIN_ROOT};
 use crate::peers::Peer;
 
 /// Logins per turn, and how many at a time.
-const LOGINS: usize = 32;
+const LOGINS: usize = 24;
 const CONCURRENCY: usize = 4;
 /// Bytes one SSH session streams.
-const BULK_BYTES: u64 = 256 << 20;
+const BULK_BYTES: u64 = 128 << 20;
 /// iperf3's run time (s).
 const IPERF_SECONDS: u32 = 3;
 

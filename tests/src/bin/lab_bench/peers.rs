@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use sshlb::{config, loader};
 use sshlb_tests::{
     agent::AgentThread,
-    config::{BackendBuilder, ServiceBuilder},
+    config::{BackendBuilder, ConfigBuilder, ServiceBuilder},
     lab::Lab,
     topo::{Conn, BACKENDS, DSR4, VIP4},
     wait_for, Netns, PIN_ROOT,
@@ -60,20 +60,32 @@ impl Peer {
     }
 }
 
-/// sshlb on the lab's balancer: the lab's services plus iperf3 ones (full NAT and DSR), all
-/// backends up. Stopped and detached by [`Self::stop`], so no XDP program sits on the
-/// balancer's interface while another peer is measured.
+/// sshlb on the lab's balancer: the measured IPv4 SSH services (full NAT and DSR, the lab's,
+/// with health checks every `interval`), optionally iperf3 ones, all backends up. Stopped and
+/// detached by [`Self::stop`], so no XDP program sits on the balancer's interface while another
+/// peer is measured.
 pub struct Sshlb {
     agent: AgentThread,
     iface: String,
 }
 
 impl Sshlb {
-    /// Starts the agent and waits (10 s) until every backend is up.
-    pub fn start(lab: &Lab) -> Result<Self> {
+    /// Starts the agent and waits (10 s) until every backend is up. Every check is a connection
+    /// an sshd forks for: throughput turns use HAProxy's interval (2 s), so both peers load the
+    /// backends alike; the lab's 250 ms are for the failover measurement.
+    ///
+    /// `iperf` adds the iperf3 services (unchecked after the first probe: an iperf3 server
+    /// serves one client at a time, and a probe is one).
+    pub fn start(lab: &Lab, interval: &str, iperf: bool) -> Result<Self> {
         let control = PathBuf::from(format!("/run/sshlb/bench-{}.sock", lab.topo.lb_if));
-        let mut built = lab.config_builder(&control.display().to_string());
-        for (name, vip, mode) in [("nat4-iperf", VIP4, "nat"), ("dsr4-iperf", DSR4, "dsr")] {
+        let mut built = ConfigBuilder::new().control(&control);
+        for (name, vip, mode) in [("nat4", VIP4, "nat"), ("dsr4", DSR4, "dsr")] {
+            built = built
+                .service(Lab::ssh_service(name, vip, mode, false).health("interval", interval));
+        }
+        let iperf_services: &[_] =
+            if iperf { &[("nat4-iperf", VIP4, "nat"), ("dsr4-iperf", DSR4, "dsr")] } else { &[] };
+        for &(name, vip, mode) in iperf_services {
             // iperf3 opens a control and a data connection that must meet the same server:
             // every peer sends iperf3 to b1 only (the path is what is measured, not the spread).
             let (b, v4, _) = BACKENDS[0];
@@ -88,13 +100,34 @@ impl Sshlb {
         }
         let cfg = config::parse("bench.toml", &built.to_toml()).context("bench config")?;
         let agent = AgentThread::spawn(&lab.topo, &cfg, &control, None);
-        wait_for(Duration::from_secs(10), || {
+        let mut last = None;
+        let up = wait_for(Duration::from_secs(10), || {
             let status = agent.status()?;
-            let backends = status.services.iter().flat_map(|s| &s.backends);
-            backends.clone().all(|b| b.health == "up").then_some(())
-        })
-        .context("backends never came up")?;
-        Ok(Self { agent, iface: lab.topo.lb_if.clone() })
+            let all_up = status.services.iter().flat_map(|s| &s.backends).all(|b| b.health == "up");
+            last = Some(status);
+            all_up.then_some(())
+        });
+        let this = Self { agent, iface: lab.topo.lb_if.clone() };
+        if up.is_none() {
+            let seen = last.map_or_else(
+                || "the control socket never answered".to_owned(),
+                |status| {
+                    let health: Vec<String> = status
+                        .services
+                        .iter()
+                        .flat_map(|s| {
+                            s.backends
+                                .iter()
+                                .map(move |b| format!("{}/{} {}", s.name, b.name, b.health))
+                        })
+                        .collect();
+                    health.join(", ")
+                },
+            );
+            this.stop()?;
+            bail!("sshlb's backends never all came up within 10 s: {seen}");
+        }
+        Ok(this)
     }
 
     /// Stops the agent and takes the data plane off the interface.
@@ -215,19 +248,23 @@ pub fn failover(lab: &mut Lab, target: &str, victim: usize) -> String {
     let killed = Instant::now();
     let mut last_failure = None;
     let mut consecutive_ok = 0;
+    let (mut probes, mut failures) = (0, 0);
     while killed.elapsed() < Duration::from_secs(15) && consecutive_ok < 40 {
         let ok = lab.topo.client.run({
             let target = target.to_owned();
             move || Conn::open_banner(&target, 22).is_ok()
         });
+        probes += 1;
         if ok {
             consecutive_ok += 1;
         } else {
+            failures += 1;
             consecutive_ok = 0;
             last_failure = Some(killed.elapsed());
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    eprintln!("  failover via {target}: {probes} connections, {failures} failed");
     lab.restart_sshd(victim);
     std::thread::sleep(Duration::from_secs(2));
     match last_failure {
