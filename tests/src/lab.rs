@@ -102,6 +102,18 @@ impl Drop for Files {
     }
 }
 
+/// A lab backend's sshd: port 22 on every address, named `name` in its banner, the lab's shared
+/// host key and client key.
+fn sshd_options(files: &Files, name: &str) -> SshdOptions {
+    SshdOptions {
+        listen: vec!["0.0.0.0".into(), "::".into()],
+        name: Some(name.to_owned()),
+        host_key: Some(files.path("host_key")),
+        authorized_keys: Some(files.path("authorized_keys")),
+        ..SshdOptions::default()
+    }
+}
+
 /// The lab: topology, files and an sshd on every backend (port 22, all addresses).
 pub struct Lab {
     /// Namespaces and links.
@@ -120,20 +132,15 @@ impl Lab {
         let sshds = BACKENDS
             .iter()
             .zip(&topo.backends)
-            .map(|((name, _, _), ns)| {
-                Sshd::start_with(
-                    ns,
-                    &SshdOptions {
-                        listen: vec!["0.0.0.0".into(), "::".into()],
-                        name: Some((*name).to_owned()),
-                        host_key: Some(files.path("host_key")),
-                        authorized_keys: Some(files.path("authorized_keys")),
-                        ..SshdOptions::default()
-                    },
-                )
-            })
+            .map(|((name, _, _), ns)| Sshd::start_with(ns, &sshd_options(&files, name)))
             .collect();
         Self { topo, files, sshds }
+    }
+
+    /// Starts backend `i`'s sshd again (after a test stopped it), as [`Self::build`] did.
+    pub fn restart_sshd(&mut self, i: usize) {
+        let (name, _, _) = BACKENDS[i];
+        self.sshds[i] = Sshd::start_with(&self.topo.backends[i], &sshd_options(&self.files, name));
     }
 
     /// A configuration for the lab: full NAT and DSR services over IPv4 and IPv6, three
@@ -151,13 +158,18 @@ impl Lab {
             ("dsr4", DSR4, "dsr", false),
             ("dsr6", DSR6, "dsr", true),
         ] {
-            let service = ServiceBuilder::new(name, vip, 22)
-                .mode(mode)
-                .ring_size(4093)
-                .health("interval", "250ms")
-                .topo_backends(v6, |i, b| b.weight(if i == 2 { 200 } else { 100 }));
-            cfg = cfg.service(service);
+            cfg = cfg.service(Self::ssh_service(name, vip, mode, v6));
         }
         cfg
+    }
+
+    /// One of the lab's SSH services: port 22 on `vip`, `mode` (`nat`/`dsr`), the three backends
+    /// over IPv4 or IPv6 with weights 100, 100, 200, health checks every 250 ms.
+    pub fn ssh_service(name: &str, vip: &str, mode: &str, v6: bool) -> ServiceBuilder {
+        ServiceBuilder::new(name, vip, 22)
+            .mode(mode)
+            .ring_size(4093)
+            .health("interval", "250ms")
+            .topo_backends(v6, |i, b| b.weight(if i == 2 { 200 } else { 100 }))
     }
 }

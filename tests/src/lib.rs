@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod counters;
 pub mod lab;
 pub mod sshd;
 pub mod topo;

@@ -130,6 +130,25 @@ impl Topo {
         topo
     }
 
+    /// Every namespace of the topology: switch, balancer, router, client, backends.
+    pub fn namespaces(&self) -> Vec<&Netns> {
+        let mut all = vec![&self.sw, &self.lb, &self.router, &self.client];
+        all.extend(&self.backends);
+        all
+    }
+
+    /// Turns segmentation and receive offloads (and TX checksum offload) off on every veth of
+    /// every namespace, bridge ports included, so frames are MTU-sized on every hop, as on a
+    /// real NIC without TSO/GRO.
+    pub fn offloads_off(&self) {
+        for ns in self.namespaces() {
+            for link in crate::counters::veths(ns) {
+                let args = ["-K", &link, "tso", "off", "gso", "off", "gro", "off", "tx", "off"];
+                run(ns.command("ethtool", &args).stdout(std::process::Stdio::null()));
+            }
+        }
+    }
+
     /// A veth from `ns` (`ifname`, with `addrs`) to the bridge (`port`), offloads off.
     fn plug(&self, ns: &Netns, ifname: &str, port: &str, addrs: &[&str]) {
         run(&mut crate::cmd(

@@ -1,9 +1,12 @@
-//! `cargo xtask bench [dataplane]`: benchmarks that print figures and ratios against a peer
-//! measured in the same run (never timed assertions).
+//! `cargo xtask bench dataplane|agent|lab`: benchmarks that print figures and ratios against a
+//! peer measured in the same run (never timed assertions).
 //!
 //! `dataplane`: the XDP program's per-packet cost by the kernel's own BPF run-time accounting,
-//! next to a trivial XDP program (MAC swap + XDP_TX) on the same veth (`sshlb-tests`'
-//! `dataplane-bench` binary does the measuring; this builds and runs it).
+//! next to a trivial XDP program (MAC swap + XDP_TX) on the same veth, with each path's size
+//! (xlated and JIT'd) and the memory per tracked flow. `lab`: sshlb against direct, HAProxy and
+//! netfilter DNAT with offloads off on every hop, in interleaved rounds, with the drops and
+//! retransmissions beside every throughput. `sshlb-tests`' `*-bench` binaries do the measuring;
+//! this builds and runs them.
 
 use anyhow::{ensure, Context as _, Result};
 
@@ -12,12 +15,13 @@ use crate::{build, cmd, setup};
 /// Which benchmark to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Bench {
-    /// ns/packet of the data plane vs a trivial XDP program, 1k and 1M flows in the table.
+    /// ns/packet of the data plane vs a trivial XDP program, 1k and 1M flows in the table, IPv4
+    /// and IPv6; program and path sizes; bytes per tracked flow.
     Dataplane,
     /// Maglev rebuild times and set-weight → kernel latency.
     Agent,
-    /// sshlb vs direct, HAProxy and netfilter DNAT in the lab: logins/s, latency, throughput,
-    /// CPU per GB, failover time.
+    /// sshlb vs direct, HAProxy and netfilter DNAT in the lab, offloads off, interleaved rounds:
+    /// logins/s, latency, throughput beside drops and retransmits, CPU per GB, failover time.
     Lab,
 }
 

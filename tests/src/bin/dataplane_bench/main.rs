@@ -1,0 +1,397 @@
+//! `cargo xtask bench dataplane`: the data plane's per-packet cost, measured by the kernel's own
+//! BPF run-time accounting (`BPF_ENABLE_STATS`: `run_time_ns / run_cnt` of the program) while
+//! real frames cross a veth into the program, next to a trivial XDP program (MAC swap +
+//! XDP_TX) measured the same way in the same run. Beside each scenario: the functions its
+//! packets run through and their size (xlated and JIT'd, from `bpftool`); after the table, the
+//! program's functions and the kernel's memory figure per tracked flow. Prints a table and
+//! writes JSON. No assertions: figures only.
+//!
+//! Frames are sent with an AF_PACKET socket from the veth's peer, bounded in count and time.
+
+mod frames;
+mod introspect;
+mod report;
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::{Xdp, XdpMode};
+use frames::{from_clients, Family, PacketSocket, Segment};
+use sshlb::{config, daemon, loader};
+use sshlb_common::{family, flow_state, proto, v4_in_16, Flow, FlowKey};
+use sshlb_tests::{Detach, Netns, PIN_ROOT};
+
+/// Connection-table size: the 1M prefill plus every flow the scenarios open (≈ 215k).
+pub const MAX_FLOWS: u32 = 1_300_000;
+/// Flows each "established" and "reverse" scenario cycles through.
+const FLOWS: u32 = 1000;
+/// Distinct SYNs of the "new flow" scenarios, each sent once. Full NAT stays well inside the
+/// default NAT port range (22,768 ports per backend, three backends): past it SYNs would measure
+/// the port-exhaustion path instead (probes, then a drop).
+const NEW_NAT: u32 = 30_000;
+const NEW_DSR: u32 = 50_000;
+/// Service ports: full NAT, DSR, protected DSR (IPv4 only), and a port no service has.
+const NAT_PORT: u16 = 22;
+const DSR_PORT: u16 = 2222;
+const PROTECTED_PORT: u16 = 2223;
+const OTHER_PORT: u16 = 80;
+
+/// One measured scenario.
+pub struct Figure {
+    /// Scenario name (stable: the JSON and BENCHMARKS.md use it).
+    pub scenario: String,
+    /// Prefilled table size ("1k", "1M", "-").
+    pub table: String,
+    /// Program runs counted.
+    pub packets: u64,
+    /// Run time per run.
+    pub ns_per_packet: f64,
+}
+
+fn main() -> Result<()> {
+    let seconds: u64 = std::env::args().nth(1).map_or(Ok(2), |s| s.parse()).context("SECONDS")?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the data-plane benchmark needs root (namespaces, XDP, BPF stats)");
+    }
+    let ns = Netns::new("bench");
+    network(&ns);
+    enter(&format!("/run/netns/{}", ns.name))?;
+    // XDP_TX out of bl0 lands on bg0: give it a program so native veth delivers it.
+    loader::attach_pass(&PathBuf::from(PIN_ROOT), "bg0").context("pass program on bg0")?;
+    // Detaches the balancer and the pass program at the end, also on error.
+    let _cleanup = Detach { iface: "bl0".into(), pass_port: "bg0".into(), files: Vec::new() };
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let budget = Duration::from_secs(seconds);
+
+    let mut results = Vec::new();
+    let mut sizes = None;
+    let mut memory = None;
+    for (label, prefill) in [("1k", 1_000u32), ("1M", 1_000_000u32)] {
+        let cfg = config::parse("bench.toml", &bench_config()).context("bench config")?;
+        let mut balancer =
+            daemon::start(&PathBuf::from(PIN_ROOT), "bl0", loader::AttachMode::Native, &cfg)
+                .context("starting the balancer")?;
+        let dp = &mut balancer.attached.dataplane;
+        let started = Instant::now();
+        prefill_flows(dp, prefill)?;
+        eprintln!("prefilled {prefill} flows in {:.1} s", started.elapsed().as_secs_f64());
+        let info = dp.program().info().context("program info")?;
+        if sizes.is_none() {
+            sizes = Some(introspect::ProgramSize::of(&info));
+        }
+        let sock = PacketSocket::open("bg0")?;
+        for family in [Family::V4, Family::V6] {
+            scenarios(dp, &sock, family, budget, label, &mut results)?;
+        }
+        if prefill == 1_000_000 {
+            // Read with the table full: for a map that allocates per entry, memlock grows.
+            memory = Some(flow_maps(&info));
+        }
+        drop(balancer);
+        loader::down(&PathBuf::from(PIN_ROOT), "bl0").context("down")?;
+    }
+    // The baseline on the same interface, same frames.
+    let mut dp = loader::Dataplane::load().context("loading")?;
+    let ifindex = sshlb::sys::ifindex("bl0").context("bl0")?;
+    let baseline = dp.extra_program(loader::BASELINE_PROGRAM).context("baseline program")?;
+    let link = baseline.attach_to_if_index(ifindex, XdpMode::Driver).context("attach baseline")?;
+    let sock = PacketSocket::open("bg0")?;
+    let established = from_clients(Family::V4, 0..FLOWS, NAT_PORT, false);
+    let base = measure(
+        Target::Baseline(baseline),
+        &sock,
+        &established,
+        Some(budget),
+        "trivial (MAC swap + XDP_TX)".into(),
+        "-",
+    )?;
+    baseline.detach(link).context("detach baseline")?;
+    let sizes = sizes.context("no table was measured")?;
+    let memory = memory.context("the 1M table was not measured")?;
+    report::report(&base, &results, &sizes, &memory)
+}
+
+/// The bench network inside `ns`: bl0 (the balancer) ↔ bg0 (the generator, which is also the
+/// router's and every neighbour's link), backends and router resolved permanently.
+fn network(ns: &Netns) {
+    ns.ip(&["link", "add", "bg0", "type", "veth", "peer", "name", "bl0"]);
+    ns.ip(&["link", "set", "bl0", "address", "02:00:00:00:00:02"]);
+    ns.ip(&["link", "set", "bg0", "address", "02:00:00:00:00:fe"]);
+    let mut lines = vec![
+        "link set bg0 up".to_owned(),
+        "link set bl0 up".to_owned(),
+        "addr add 198.18.0.2/24 dev bl0".to_owned(),
+        "addr add fd00:18::2/64 dev bl0 nodad".to_owned(),
+        "route add default via 198.18.0.254 dev bl0".to_owned(),
+        "-6 route add default via fd00:18::fe dev bl0".to_owned(),
+        // What the program sends back out lands on bg0: drop it there at once. Otherwise, with
+        // the IPv6 forwarding the agent turns on, bg0 would forward it out of bl0 into bg0
+        // again until its hop limit ran out (the program's own FIB lookups come in on bl0).
+        "rule add iif bg0 blackhole".to_owned(),
+        "-6 rule add iif bg0 blackhole".to_owned(),
+        "neigh add 198.18.0.254 lladdr 02:00:00:00:00:fe dev bl0 nud permanent".to_owned(),
+        "-6 neigh add fd00:18::fe lladdr 02:00:00:00:00:fe dev bl0 nud permanent".to_owned(),
+    ];
+    for b in 1..=3 {
+        let mac = format!("02:00:00:00:01:0{b}");
+        lines.push(format!("neigh add 198.18.0.1{b} lladdr {mac} dev bl0 nud permanent"));
+        lines.push(format!("-6 neigh add fd00:18::1{b} lladdr {mac} dev bl0 nud permanent"));
+    }
+    for line in lines {
+        ns.ip(&line.split_whitespace().collect::<Vec<_>>());
+    }
+}
+
+/// Full NAT on port 22, DSR on 2222, the same DSR protected on 2223 (IPv4), each over IPv4 and
+/// IPv6 VIPs with three (NAT) or two (DSR) backends.
+fn bench_config() -> String {
+    let mut text = format!(
+        "[agent]\nmax-flows = {MAX_FLOWS}\nnat-v4 = \"198.18.0.2\"\nnat-v6 = \"fd00:18::2\"\n"
+    );
+    let service = |name: &str, vip: &str, port: u16, dsr: bool, backends: &[&str]| {
+        let mode = if dsr { "mode = \"dsr\"\n" } else { "" };
+        let mut s =
+            format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\n{mode}");
+        for (i, address) in backends.iter().enumerate() {
+            s += &format!(
+                "[[service.backend]]\nname = \"b{}\"\naddress = \"{address}\"\nport = {port}\n",
+                i + 1
+            );
+        }
+        s
+    };
+    let v4 = ["198.18.0.11", "198.18.0.12", "198.18.0.13"];
+    let v6 = ["fd00:18::11", "fd00:18::12", "fd00:18::13"];
+    text += &service("git", "198.18.0.100", NAT_PORT, false, &v4);
+    text += &service("git-dsr", "198.18.0.100", DSR_PORT, true, &v4[..2]);
+    text += &service("git6", "fd00:18::100", NAT_PORT, false, &v6);
+    text += &service("git6-dsr", "fd00:18::100", DSR_PORT, true, &v6[..2]);
+    // The same DSR service again, protected: an allow list, 1000 deny prefixes in the trie,
+    // and a per-source limit high enough never to refuse (so both runs forward every SYN).
+    let deny: Vec<String> =
+        (0..1000).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
+    text += &service("git-dsr-protected", "198.18.0.100", PROTECTED_PORT, true, &v4[..2]).replacen(
+        "mode = \"dsr\"\n",
+        &format!(
+            "mode = \"dsr\"\nallow = [\"198.18.0.0/15\"]\ndeny = [{}]\n\
+                 [service.limit]\nrate = \"1000000/s\"\nburst = 100000\n",
+            deny.join(", ")
+        ),
+        1,
+    );
+    text
+}
+
+/// Every scenario of one address family, appended to `out`.
+fn scenarios(
+    dp: &mut loader::Dataplane,
+    sock: &PacketSocket,
+    family: Family,
+    budget: Duration,
+    table: &str,
+    out: &mut Vec<Figure>,
+) -> Result<()> {
+    let name = |base: &str| format!("{base}{}", family.suffix());
+    // Open the measured flows first (SYNs), then measure their ACKs.
+    sock.send_all(&from_clients(family, 0..FLOWS, NAT_PORT, true));
+    let acks = from_clients(family, 0..FLOWS, NAT_PORT, false);
+    out.push(measure(
+        Target::Balancer(dp),
+        sock,
+        &acks,
+        Some(budget),
+        name("established (nat)"),
+        table,
+    )?);
+    // Backend → NAT address segments of the same flows, at the NAT ports the program chose.
+    let replies = replies_to_nat(dp, family)?;
+    out.push(measure(
+        Target::Balancer(dp),
+        sock,
+        &replies,
+        Some(budget),
+        name("reverse (nat)"),
+        table,
+    )?);
+    sock.send_all(&from_clients(family, 0..FLOWS, DSR_PORT, true));
+    let acks = from_clients(family, 0..FLOWS, DSR_PORT, false);
+    out.push(measure(
+        Target::Balancer(dp),
+        sock,
+        &acks,
+        Some(budget),
+        name("established (dsr)"),
+        table,
+    )?);
+    if family == Family::V4 {
+        sock.send_all(&from_clients(family, 0..FLOWS, PROTECTED_PORT, true));
+        let acks = from_clients(family, 0..FLOWS, PROTECTED_PORT, false);
+        let scenario = name("established (dsr, protected)");
+        out.push(measure(Target::Balancer(dp), sock, &acks, Some(budget), scenario, table)?);
+    }
+    // Each new-flow SYN is sent once: a repeat would follow the flow it created. DSR first, so
+    // NAT port allocation does not enter the protected comparison: the difference is admission.
+    let mut dsr_ports = vec![(DSR_PORT, "new flow (dsr)")];
+    if family == Family::V4 {
+        dsr_ports.push((PROTECTED_PORT, "new flow (dsr, protected)"));
+    }
+    for (port, scenario) in dsr_ports {
+        let syns = from_clients(family, FLOWS..FLOWS + NEW_DSR, port, true);
+        out.push(measure(Target::Balancer(dp), sock, &syns, None, name(scenario), table)?);
+    }
+    let syns = from_clients(family, FLOWS..FLOWS + NEW_NAT, NAT_PORT, true);
+    out.push(measure(Target::Balancer(dp), sock, &syns, None, name("new flow (nat)"), table)?);
+    let other = from_clients(family, 0..FLOWS, OTHER_PORT, false);
+    out.push(measure(
+        Target::Balancer(dp),
+        sock,
+        &other,
+        Some(budget),
+        name("non-service"),
+        table,
+    )?);
+    Ok(())
+}
+
+/// ACKs from each backend to the NAT address, one per full-NAT flow of `family` to the NAT
+/// service, read from `NAT_REVERSE` (NAT key → client flow): exactly the packets the reverse
+/// path looks up.
+fn replies_to_nat(dp: &mut loader::Dataplane, family: Family) -> Result<Vec<Vec<u8>>> {
+    let mut frames = Vec::new();
+    for entry in &dp.nat_reverse() {
+        let (nat, client) = entry.context("reading NAT_REVERSE")?;
+        if nat.family != family.tag() || client.dport_be != NAT_PORT.to_be() {
+            continue;
+        }
+        let segment = Segment {
+            family,
+            src: nat.backend,
+            dst: family.nat_addr(),
+            sport: u16::from_be(nat.backend_port_be),
+            dport: u16::from_be(nat.nat_port_be),
+            syn: false,
+        };
+        frames.push(segment.frame());
+    }
+    if frames.is_empty() {
+        bail!("NAT_REVERSE holds no {family:?} flow to port {NAT_PORT}: the SYNs created none");
+    }
+    Ok(frames)
+}
+
+fn enter(path: &str) -> Result<()> {
+    let ns = File::open(path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: a valid namespace fd; the benchmark's main thread moves into it for good.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Synthetic established flows (spoofed clients 198.19.x.y) to fill the table to `count`.
+fn prefill_flows(dp: &mut loader::Dataplane, count: u32) -> Result<()> {
+    let mut flows = dp.flows();
+    let now = sshlb::sys::monotonic_ns();
+    for i in 0..count {
+        let key = FlowKey {
+            src: v4_in_16([198, 19, (i >> 16) as u8, (i >> 8) as u8]),
+            dst: Family::V4.vip(),
+            sport_be: (1024 + (i & 0xff) as u16).to_be(),
+            dport_be: NAT_PORT.to_be(),
+            proto: proto::TCP,
+            family: family::V4,
+            pad: 0,
+        };
+        let flow = Flow { last_seen_ns: now, state: flow_state::ESTABLISHED, ..Flow::default() };
+        flows.insert(key, flow, 0).with_context(|| format!("prefilling flow {i}"))?;
+    }
+    Ok(())
+}
+
+/// The maps that grow with the connection table: those of the program created with
+/// `max-flows` entries (today FLOWS and NAT_REVERSE), as the kernel accounts them.
+fn flow_maps(info: &aya::programs::ProgramInfo) -> Result<Vec<introspect::MapMemory>> {
+    let ids = info.map_ids().context("program map ids")?.context("kernel gives no map ids")?;
+    let mut maps = Vec::new();
+    for id in ids {
+        let map = introspect::MapMemory::of(id)?;
+        if map.max_entries == u64::from(MAX_FLOWS) {
+            maps.push(map);
+        }
+    }
+    Ok(maps)
+}
+
+/// What is measured: the balancer (whose outcome counters are read too) or the baseline.
+enum Target<'a> {
+    Balancer(&'a mut loader::Dataplane),
+    Baseline(&'a Xdp),
+}
+
+impl Target<'_> {
+    fn info(&mut self) -> Result<aya::programs::ProgramInfo> {
+        let program: &Xdp = match self {
+            Self::Balancer(dp) => dp.program(),
+            Self::Baseline(program) => program,
+        };
+        program.info().context("program info")
+    }
+
+    /// The balancer's outcome counters (empty for the baseline).
+    fn counters(&self) -> Vec<sshlb::stats::Counter> {
+        match self {
+            Self::Balancer(dp) => sshlb::stats::read(&dp.stats()).unwrap_or_default(),
+            Self::Baseline(_) => Vec::new(),
+        }
+    }
+}
+
+/// Sends `frames` — for up to `budget` (at most 500 rounds), or once each when `None` — and
+/// reads the program's run count and run time around it. Prints the outcome counters that
+/// moved, so a scenario that does not take the path it names shows.
+fn measure(
+    mut target: Target<'_>,
+    sock: &PacketSocket,
+    frames: &[Vec<u8>],
+    budget: Option<Duration>,
+    scenario: String,
+    table: &str,
+) -> Result<Figure> {
+    let (before, counters_before) = (target.info()?, target.counters());
+    let started = Instant::now();
+    match budget {
+        None => {
+            sock.send_all(frames);
+        }
+        Some(budget) => {
+            for _ in 0..500 {
+                sock.send_all(frames);
+                if started.elapsed() >= budget {
+                    break;
+                }
+            }
+        }
+    }
+    let (after, counters_after) = (target.info()?, target.counters());
+    let runs = after.run_count() - before.run_count();
+    let ns = after.run_time().saturating_sub(before.run_time()).as_nanos() as f64;
+    let ns_per_packet = if runs == 0 { f64::NAN } else { ns / runs as f64 };
+    let moved: Vec<String> = counters_before
+        .iter()
+        .zip(&counters_after)
+        .filter(|(b, a)| a.value > b.value)
+        .map(|(b, a)| format!("{} {}", a.name, a.value - b.value))
+        .collect();
+    eprintln!(
+        "{scenario} ({table}): {} frames, {runs} packets, {ns_per_packet:.1} ns/packet [{}]",
+        frames.len(),
+        moved.join(", ")
+    );
+    Ok(Figure { scenario, table: table.to_owned(), packets: runs, ns_per_packet })
+}

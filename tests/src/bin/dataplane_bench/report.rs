@@ -1,0 +1,293 @@
+//! The printed tables and `target/bench/dataplane.json`: per scenario its cost, its ratio to the
+//! trivial program, issue 11's target for it, and the functions its packets run through with
+//! their size; then the program's functions; then memory per tracked flow.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::{
+    introspect::{demangle, MapMemory, ProgramSize},
+    Figure, MAX_FLOWS,
+};
+
+/// Issue 11's target for a scenario (ratio to the trivial program), by name without " v6".
+fn target(scenario: &str) -> Option<f64> {
+    match scenario.trim_end_matches(" v6") {
+        "established (nat)" | "reverse (nat)" => Some(3.0),
+        "established (dsr)" => Some(2.5),
+        "non-service" => Some(1.3),
+        "new flow (nat)" => Some(8.0),
+        "new flow (dsr)" => Some(6.0),
+        _ => None,
+    }
+}
+
+/// Issue 11's memory target: bytes per tracked flow over every map that grows with flows.
+const BYTES_PER_FLOW_TARGET: f64 = 160.0;
+
+/// The functions a scenario's packets run through (static: read from the source, not traced),
+/// by name or path suffix as BTF names them. The entry point is the program's name. A name the
+/// object no longer has is printed as missing: the data plane is being restructured.
+fn path(scenario: &str) -> &'static [&'static str] {
+    const ENTRY: &str = sshlb::loader::PROGRAM;
+    match scenario.trim_end_matches(" v6") {
+        "established (nat)" => &[ENTRY, "parse_into", "forward", "follow", "rewrite"],
+        "established (dsr)" | "established (dsr, protected)" => {
+            &[ENTRY, "parse_into", "forward", "follow"]
+        }
+        "reverse (nat)" => &[ENTRY, "parse_into", "reverse", "rewrite"],
+        "new flow (nat)" => &[ENTRY, "parse_into", "forward", "follow", "create", "rewrite"],
+        "new flow (dsr)" => &[ENTRY, "parse_into", "forward", "follow", "create"],
+        "new flow (dsr, protected)" => {
+            &[ENTRY, "parse_into", "forward", "follow", "create", "admit"]
+        }
+        "non-service" => &[ENTRY, "parse_into", "reverse"],
+        _ => &[],
+    }
+}
+
+/// A scenario's path resolved against the program: found functions' summed sizes, and the
+/// names the object lacks.
+struct PathSize {
+    xlated_insns: u64,
+    jited_insns: Option<u64>,
+    jited_bytes: u64,
+    found: Vec<String>,
+    missing: Vec<&'static str>,
+}
+
+fn path_size(scenario: &str, sizes: &ProgramSize) -> PathSize {
+    let mut out = PathSize {
+        xlated_insns: 0,
+        jited_insns: Some(0),
+        jited_bytes: 0,
+        found: Vec::new(),
+        missing: Vec::new(),
+    };
+    for wanted in path(scenario) {
+        match sizes.function(wanted) {
+            Some(f) => {
+                out.xlated_insns += f.xlated_insns;
+                out.jited_insns = out.jited_insns.zip(f.jited_insns).map(|(a, b)| a + b);
+                out.jited_bytes += f.jited_bytes;
+                out.found.push((*wanted).to_owned());
+            }
+            None => out.missing.push(wanted),
+        }
+    }
+    out
+}
+
+/// Prints everything and writes the JSON.
+pub fn report(
+    base: &Figure,
+    results: &[Figure],
+    sizes: &Result<ProgramSize>,
+    memory: &Result<Vec<MapMemory>>,
+) -> Result<()> {
+    let mut out = String::new();
+    let mut rows: Vec<Value> = Vec::new();
+    writeln!(
+        out,
+        "{:<30} {:>5} {:>8} {:>9} {:>10} {:>7}  {:>20}  path (functions)",
+        "scenario", "table", "packets", "ns/packet", "vs trivial", "target", "xlated/JIT insns/B"
+    )?;
+    for f in std::iter::once(base).chain(results) {
+        let ratio = f.ns_per_packet / base.ns_per_packet;
+        let goal = target(&f.scenario);
+        let goal_text = goal.map_or_else(String::new, |t| {
+            format!("≤{t:.1}x{}", if ratio <= t { "" } else { " !" })
+        });
+        let mut row = json!({
+            "scenario": f.scenario,
+            "table": f.table,
+            "packets": f.packets,
+            "ns_per_packet": round(f.ns_per_packet, 2),
+            "ratio_to_trivial": round(ratio, 3),
+            "target_ratio": goal,
+        });
+        let (size_text, path_text) = match sizes {
+            Ok(sizes) if !path(&f.scenario).is_empty() => {
+                let p = path_size(&f.scenario, sizes);
+                row["path"] = json!(p.found);
+                row["path_missing"] = json!(p.missing);
+                row["path_xlated_insns"] = json!(p.xlated_insns);
+                row["path_jited_insns"] = json!(p.jited_insns);
+                row["path_jited_bytes"] = json!(p.jited_bytes);
+                let mut names = p.found.join(" → ");
+                for m in &p.missing {
+                    names += &format!(" [{m}: not in the object]");
+                }
+                let jited = p.jited_insns.map_or_else(|| "-".to_owned(), |n| n.to_string());
+                (format!("{} / {jited} / {}", p.xlated_insns, p.jited_bytes), names)
+            }
+            _ => (String::new(), String::new()),
+        };
+        writeln!(
+            out,
+            "{:<30} {:>5} {:>8} {:>9.1} {:>9.2}x {:>7}  {:>20}  {}",
+            f.scenario, f.table, f.packets, f.ns_per_packet, ratio, goal_text, size_text, path_text
+        )?;
+        rows.push(row);
+    }
+    writeln!(
+        out,
+        "(target: issue 11's ratio to trivial, '!' = not met; path size = xlated instructions / JIT'd instructions / JIT'd bytes of the \
+         path's functions, static sizes, not instructions executed)"
+    )?;
+    flatness(&mut out, results)?;
+    out += "\n";
+    match sizes {
+        Ok(sizes) => {
+            program_table(&mut out, sizes)?;
+            rows.push(json!({ "program": program_json(sizes) }));
+        }
+        Err(e) => writeln!(out, "program size: unavailable ({e:#})")?,
+    }
+    out += "\n";
+    match memory {
+        Ok(maps) => {
+            memory_table(&mut out, maps)?;
+            rows.push(json!({ "memory": memory_json(maps) }));
+        }
+        Err(e) => writeln!(out, "memory per flow: unavailable ({e:#})")?,
+    }
+    print!("{out}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("dataplane.json");
+    let lines: Vec<String> = rows.iter().map(Value::to_string).collect();
+    std::fs::write(&path, format!("[\n  {}\n]\n", lines.join(",\n  ")))?;
+    println!("written: {}", path.display());
+    Ok(())
+}
+
+/// Each scenario's cost with the 1M table over its cost with the 1k table (flat = about 1).
+fn flatness(out: &mut String, results: &[Figure]) -> Result<()> {
+    let pairs: Vec<String> = results
+        .iter()
+        .filter(|f| f.table == "1k")
+        .filter_map(|small| {
+            let large = results.iter().find(|f| f.table == "1M" && f.scenario == small.scenario)?;
+            Some(format!("{} {:.2}x", small.scenario, large.ns_per_packet / small.ns_per_packet))
+        })
+        .collect();
+    if !pairs.is_empty() {
+        writeln!(out, "1M table vs 1k: {}", pairs.join(", "))?;
+    }
+    Ok(())
+}
+
+/// `x` rounded to `digits` decimals (NaN becomes JSON null).
+fn round(x: f64, digits: i32) -> Value {
+    let scale = 10f64.powi(digits);
+    json!((x * scale).round() / scale)
+}
+
+fn program_table(out: &mut String, sizes: &ProgramSize) -> Result<()> {
+    writeln!(
+        out,
+        "program {} (id {}): functions, as BTF names them",
+        sshlb::loader::PROGRAM,
+        sizes.id
+    )?;
+    writeln!(
+        out,
+        "{:<48} {:>13} {:>10} {:>10}",
+        "function", "xlated insns", "JIT insns", "JIT bytes"
+    )?;
+    for f in &sizes.functions {
+        let jit_insns = f.jited_insns.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        writeln!(
+            out,
+            "{:<48} {:>13} {:>10} {:>10}",
+            demangle(&f.name),
+            f.xlated_insns,
+            jit_insns,
+            f.jited_bytes
+        )?;
+    }
+    if let Some(note) = &sizes.jit_note {
+        writeln!(out, "(JIT instruction counts unavailable: {note})")?;
+    }
+    let verified = sizes.verified_insns.map_or_else(String::new, |v| format!(" ({v} verified)"));
+    writeln!(
+        out,
+        "{:<48} {:>13} {:>10} {:>10}{verified}",
+        "total",
+        sizes.xlated_insns,
+        sizes.functions.iter().map(|f| f.jited_insns.unwrap_or(0)).sum::<u64>(),
+        sizes.jited_bytes
+    )?;
+    Ok(())
+}
+
+fn program_json(sizes: &ProgramSize) -> Value {
+    json!({
+        "id": sizes.id,
+        "xlated_insns": sizes.xlated_insns,
+        "jited_bytes": sizes.jited_bytes,
+        "verified_insns": sizes.verified_insns,
+        "functions": sizes.functions.iter().map(|f| json!({
+            "name": demangle(&f.name),
+            "xlated_insns": f.xlated_insns,
+            "jited_insns": f.jited_insns,
+            "jited_bytes": f.jited_bytes,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn memory_table(out: &mut String, maps: &[MapMemory]) -> Result<()> {
+    writeln!(out, "memory: maps sized by agent.max-flows ({MAX_FLOWS}), kernel's bytes_memlock")?;
+    writeln!(
+        out,
+        "{:<16} {:>12} {:>14} {:>12}",
+        "map", "max_entries", "bytes_memlock", "B per flow"
+    )?;
+    for m in maps {
+        let prealloc = if m.flags & 1 == 0 { "" } else { "  (no prealloc: grows with entries)" };
+        writeln!(
+            out,
+            "{:<16} {:>12} {:>14} {:>12.1}{prealloc}",
+            m.name,
+            m.max_entries,
+            m.bytes_memlock,
+            m.bytes_memlock as f64 / m.max_entries as f64
+        )?;
+    }
+    let (per_flow, total) = memory_totals(maps);
+    writeln!(
+        out,
+        "{:<16} {:>12} {:>14} {:>12.1}  (target ≤ {BYTES_PER_FLOW_TARGET:.0} B per flow; {:.1} MiB at max-flows)",
+        "total",
+        MAX_FLOWS,
+        total,
+        per_flow,
+        total as f64 / f64::from(1u32 << 20)
+    )?;
+    Ok(())
+}
+
+/// (bytes per flow summed over the maps, bytes in all of them).
+fn memory_totals(maps: &[MapMemory]) -> (f64, u64) {
+    let per_flow = maps.iter().map(|m| m.bytes_memlock as f64 / m.max_entries as f64).sum();
+    (per_flow, maps.iter().map(|m| m.bytes_memlock).sum())
+}
+
+fn memory_json(maps: &[MapMemory]) -> Value {
+    let (per_flow, total) = memory_totals(maps);
+    json!({
+        "max_flows": MAX_FLOWS,
+        "bytes_per_flow": round(per_flow, 1),
+        "bytes_per_flow_target": BYTES_PER_FLOW_TARGET,
+        "bytes_at_max_flows": total,
+        "maps": maps.iter().map(|m| json!({
+            "name": m.name,
+            "max_entries": m.max_entries,
+            "bytes_memlock": m.bytes_memlock,
+            "bytes_per_flow": round(m.bytes_memlock as f64 / m.max_entries as f64, 1),
+        })).collect::<Vec<_>>(),
+    })
+}
