@@ -33,9 +33,14 @@ struct Assigned {
 }
 
 /// A segment that may be addressed to a service's VIP (the pre-filter said so): follow its
-/// flow, or start one if the VIP and port are a service's. Not inlined: a BPF subprogram of its
-/// own keeps its stack frame apart from the reverse path's (LLVM's 512-byte limit is per
-/// function).
+/// flow, or start one if the VIP and port are a service's.
+///
+/// One BPF subprogram with everything an established segment runs through inlined (table
+/// lookup, rewrite, next-hop cache): a BPF-to-BPF call costs a call and a `ret`, and on this
+/// kind of machine every `ret` goes through the kernel's return thunk (SRSO/retbleed
+/// mitigations). What only a new flow needs ([`create`]) and a next-hop cache miss are
+/// subprograms of their own, so their stack frames stay out of this one's (the verifier allows
+/// 512 bytes for a whole call chain).
 #[inline(never)]
 pub fn forward(ctx: &XdpContext, pkt: &Tcp) -> Decision {
     try_forward(ctx, pkt).into()
@@ -96,7 +101,7 @@ enum Found {
 }
 
 /// Follows the flow's entry if it has one.
-#[inline(never)]
+#[inline(always)]
 fn follow(pkt: &Tcp, now: u64, out: &mut Assigned) -> Found {
     let Some(entry) = flow::get(&pkt.key) else { return Found::New };
     // SAFETY: a live map value; read whole fields once.
@@ -180,8 +185,7 @@ fn create(
         count(stats::EVENT_FLOW_RECOVERED);
     }
     if !dsr {
-        let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-        new.nat_port_be = nat::allocate_port(&pkt.key, &backend, &cfg, now)?;
+        new.nat_port_be = nat::allocate_port(&pkt.key, &backend, now)?;
         new.flags |= flow_flags::NAT;
     }
     match flow::insert(&pkt.key, &new, reused) {

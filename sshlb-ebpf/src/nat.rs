@@ -50,6 +50,13 @@ pub fn config() -> Option<Config> {
     CONFIG.get(0).copied()
 }
 
+/// The configured NAT source-port range `(min, max)` (host order), read in place.
+#[inline(always)]
+pub fn port_range() -> Option<(u16, u16)> {
+    let cfg = CONFIG.get(0)?;
+    Some((cfg.nat_port_min, cfg.nat_port_max))
+}
+
 /// The NAT source address for `fam`, or `None` while unconfigured.
 #[inline(always)]
 pub fn nat_addr(cfg: &Config, fam: u8) -> Option<[u8; 16]> {
@@ -72,14 +79,9 @@ pub fn nat_addr(cfg: &Config, fam: u8) -> Option<[u8; 16]> {
 /// spoofed SYN flood then recycles ports among its own dead flows instead of locking real
 /// clients out, and no established flow ever loses its port.
 #[inline(always)]
-pub fn allocate_port(
-    key: &FlowKey,
-    backend: &Backend,
-    cfg: &Config,
-    now: u64,
-) -> Result<u16, Error> {
-    let min = u32::from(cfg.nat_port_min);
-    let max = u32::from(cfg.nat_port_max);
+pub fn allocate_port(key: &FlowKey, backend: &Backend, now: u64) -> Result<u16, Error> {
+    let (min, max) = port_range().ok_or(Error::NatUnconfigured)?;
+    let (min, max) = (u32::from(min), u32::from(max));
     if min == 0 || max < min {
         return Err(Error::NatUnconfigured);
     }
@@ -114,16 +116,19 @@ pub fn allocate_port(
 /// entry rewritten to `key`.
 #[inline(always)]
 fn reclaim(nat_key: NatKey, key: &FlowKey, now: u64) -> bool {
-    // SAFETY: copied out at once.
-    let Some(holder) = (unsafe { NAT_REVERSE.get(nat_key) }).copied() else { return false };
-    if let Some(entry) = flow::get(&holder) {
+    // The holder's key is used where it lies in the map value (not copied: this runs in the
+    // new-flow path's frame, which shares the verifier's 512-byte budget with its callers).
+    let Some(holder) = NAT_REVERSE.get_ptr(nat_key) else { return false };
+    // SAFETY: a live map value, used only as a lookup key before it is overwritten below.
+    let holder = unsafe { &*holder };
+    if let Some(entry) = flow::get(holder) {
         // SAFETY: a live map value, fields read once.
         let (state, last_seen) = unsafe { ((*entry).state, (*entry).last_seen_ns) };
         if state != flow_state::SYN || now.wrapping_sub(last_seen) < EMBRYONIC_GRACE_NS {
             return false;
         }
         // The dead handshake goes; a late ACK of it would be picked up as a recovered flow.
-        let _ignored = flow::remove(&holder);
+        let _ignored = flow::remove(holder);
     }
     NAT_REVERSE.insert(nat_key, key, 0).is_ok()
 }
@@ -160,9 +165,7 @@ pub struct Rewrite {
 /// Rewrites the segment's addresses and ports, updating the IPv4 header checksum and the TCP
 /// checksum incrementally (RFC 1624): the pseudo-header covers both addresses. The arithmetic is
 /// inline (a few adds per changed word): cheaper than a `bpf_csum_diff` call per run of words.
-///
-/// A BPF subprogram of its own (not inlined) so its temporaries get their own stack frame.
-#[inline(never)]
+#[inline(always)]
 pub fn rewrite(ctx: &XdpContext, pkt: &Tcp, to: &Rewrite) -> Result<(), Error> {
     let Rewrite { src, dst, ports } = *to;
     // Source and destination address are adjacent in both IP headers, and so are the two TCP

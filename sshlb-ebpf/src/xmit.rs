@@ -46,8 +46,35 @@ pub struct Hop<'a> {
 
 /// Finishes a frame `path` rewrote: routes it for `hop`, sets its MACs and says how it leaves
 /// (or that the kernel must resolve the neighbour first).
+///
+/// Inline, and so is a next-hop cache hit (what nearly every packet takes); only a cache miss
+/// calls a subprogram ([`routed`]). A call is not free: on this kind of machine every `ret`
+/// goes through the kernel's return thunk (SRSO/retbleed mitigations).
 #[inline(always)]
 pub fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Outcome, Error> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let dst_words = words(hop.dst);
+    if let Some(entry) = HOP_CACHE.get_ptr_mut(cache_slot(&dst_words)) {
+        // SAFETY: this CPU's slot; no other program runs on this CPU meanwhile. Fields are read
+        // in place, not copied out whole.
+        unsafe {
+            let stamped = (*entry).stamped_ns;
+            if stamped != 0
+                && now.wrapping_sub(stamped) < HOP_CACHE_TTL_NS
+                && (*entry).ingress == ingress
+                && (*entry).dst[0] == dst_words[0]
+                && (*entry).dst[1] == dst_words[1]
+                && (*entry).dst[2] == dst_words[2]
+                && (*entry).dst[3] == dst_words[3]
+            {
+                let (lo, hi, ifindex) = ((*entry).macs_lo, (*entry).macs_hi, (*entry).ifindex);
+                return match apply(ctx, lo, hi, ifindex, ingress)? {
+                    Next::Send(how) => Ok(Outcome::Forwarded(path, how)),
+                    Next::NoNeigh => Ok(Outcome::NoNeigh),
+                };
+            }
+        }
+    }
     match routed(ctx, hop, now) {
         Routed::Tx => Ok(Outcome::Forwarded(path, Xmit::Tx)),
         Routed::Redirect => Ok(Outcome::Forwarded(path, Xmit::Redirect)),
@@ -68,9 +95,9 @@ enum Routed {
     Truncated,
 }
 
-/// [`route`] as a BPF subprogram of its own: the FIB's 64-byte parameter block then lives in
-/// this frame, not in the caller's, which sits under the new-flow path's deeper call chain
-/// (the verifier allows 512 bytes of stack for a whole chain).
+/// A next-hop cache miss: [`route`] as a BPF subprogram of its own, so the FIB's 64-byte
+/// parameter block lives in this frame, not in the caller's (the verifier allows 512 bytes of
+/// stack for a whole call chain).
 #[inline(never)]
 fn routed(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Routed {
     match route(ctx, hop, now) {
@@ -143,32 +170,14 @@ fn apply(
     }
 }
 
-/// Looks up the route for `hop` (the frame's addresses after rewriting), rewrites the Ethernet
-/// addresses and says how to send the frame. Answers come from the per-CPU next-hop cache
-/// while fresh, else from `bpf_fib_lookup` (and are cached).
+/// Looks up the route for `hop` (the frame's addresses after rewriting) with `bpf_fib_lookup`,
+/// caches the answer, rewrites the Ethernet addresses and says how to send the frame.
 #[inline(always)]
 fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
     let Hop { fam, src, dst, ip_len } = *hop;
     let ingress = ctx.ingress_ifindex() as u32;
     let dst_words = words(dst);
     let slot = HOP_CACHE.get_ptr_mut(cache_slot(&dst_words));
-    if let Some(entry) = slot {
-        // SAFETY: this CPU's slot; no other program runs on this CPU meanwhile. Fields are read
-        // in place, not copied out whole.
-        unsafe {
-            let stamped = (*entry).stamped_ns;
-            if stamped != 0
-                && now.wrapping_sub(stamped) < HOP_CACHE_TTL_NS
-                && (*entry).ingress == ingress
-                && (*entry).dst[0] == dst_words[0]
-                && (*entry).dst[1] == dst_words[1]
-                && (*entry).dst[2] == dst_words[2]
-                && (*entry).dst[3] == dst_words[3]
-            {
-                return apply(ctx, (*entry).macs_lo, (*entry).macs_hi, (*entry).ifindex, ingress);
-            }
-        }
-    }
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid starting value.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.ifindex = ingress;
