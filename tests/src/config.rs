@@ -60,6 +60,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// `[agent] key = value`, `value` written as TOML (quote strings yourself).
+    pub fn agent(mut self, key: &str, value: &str) -> Self {
+        self.agent.set(key, value.to_owned());
+        self
+    }
+
     /// Appends a service.
     pub fn service(mut self, service: ServiceBuilder) -> Self {
         self.services.push(service);

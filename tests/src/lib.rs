@@ -8,6 +8,8 @@
 pub mod agent;
 pub mod config;
 pub mod counters;
+pub mod inject;
+pub mod inproc;
 pub mod lab;
 pub mod sshd;
 pub mod topo;

@@ -2,36 +2,15 @@
 //! balancer's veth in a one-armed topology, real TCP from a client behind a router to three
 //! backends, in full-NAT and DSR modes, over IPv4 and IPv6, every byte verified.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::collections::HashMap;
 
-use sshlb::{config, daemon, loader::AttachMode, plan};
+use sshlb::{config, plan};
 use sshlb_tests::{
     config::{ConfigBuilder, ServiceBuilder},
-    prepare_bridge, root_or_skip,
+    inproc::Balancer,
+    root_or_skip,
     topo::{payload, Conn, Topo, BACKENDS, DSR4, DSR6, VIP4, VIP6},
-    Detach, PIN_ROOT,
 };
-
-/// The balancer, started in-process inside the lb namespace; detached (and unpinned) on drop.
-struct Balancer {
-    attached: Option<daemon::Balancer>,
-    /// Dropped after `attached`: detaches the balancer and the pass program.
-    _detach: Detach,
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        // A failing test shows what the data plane did with its packets.
-        if std::thread::panicking() {
-            if let Some(attached) = &self.attached {
-                if let Ok(counters) = sshlb::stats::read(&attached.attached.dataplane.stats()) {
-                    eprintln!("data plane counters:\n{}", sshlb::stats::render(&counters, false));
-                }
-            }
-        }
-        drop(self.attached.take());
-    }
-}
 
 fn config_text(weights: [u32; 3], b3_state: &str) -> String {
     let mut cfg = ConfigBuilder::new();
@@ -54,15 +33,7 @@ fn config_text(weights: [u32; 3], b3_state: &str) -> String {
 }
 
 fn start(topo: &Topo, config: &config::Config) -> Balancer {
-    // veth gotcha 2 (docs/toolchain.md): XDP_TX in native mode needs an XDP program on the peer.
-    let detach = prepare_bridge(topo, Vec::new());
-    let iface = topo.lb_if.clone();
-    let cfg = config.clone();
-    let attached = topo.lb.run(move || {
-        daemon::start(&PathBuf::from(PIN_ROOT), &iface, AttachMode::Native, &cfg)
-            .unwrap_or_else(|e| panic!("starting the balancer: {e}"))
-    });
-    Balancer { attached: Some(attached), _detach: detach }
+    Balancer::start(topo, config)
 }
 
 #[test]
@@ -132,7 +103,7 @@ fn weighted_spread_and_backend_removal_moves_no_established_flow() {
     assert!(established.iter().any(|c| c.backend == "b3"), "no established flow on b3 to protect");
     // The agent sees them: per-backend live flows from the table, per-service traffic counters.
     {
-        let dp = &mut balancer.attached.as_mut().expect("attached").attached.dataplane;
+        let dp = balancer.dataplane();
         let active = dp.active_flows();
         let on_b3 = established.iter().filter(|c| c.backend == "b3").count() as u64;
         assert!(
@@ -147,7 +118,7 @@ fn weighted_spread_and_backend_removal_moves_no_established_flow() {
     let before = plan::plan(&cfg).expect("plan");
     let removed = config::parse("test.toml", &config_text(weights, "disabled")).expect("config");
     let after = plan::plan(&removed).expect("plan");
-    let dp = &mut balancer.attached.as_mut().expect("attached").attached.dataplane;
+    let dp = balancer.dataplane();
     let nat4 = &after.services[0];
     dp.publish_service(&nat4.key, nat4.id, nat4.flags, &nat4.ring).expect("republish");
 

@@ -21,10 +21,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::programs::{Xdp, XdpMode};
-use frames::{from_clients, Family, PacketSocket, Segment};
+use frames::{from_clients, Family, Segment};
 use sshlb::{config, daemon, loader};
 use sshlb_common::{family, flow_state, proto, v4_in_16, Flow, FlowKey};
-use sshlb_tests::{Detach, Netns, PIN_ROOT};
+use sshlb_tests::{inject::PacketSocket, Detach, Netns, PIN_ROOT};
 
 /// Connection-table size: the 1M prefill plus every flow the scenarios open (≈ 215k).
 pub const MAX_FLOWS: u32 = 1_300_000;

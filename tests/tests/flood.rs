@@ -1,0 +1,152 @@
+//! A spoofed SYN flood against a full-NAT and a DSR VIP, with a real client connecting through
+//! it: during the flood and straight after, the client's connections keep succeeding.
+//!
+//! The NAT port range is cut to 1,000 ports per backend so that a small, bounded flood (6,000
+//! SYNs from spoofed sources in 198.19.0.0/16, 1,500/s for 4 s) holds far more ports than exist:
+//! without the data plane reclaiming the ports of dead handshakes every new flow would be
+//! refused for the 120 s SYN timeout once 3,000 were taken (2 s into the flood).
+
+use std::{
+    net::Ipv4Addr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use etherparse::PacketBuilder;
+use sshlb_tests::{
+    config::{ConfigBuilder, ServiceBuilder},
+    inject::PacketSocket,
+    inproc::Balancer,
+    root_or_skip,
+    topo::{Conn, Topo, DSR4, VIP4},
+    Netns,
+};
+
+/// SYNs per second and for how long (bounded: 6,000 frames).
+const FLOOD_RATE: u32 = 1_500;
+const FLOOD_SECONDS: u32 = 4;
+
+/// The MAC address of `iface` in `ns`.
+fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
+    let out = ns.ip(&["-o", "link", "show", "dev", iface]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC address for {iface}: {text}"));
+    let bytes: Vec<u8> =
+        mac.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte")).collect();
+    bytes.try_into().expect("6-byte MAC")
+}
+
+/// SYN number `i` of the flood: a spoofed source in 198.19.0.0/16 to `vip`:22.
+fn spoofed_syn(i: u32, vip: Ipv4Addr, macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
+    let src = [198, 19, (i >> 8) as u8, i as u8];
+    let builder = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, vip.octets(), 64)
+        .tcp(1024 + (i % 60_000) as u16, 22, i.wrapping_mul(2_654_435_761), 64240)
+        .syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &[]).expect("writing to a Vec");
+    frame
+}
+
+/// One real connection: connect, read the backend's name, echo a line.
+fn connects(vip: &str) -> bool {
+    Conn::open(vip, 22).and_then(|mut conn| conn.echo(b"still here\n")).unwrap_or(false)
+}
+
+#[test]
+fn real_clients_get_through_a_spoofed_syn_flood() {
+    if !root_or_skip("real_clients_get_through_a_spoofed_syn_flood") {
+        return;
+    }
+    let topo = Topo::new(22);
+    let mut cfg = ConfigBuilder::new().agent("nat-ports", "\"20000-20999\"");
+    for (name, vip, mode) in [("nat4", VIP4, "nat"), ("dsr4", DSR4, "dsr")] {
+        cfg = cfg
+            .service(ServiceBuilder::new(name, vip, 22).mode(mode).topo_backends(false, |_, b| b));
+    }
+    let config = cfg.parse("flood.toml");
+    let balancer = Balancer::start(&topo, &config);
+    // A first connection through each VIP: the path works before the flood.
+    let (nat_ok, dsr_ok) = topo.client.run(|| (connects(VIP4), connects(DSR4)));
+    assert!(nat_ok && dsr_ok, "no connection before the flood (nat {nat_ok}, dsr {dsr_ok})");
+
+    // The flood leaves the router towards the balancer's MAC, as routed traffic would.
+    let macs = (mac_of(&topo.router, "rt0"), mac_of(&topo.lb, &topo.lb_if));
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flood = {
+        let flooding = Arc::clone(&flooding);
+        topo.router.spawn_thread(move || {
+            let sock = PacketSocket::open("rt0").expect("AF_PACKET on rt0");
+            let (nat, dsr): (Ipv4Addr, Ipv4Addr) =
+                (VIP4.parse().expect("vip"), DSR4.parse().expect("vip"));
+            let started = Instant::now();
+            let mut sent = 0u32;
+            // Paced in 10 ms slices; bounded in count and time.
+            while sent < FLOOD_RATE * FLOOD_SECONDS
+                && started.elapsed() < Duration::from_secs(u64::from(FLOOD_SECONDS) + 2)
+            {
+                let due = (started.elapsed().as_secs_f64() * f64::from(FLOOD_RATE)) as u32;
+                while sent < due.min(FLOOD_RATE * FLOOD_SECONDS) {
+                    let vip = if sent % 4 == 3 { dsr } else { nat };
+                    sock.send(&spoofed_syn(sent, vip, macs));
+                    sent += 1;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            flooding.store(false, Ordering::SeqCst);
+            sent
+        })
+    };
+
+    // The real client, from its own namespace: every 100 ms during the flood, every 200 ms in
+    // the 3 s after it.
+    let flooding_seen = Arc::clone(&flooding);
+    let (during, after) = topo.client.run(move || {
+        let mut during = Vec::new();
+        thread::sleep(Duration::from_millis(300));
+        while flooding_seen.load(Ordering::SeqCst) {
+            let vip = if during.len() % 2 == 0 { VIP4 } else { DSR4 };
+            during.push(connects(vip));
+            thread::sleep(Duration::from_millis(100));
+        }
+        let mut after = Vec::new();
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            let vip = if after.len() % 2 == 0 { VIP4 } else { DSR4 };
+            after.push(connects(vip));
+            thread::sleep(Duration::from_millis(200));
+        }
+        (during, after)
+    });
+    let sent = flood.join().expect("the flood thread");
+    let ok = |v: &[bool]| v.iter().filter(|&&b| b).count();
+    let reclaimed = balancer.counter("event_nat_port_reclaimed");
+    let exhausted = balancer.counter("drop_nat_ports_exhausted");
+    eprintln!(
+        "flood: {sent} spoofed SYNs; client during it {}/{}, after it {}/{}; NAT ports \
+         reclaimed {reclaimed}, refused {exhausted}",
+        ok(&during),
+        during.len(),
+        ok(&after),
+        after.len()
+    );
+    assert_eq!(sent, FLOOD_RATE * FLOOD_SECONDS, "the whole flood went out");
+    assert!(during.len() >= 20, "the client tried only {} times during the flood", during.len());
+    assert!(
+        ok(&during) * 10 >= during.len() * 9,
+        "only {}/{} connections got through during the flood",
+        ok(&during),
+        during.len()
+    );
+    assert_eq!(ok(&after), after.len(), "a connection failed after the flood");
+    // The flood did take more ports than the range holds: they were recycled, not spared.
+    assert!(reclaimed > 0, "no NAT port was reclaimed: the flood never exhausted the range");
+}
