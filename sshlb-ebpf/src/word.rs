@@ -15,86 +15,47 @@
 
 use core::arch::asm;
 
-/// The 32-bit word at `p`, as stored (native order).
-///
-/// # Safety
-/// `p` must point at 4 readable bytes the verifier knows to be in bounds.
-#[inline(always)]
-pub unsafe fn load32(p: *const u8) -> u32 {
-    let v: u64;
-    // SAFETY: per the contract; one load.
-    unsafe {
-        asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
-            options(nostack, readonly, preserves_flags));
-    }
-    v as u32
+/// `pub unsafe fn $name(p) -> $ty`: one `$width` load at `p`, as stored (native order).
+macro_rules! load {
+    ($name:ident, $ty:ty, $width:literal) => {
+        #[doc = concat!("The ", stringify!($ty), " at `p`, as stored (native order).")]
+        ///
+        /// # Safety
+        /// `p` must point at that many readable bytes the verifier knows to be in bounds.
+        #[inline(always)]
+        pub unsafe fn $name(p: *const u8) -> $ty {
+            let v: u64;
+            // SAFETY: per the contract; one load.
+            unsafe {
+                asm!(concat!("{v} = *(", $width, " *)({p} + 0)"), p = in(reg) p, v = lateout(reg) v,
+                    options(nostack, readonly, preserves_flags));
+            }
+            v as $ty
+        }
+    };
 }
 
-/// The 64-bit word at `p`, as stored.
-///
-/// # Safety
-/// `p` must point at 8 readable bytes the verifier knows to be in bounds.
-#[inline(always)]
-pub unsafe fn load64(p: *const u8) -> u64 {
-    let v: u64;
-    // SAFETY: per the contract; one load.
-    unsafe {
-        asm!("{v} = *(u64 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
-            options(nostack, readonly, preserves_flags));
-    }
-    v
+/// `pub unsafe fn $name(p, v)`: one `$width` store of `v` at `p`.
+macro_rules! store {
+    ($name:ident, $ty:ty, $width:literal) => {
+        #[doc = concat!("Stores the ", stringify!($ty), " `v` at `p`.")]
+        ///
+        /// # Safety
+        /// `p` must point at that many writable bytes the verifier knows to be in bounds.
+        #[inline(always)]
+        pub unsafe fn $name(p: *mut u8, v: $ty) {
+            // SAFETY: per the contract; one store.
+            unsafe {
+                asm!(concat!("*(", $width, " *)({p} + 0) = {v}"), p = in(reg) p,
+                    v = in(reg) u64::from(v), options(nostack, preserves_flags));
+            }
+        }
+    };
 }
 
-/// The 16-bit word at `p`, as stored.
-///
-/// # Safety
-/// `p` must point at 2 readable bytes the verifier knows to be in bounds.
-#[inline(always)]
-pub unsafe fn load16(p: *const u8) -> u16 {
-    let v: u64;
-    // SAFETY: per the contract; one load.
-    unsafe {
-        asm!("{v} = *(u16 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
-            options(nostack, readonly, preserves_flags));
-    }
-    v as u16
-}
-
-/// Stores the 32-bit word `v` at `p`.
-///
-/// # Safety
-/// `p` must point at 4 writable bytes the verifier knows to be in bounds.
-#[inline(always)]
-pub unsafe fn store32(p: *mut u8, v: u32) {
-    // SAFETY: per the contract; one store.
-    unsafe {
-        asm!("*(u32 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) u64::from(v),
-            options(nostack, preserves_flags));
-    }
-}
-
-/// Stores the 64-bit word `v` at `p`.
-///
-/// # Safety
-/// `p` must point at 8 writable bytes the verifier knows to be in bounds.
-#[inline(always)]
-pub unsafe fn store64(p: *mut u8, v: u64) {
-    // SAFETY: per the contract; one store.
-    unsafe {
-        asm!("*(u64 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v,
-            options(nostack, preserves_flags));
-    }
-}
-
-/// Stores the 16-bit word `v` at `p`.
-///
-/// # Safety
-/// `p` must point at 2 writable bytes the verifier knows to be in bounds.
-#[inline(always)]
-pub unsafe fn store16(p: *mut u8, v: u16) {
-    // SAFETY: per the contract; one store.
-    unsafe {
-        asm!("*(u16 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) u64::from(v),
-            options(nostack, preserves_flags));
-    }
-}
+load!(load16, u16, "u16");
+load!(load32, u32, "u32");
+load!(load64, u64, "u64");
+store!(store16, u16, "u16");
+store!(store32, u32, "u32");
+store!(store64, u64, "u64");
