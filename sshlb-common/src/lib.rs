@@ -23,8 +23,9 @@ pub mod map_names {
     /// Connection table: [`crate::FlowKey`] (client → VIP) → [`crate::Flow`]. Written by XDP
     /// (new flows, state, last-seen), expired by the agent.
     pub const FLOWS: &str = "FLOWS";
-    /// Full-NAT reverse index: [`crate::NatKey`] (backend, backend port, NAT port) → the flow's
-    /// [`crate::FlowKey`]. Written by XDP together with the flow, removed by the agent with it.
+    /// Full-NAT reverse index: [`crate::NatKey`] (backend, backend port, NAT port) →
+    /// [`crate::NatFlow`] (the client's flow key and what the reply path counts it under).
+    /// Written by XDP together with the flow, removed by the agent with it.
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     /// The balancer's own settings, one [`crate::Config`] at index 0. Written by the agent.
     pub const CONFIG: &str = "CONFIG";
@@ -368,6 +369,21 @@ pub struct NatKey {
     pub pad16: u16,
 }
 
+/// Value of the full-NAT reverse index: everything a backend's reply needs, so the reply path
+/// does one hash lookup (the connection table is consulted only for a FIN or RST, whose state
+/// change it records; the client's own segments keep the entry's last-seen time fresh — TCP
+/// acknowledges whatever the backend sends).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatFlow {
+    /// The client's flow as it sent it (client → VIP): the reply is rewritten to its reverse.
+    pub client: FlowKey,
+    /// The flow's service id (for per-service counters).
+    pub service_id: u32,
+    /// The flow's backend id (for per-backend counters).
+    pub backend_id: u32,
+}
+
 /// The balancer's own settings (`CONFIG[0]`).
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -426,6 +442,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceFilter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OwnAddr {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NatFlow {}
 }
 
 #[cfg(test)]
@@ -508,6 +526,13 @@ mod layout_tests {
         assert_eq!(offset_of!(Limit, mask_v4), 16);
         assert_eq!(offset_of!(Limit, mask_v6), 24);
         assert_eq!(size_of::<Bucket>(), 16);
+    }
+
+    #[test]
+    fn nat_flow_layout_is_stable() {
+        assert_eq!(size_of::<NatFlow>(), 48);
+        assert_eq!(offset_of!(NatFlow, service_id), 40);
+        assert_eq!(offset_of!(NatFlow, backend_id), 44);
     }
 
     #[test]

@@ -89,7 +89,8 @@ counters! {
     /// The kernel's checksum helper (`bpf_csum_diff`) refused the program's arguments while
     /// rewriting: an internal error (XDP_ABORTED), not a malformed packet.
     DROP_CSUM_HELPER_FAILED = 30, "drop_csum_helper_failed";
-    /// The per-CPU parse scratch slot could not be looked up: an internal error (XDP_ABORTED).
+    /// A per-CPU scratch slot (ICMP parse, new reverse entry) could not be looked up: an
+    /// internal error (XDP_ABORTED).
     DROP_SCRATCH_MISSING = 31, "drop_scratch_missing";
     /// TCP flags no stack sends (RFC 9293 §3.10.7): SYN with FIN or RST, or a segment without
     /// ACK that is neither a SYN nor a RST (no flags, FIN, URG or PSH alone): dropped.

@@ -185,7 +185,7 @@ fn create(
         count(stats::EVENT_FLOW_RECOVERED);
     }
     if !dsr {
-        new.nat_port_be = nat::allocate_port(&pkt.key, &backend, now)?;
+        new.nat_port_be = nat::allocate_port(&pkt.key, &backend, (service.id, backend_id), now)?;
         new.flags |= flow_flags::NAT;
     }
     match flow::insert(&pkt.key, &new, reused) {
@@ -240,14 +240,17 @@ fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     // The segment runs backend → balancer: the backend is its source, the NAT port its
     // destination port.
     let nat_key = NatKey::new(pkt.key.src, pkt.key.sport_be, pkt.key.dport_be, fam);
-    let Some(client) = nat::reverse_lookup(nat_key) else { return Ok(Outcome::NotService) };
+    let Some(nat_flow) = nat::reverse_lookup(nat_key) else { return Ok(Outcome::NotService) };
+    let client = nat_flow.client;
     let now = clock::now();
-    if let Some(entry) = flow::get(&client) {
-        flow::touch(entry, pkt.flags, now, false);
-        // SAFETY: a live map value, fields read once.
-        let (service_id, backend_id) = unsafe { ((*entry).service_id, (*entry).backend_id) };
-        traffic(service_id, backend_id, pkt.ip_len, false);
+    // One hash lookup per reply: the connection table only hears of the backend's FIN or RST
+    // (the client's own segments keep its last-seen time fresh).
+    if pkt.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+        if let Some(entry) = flow::get(&client) {
+            flow::touch(entry, pkt.flags, now, false);
+        }
     }
+    traffic(nat_flow.service_id, nat_flow.backend_id, pkt.ip_len, false);
     // VIP:port → client:port, exactly the tuple the client connected to.
     let to = Rewrite {
         src: words(&client.dst),

@@ -85,7 +85,9 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
         return Ok(Outcome::NotTcp);
     }
     let nat_key = NatKey::new(q.dst, q.dport_be, q.sport_be, fam);
-    let Some(client) = nat::reverse_lookup(nat_key) else { return Ok(Outcome::NotTcp) };
+    let Some(client) = nat::reverse_lookup(nat_key).map(|entry| entry.client) else {
+        return Ok(Outcome::NotTcp);
+    };
     let to = IcmpRewrite {
         outer_src: &client.dst,
         outer_dst: &client.src,

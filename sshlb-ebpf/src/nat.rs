@@ -2,7 +2,10 @@
 //! reverse index that maps a backend's reply back to its client, and the header rewrite.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, macros::map, maps::Array, maps::HashMap, programs::XdpContext,
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -11,7 +14,7 @@ use network_types::{
 use sshlb_common::{
     family, flow_state,
     hash::{flow_hash, NAT_PORT_SEED},
-    stats, v4_in_16, Backend, Config, FlowKey, NatKey, DEFAULT_MAX_FLOWS,
+    stats, v4_in_16, Backend, Config, FlowKey, NatFlow, NatKey, DEFAULT_MAX_FLOWS,
 };
 
 use crate::{
@@ -27,7 +30,13 @@ use crate::{
 /// ([`allocate_port`], [`release_port`]), read by XDP ([`reverse_lookup`]), removed by the agent
 /// when it expires the flow.
 #[map]
-static NAT_REVERSE: HashMap<NatKey, FlowKey> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+static NAT_REVERSE: HashMap<NatKey, NatFlow> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Per-CPU room for the reverse entry a new flow inserts: built here rather than on the stack of
+/// the new-flow path, whose frame shares the verifier's 512-byte budget with its callers'.
+/// Written and read by XDP only.
+#[map]
+static NEW_NAT_FLOW: PerCpuArray<NatFlow> = PerCpuArray::with_max_entries(1, 0);
 
 /// The balancer's NAT address(es) and port range, at index 0. Written by the agent, read by XDP
 /// ([`config`]).
@@ -79,7 +88,20 @@ pub fn nat_addr(cfg: &Config, fam: u8) -> Option<[u8; 16]> {
 /// spoofed SYN flood then recycles ports among its own dead flows instead of locking real
 /// clients out, and no established flow ever loses its port.
 #[inline(always)]
-pub fn allocate_port(key: &FlowKey, backend: &Backend, now: u64) -> Result<u16, Error> {
+pub fn allocate_port(
+    key: &FlowKey,
+    backend: &Backend,
+    ids: (u32, u32),
+    now: u64,
+) -> Result<u16, Error> {
+    let entry = NEW_NAT_FLOW.get_ptr_mut(0).ok_or(Error::ScratchMissing)?;
+    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+    let entry = unsafe {
+        (*entry).client = *key;
+        (*entry).service_id = ids.0;
+        (*entry).backend_id = ids.1;
+        &*entry
+    };
     let (min, max) = port_range().ok_or(Error::NatUnconfigured)?;
     let (min, max) = (u32::from(min), u32::from(max));
     if min == 0 || max < min {
@@ -92,12 +114,12 @@ pub fn allocate_port(key: &FlowKey, backend: &Backend, now: u64) -> Result<u16, 
         // `range >= 1` (checked above); checked_rem keeps a panic path out of the object.
         let port = (min + probe.checked_rem(range).unwrap_or(0)) as u16;
         nat_key.nat_port_be = port.to_be();
-        match NAT_REVERSE.insert(nat_key, key, u64::from(BPF_NOEXIST)) {
+        match NAT_REVERSE.insert(nat_key, entry, u64::from(BPF_NOEXIST)) {
             Ok(()) => return Ok(port.to_be()),
             // Taken by another flow to the same backend: reclaim it if that flow is a dead
             // handshake, else probe on.
             Err(EEXIST) => {
-                if reclaim(nat_key, key, now) {
+                if reclaim(nat_key, entry, now) {
                     count(stats::EVENT_NAT_PORT_RECLAIMED);
                     return Ok(port.to_be());
                 }
@@ -115,12 +137,12 @@ pub fn allocate_port(key: &FlowKey, backend: &Backend, now: u64) -> Result<u16, 
 /// period (or no flow at all any more): the holder's entry is removed and the port's reverse
 /// entry rewritten to `key`.
 #[inline(always)]
-fn reclaim(nat_key: NatKey, key: &FlowKey, now: u64) -> bool {
+fn reclaim(nat_key: NatKey, entry_for_new: &NatFlow, now: u64) -> bool {
     // The holder's key is used where it lies in the map value (not copied: this runs in the
     // new-flow path's frame, which shares the verifier's 512-byte budget with its callers).
     let Some(holder) = NAT_REVERSE.get_ptr(nat_key) else { return false };
     // SAFETY: a live map value, used only as a lookup key before it is overwritten below.
-    let holder = unsafe { &*holder };
+    let holder = unsafe { &(*holder).client };
     if let Some(entry) = flow::get(holder) {
         // SAFETY: a live map value, fields read once.
         let (state, last_seen) = unsafe { ((*entry).state, (*entry).last_seen_ns) };
@@ -130,7 +152,7 @@ fn reclaim(nat_key: NatKey, key: &FlowKey, now: u64) -> bool {
         // The dead handshake goes; a late ACK of it would be picked up as a recovered flow.
         let _ignored = flow::remove(holder);
     }
-    NAT_REVERSE.insert(nat_key, key, 0).is_ok()
+    NAT_REVERSE.insert(nat_key, entry_for_new, 0).is_ok()
 }
 
 /// Frees the NAT port of a flow that is being replaced or could not be stored.
@@ -145,7 +167,7 @@ pub fn release_port(backend: &Backend, nat_port_be: u16, fam: u8) {
 /// balancer (backend = its source) or the segment an ICMP error quotes (backend = its
 /// destination).
 #[inline(always)]
-pub fn reverse_lookup(nat_key: NatKey) -> Option<FlowKey> {
+pub fn reverse_lookup(nat_key: NatKey) -> Option<NatFlow> {
     // SAFETY: copied out at once.
     unsafe { NAT_REVERSE.get(nat_key) }.copied()
 }

@@ -148,7 +148,7 @@ pub enum Error {
     CloseWithoutFlow,
     /// Internal: `bpf_csum_diff` refused the program's own arguments mid-rewrite.
     CsumHelperFailed,
-    /// Internal: this CPU's parse scratch slot could not be looked up.
+    /// Internal: one of this CPU's scratch slots could not be looked up.
     ScratchMissing,
 }
 

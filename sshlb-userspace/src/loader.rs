@@ -228,7 +228,7 @@ fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 14]
     use core::mem::size_of;
 
     use sshlb_common::{
-        stats, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, OwnAddr, Service,
+        stats, Backend, Bucket, Config, Flow, FlowKey, Limit, NatFlow, NatKey, OwnAddr, Service,
         ServiceFilter, ServiceKey, SourceKey, Traffic, LIMITER_ENTRIES, MAX_ACL_ENTRIES,
         MAX_BACKENDS, MAX_OWN_ADDRESSES, MAX_SERVICES, RING_STRIDE,
     };
@@ -246,7 +246,7 @@ fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 14]
         (
             map_names::NAT_REVERSE,
             size(size_of::<NatKey>()),
-            size(size_of::<FlowKey>()),
+            size(size_of::<NatFlow>()),
             options.max_flows,
         ),
         (map_names::CONFIG, 4, size(size_of::<Config>()), 1),

@@ -6,8 +6,8 @@ use aya::maps::{
     Array, HashMap, MapData, MapError, PerCpuArray,
 };
 use sshlb_common::{
-    family, map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatKey, OwnAddr, Service,
-    ServiceFilter, ServiceKey, SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES,
+    family, map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatFlow, NatKey, OwnAddr,
+    Service, ServiceFilter, ServiceKey, SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES,
     RING_STRIDE,
 };
 
@@ -64,9 +64,9 @@ impl Dataplane {
     }
 
     /// The full-NAT reverse index (entries are removed with their flows).
-    pub fn nat_reverse(&mut self) -> HashMap<&mut MapData, NatKey, FlowKey> {
+    pub fn nat_reverse(&mut self) -> HashMap<&mut MapData, NatKey, NatFlow> {
         let map = self.ebpf_mut().map_mut(map_names::NAT_REVERSE).expect("object defines it");
-        HashMap::try_from(map).expect("NAT_REVERSE is a hash map of NatKey → FlowKey")
+        HashMap::try_from(map).expect("NAT_REVERSE is a hash map of NatKey → NatFlow")
     }
 
     fn acl(&mut self) -> LpmTrie<&mut MapData, SourceKey, u32> {

@@ -260,13 +260,13 @@ fn scenarios(
 }
 
 /// ACKs from each backend to the NAT address, one per full-NAT flow of `family` to the NAT
-/// service, read from `NAT_REVERSE` (NAT key → client flow): exactly the packets the reverse
+/// service, read from `NAT_REVERSE` (NAT key → the client's flow): exactly the packets the reverse
 /// path looks up.
 fn replies_to_nat(dp: &mut loader::Dataplane, family: Family) -> Result<Vec<Vec<u8>>> {
     let mut frames = Vec::new();
     for entry in &dp.nat_reverse() {
-        let (nat, client) = entry.context("reading NAT_REVERSE")?;
-        if nat.family != family.tag() || client.dport_be != NAT_PORT.to_be() {
+        let (nat, flow) = entry.context("reading NAT_REVERSE")?;
+        if nat.family != family.tag() || flow.client.dport_be != NAT_PORT.to_be() {
             continue;
         }
         let segment = Segment {
