@@ -20,12 +20,28 @@ pub const TARGETS: [&str; 2] = ["config_parse", "control_protocol"];
 /// Seconds each target runs in the `fuzz` test tier.
 pub const SUITE_SECONDS: u64 = 20;
 
+/// How the fuzz targets are compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// Unoptimized (`--dev`): the suite's bounded runs. A cold build of the targets compiles the
+    /// agent's whole dependency tree (russh's cryptography included) with coverage
+    /// instrumentation; optimized, that took 7 of a fresh CI run's minutes, and a 20 s smoke run
+    /// does not need the speed.
+    Dev,
+    /// Optimized (cargo-fuzz's default): long runs by hand.
+    Release,
+}
+
 /// `cargo +nightly fuzz run TARGET` for `seconds`, from the workspace root, with `sanitizer`
 /// (`none`, `address`, ...).
-pub fn run_command(target: &str, seconds: u64, sanitizer: &str) -> Command {
+pub fn run_command(target: &str, seconds: u64, sanitizer: &str, build: Build) -> Command {
     let mut command = Command::new("rustup");
+    command.args(["run", setup::NIGHTLY, "cargo", "fuzz", "run"]);
+    if build == Build::Dev {
+        command.arg("--dev");
+    }
     command
-        .args(["run", setup::NIGHTLY, "cargo", "fuzz", "run", "--sanitizer", sanitizer, target])
+        .args(["--sanitizer", sanitizer, target])
         .arg(format!("fuzz/corpus-new/{target}"))
         .arg(format!("fuzz/corpus/{target}"))
         .args(["--", &format!("-max_total_time={seconds}"), "-create_missing_dirs=1"])
@@ -43,7 +59,7 @@ pub fn fuzz(target: &str, seconds: u64, sanitizer: &str) -> Result<()> {
         bail!("no fuzz target {target:?}; the targets are {}", TARGETS.join(", "));
     }
     setup::check_cargo_fuzz()?;
-    cmd::run(&mut run_command(target, seconds, sanitizer))
+    cmd::run(&mut run_command(target, seconds, sanitizer, Build::Release))
 }
 
 #[cfg(test)]

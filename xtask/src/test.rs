@@ -114,7 +114,14 @@ fn tiers(root: bool) -> Vec<Tier> {
             step: Step::Commands(
                 crate::fuzz::TARGETS
                     .iter()
-                    .map(|t| crate::fuzz::run_command(t, crate::fuzz::SUITE_SECONDS, "none"))
+                    .map(|t| {
+                        crate::fuzz::run_command(
+                            t,
+                            crate::fuzz::SUITE_SECONDS,
+                            "none",
+                            crate::fuzz::Build::Dev,
+                        )
+                    })
                     .collect(),
             ),
         },
@@ -284,9 +291,9 @@ mod tests {
             "SSHLB_REQUIRE_ROOT_TESTS=1 ",
             "test --workspace --exclude sshlb-tests --lib --bins",
             "test --package sshlb-common",
-            "rustup run nightly cargo fuzz run --sanitizer none config_parse \
+            "rustup run nightly cargo fuzz run --dev --sanitizer none config_parse \
              fuzz/corpus-new/config_parse fuzz/corpus/config_parse -- -max_total_time=20",
-            "rustup run nightly cargo fuzz run --sanitizer none control_protocol \
+            "rustup run nightly cargo fuzz run --dev --sanitizer none control_protocol \
              fuzz/corpus-new/control_protocol fuzz/corpus/control_protocol -- \
              -max_total_time=20",
             "test --package sshlb-userspace --test fixtures",
