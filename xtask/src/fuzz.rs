@@ -80,15 +80,17 @@ mod tests {
 
     #[test]
     fn runs_are_bounded_and_keep_the_seeds_apart() {
-        let line = cmd::display(&run_command("config_parse", 20, "none"));
+        let line = cmd::display(&run_command("config_parse", 20, "none", Build::Dev));
         assert!(
             line.contains(
-                "rustup run nightly cargo fuzz run --sanitizer none config_parse \
+                "rustup run nightly cargo fuzz run --dev --sanitizer none config_parse \
                  fuzz/corpus-new/config_parse fuzz/corpus/config_parse -- -max_total_time=20 \
                  -create_missing_dirs=1"
             ),
             "{line}"
         );
         assert!(line.contains("AYA_BUILD_SKIP=1"), "{line}");
+        let by_hand = cmd::display(&run_command("config_parse", 60, "address", Build::Release));
+        assert!(by_hand.contains("cargo fuzz run --sanitizer address config_parse"), "{by_hand}");
     }
 }
