@@ -101,7 +101,10 @@ impl Sshlb {
         let cfg = config::parse("bench.toml", &built.to_toml()).context("bench config")?;
         let agent = AgentThread::spawn(&lab.topo, &cfg, &control, None);
         let mut last = None;
-        let up = wait_for(Duration::from_secs(10), || {
+        // 30 s: the two iperf3 services' first probes reach the same one-client iperf3 server
+        // at once, and the second is answered only once the first lets go (seen: one still
+        // "unknown" after 10 s).
+        let up = wait_for(Duration::from_secs(30), || {
             let status = agent.status()?;
             let all_up = status.services.iter().flat_map(|s| &s.backends).all(|b| b.health == "up");
             last = Some(status);
@@ -125,7 +128,7 @@ impl Sshlb {
                 },
             );
             this.stop()?;
-            bail!("sshlb's backends never all came up within 10 s: {seen}");
+            bail!("sshlb's backends never all came up within 30 s: {seen}");
         }
         Ok(this)
     }
