@@ -177,14 +177,20 @@ impl Default for ServiceFilter {
 impl ServiceFilter {
     /// Sets the bit of service `key`.
     pub fn insert(&mut self, key: &ServiceKey) {
-        let slot = hash::filter_slot(&key.addr, key.port_be, key.family);
-        self.words[(slot / 64) as usize] |= 1 << (slot % 64);
+        let (word, bit) = Self::position(key);
+        self.words[word] |= bit;
     }
 
     /// Whether `key`'s bit is set.
     pub fn may_contain(&self, key: &ServiceKey) -> bool {
+        let (word, bit) = Self::position(key);
+        self.words[word] & bit != 0
+    }
+
+    /// The word index and bit mask of `key`'s bit.
+    fn position(key: &ServiceKey) -> (usize, u64) {
         let slot = hash::filter_slot(&key.addr, key.port_be, key.family);
-        self.words[(slot / 64) as usize] & (1 << (slot % 64)) != 0
+        ((slot / 64) as usize, 1 << (slot % 64))
     }
 }
 

@@ -68,10 +68,8 @@ pub fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Out
                 && (*entry).dst[3] == dst_words[3]
             {
                 let (lo, hi, ifindex) = ((*entry).macs_lo, (*entry).macs_hi, (*entry).ifindex);
-                return match apply(ctx, lo, hi, ifindex, ingress)? {
-                    Next::Send(how) => Ok(Outcome::Forwarded(path, how)),
-                    Next::NoNeigh => Ok(Outcome::NoNeigh),
-                };
+                let how = apply(ctx, lo, hi, ifindex, ingress)?;
+                return Ok(Outcome::Forwarded(path, how));
             }
         }
     }
@@ -154,7 +152,7 @@ fn apply(
     macs_hi: u32,
     ifindex: u32,
     ingress: u32,
-) -> Result<Next, Error> {
+) -> Result<Xmit, Error> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Error::TruncatedEth)?.cast::<u8>();
     // SAFETY: ptr_at checked the 14-byte header.
     unsafe {
@@ -162,11 +160,11 @@ fn apply(
         word::store32(eth.add(8), macs_hi);
     }
     if ifindex == ingress {
-        Ok(Next::Send(Xmit::Tx))
+        Ok(Xmit::Tx)
     } else {
         // SAFETY: plain helper call; flags 0.
         unsafe { bpf_redirect(ifindex, 0) };
-        Ok(Next::Send(Xmit::Redirect))
+        Ok(Xmit::Redirect)
     }
 }
 
@@ -186,11 +184,11 @@ fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
     if fam == family::V4 {
         params.family = AF_INET;
         params.__bindgen_anon_3.ipv4_src = words(src)[0];
-        params.__bindgen_anon_4.ipv4_dst = words(dst)[0];
+        params.__bindgen_anon_4.ipv4_dst = dst_words[0];
     } else {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words(src);
-        params.__bindgen_anon_4.ipv6_dst = words(dst);
+        params.__bindgen_anon_4.ipv6_dst = dst_words;
     }
     // SAFETY: params is a valid, writable bpf_fib_lookup of the size passed.
     let rc =
@@ -222,5 +220,5 @@ fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
             };
         }
     }
-    apply(ctx, macs_lo, macs_hi, params.ifindex, ingress)
+    apply(ctx, macs_lo, macs_hi, params.ifindex, ingress).map(Next::Send)
 }
