@@ -53,7 +53,17 @@ pub mod map_names {
     /// keys (value: a `u32`, 1). Written by the agent with the services, backends and NAT
     /// settings; read by XDP before a flow is created: no client has one of these addresses.
     pub const OWN_ADDRESSES: &str = "OWN_ADDRESSES";
+    /// Segments of flows the agent is killing ([`crate::flow_flags::KILL`]), one
+    /// [`crate::ResetEvent`] each: a ring buffer written by XDP, read by the agent, which answers
+    /// the client with a RST carrying the sequence number the segment acknowledged.
+    pub const RESETS: &str = "RESETS";
 }
+
+/// Size in bytes of the [`map_names::RESETS`] ring buffer (a power of two, a multiple of the
+/// page size): 1,170 events of 48 bytes plus their 8-byte headers. A kill sends at most a few
+/// probes per flow; a full ring loses reports, counted (`event_reset_report_lost`), never
+/// packets.
+pub const RESETS_BYTES: u32 = 65_536;
 
 /// Largest number of services (VIP, port, protocol) one balancer serves. Each costs two rings of
 /// `ring_size` slots (4 bytes each): 16 services × 2 × 65537 × 4 B ≈ 8.4 MB.
@@ -355,6 +365,24 @@ pub mod flow_flags {
     pub const NAT: u8 = 1 << 0;
     /// Created from a non-SYN packet (after a balancer restart or failover), routed by the ring.
     pub const RECOVERED: u8 = 1 << 1;
+    /// Set by the agent (`reload --kill-established`): the flow is being ended. Each segment the
+    /// client sends on it is turned into a RST towards the backend (its sequence number is the
+    /// one the backend expects next), and reported in [`crate::map_names::RESETS`] so the
+    /// agent can reset the client with the sequence number the client expects.
+    pub const KILL: u8 = 1 << 2;
+}
+
+/// One segment of a killed flow, as the client sent it ([`crate::map_names::RESETS`]).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ResetEvent {
+    /// The flow (client → VIP).
+    pub key: FlowKey,
+    /// The segment's sequence number, network byte order.
+    pub seq_be: u32,
+    /// The segment's acknowledgment number, network byte order: the next byte the client
+    /// expects, which a RST to the client must carry as its sequence number.
+    pub ack_be: u32,
 }
 
 /// Key of the full-NAT reverse index: a packet from a backend to the balancer.
@@ -450,6 +478,8 @@ mod pod {
     unsafe impl aya::Pod for super::OwnAddr {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NatFlow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ResetEvent {}
 }
 
 #[cfg(test)]
@@ -532,6 +562,13 @@ mod layout_tests {
         assert_eq!(offset_of!(Limit, mask_v4), 16);
         assert_eq!(offset_of!(Limit, mask_v6), 24);
         assert_eq!(size_of::<Bucket>(), 16);
+    }
+
+    #[test]
+    fn reset_event_layout_is_stable() {
+        assert_eq!(size_of::<ResetEvent>(), 48);
+        assert_eq!(offset_of!(ResetEvent, seq_be), 40);
+        assert_eq!(offset_of!(ResetEvent, ack_be), 44);
     }
 
     #[test]

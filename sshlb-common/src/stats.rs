@@ -118,6 +118,12 @@ counters! {
     /// Event (not an outcome): a new full-NAT flow took the NAT port of a flow whose handshake
     /// never completed and which was idle past the embryonic grace period (SYN flood defence).
     EVENT_NAT_PORT_RECLAIMED = 40, "event_nat_port_reclaimed";
+    /// Event (not an outcome): a client segment of a flow the agent is killing was turned into
+    /// a RST towards the backend (and reported so the agent resets the client too).
+    EVENT_FLOW_RESET = 41, "event_flow_reset";
+    /// Event (not an outcome): the report of such a segment did not fit in the ring buffer (the
+    /// backend was still reset; the client is reset by its next segment).
+    EVENT_RESET_REPORT_LOST = 42, "event_reset_report_lost";
 }
 
 #[cfg(test)]
@@ -145,6 +151,6 @@ mod tests {
         assert_eq!(NAMES[DROP_CSUM_HELPER_FAILED as usize], "drop_csum_helper_failed");
         assert_eq!(NAMES[DROP_SCRATCH_MISSING as usize], "drop_scratch_missing");
         assert_eq!(NAMES[DROP_BAD_TCP_FLAGS as usize], "drop_bad_tcp_flags");
-        assert_eq!(COUNT, 41);
+        assert_eq!(COUNT, 43);
     }
 }

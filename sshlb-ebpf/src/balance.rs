@@ -11,7 +11,7 @@ use crate::{
     nat::{self, Rewrite},
     parse::{tcp_flags, Tcp},
     protection::{self, Admission},
-    services,
+    reset, services,
     stats::{count, traffic},
     verdict::{Decision, Error, Outcome, Path},
     xmit::{send, Hop},
@@ -62,6 +62,9 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
         }
         admit(pkt, &service, now)?;
         create(pkt, &service, now, found == Found::Reused, &mut assigned)?;
+    } else if assigned.flags & flow_flags::KILL != 0 && !reset::reset(ctx, pkt) {
+        // The agent is ending this flow: the segment leaves as a RST (see `reset`).
+        return Err(Error::TruncatedTcp);
     }
     traffic(assigned.service_id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
     let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;

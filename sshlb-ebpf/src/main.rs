@@ -34,6 +34,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod protection;
 #[cfg(target_arch = "bpf")]
+mod reset;
+#[cfg(target_arch = "bpf")]
 mod services;
 #[cfg(target_arch = "bpf")]
 mod stats;

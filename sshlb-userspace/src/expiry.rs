@@ -8,6 +8,7 @@ use crate::{config::Timeouts, loader::Dataplane, maps::MapsError};
 /// Whether `flow` has been idle past its state's timeout at `now_ns` (CLOCK_MONOTONIC).
 pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
     let limit = match flow.state {
+        _ if flow.flags & flow_flags::KILL != 0 => crate::kill::KILL_GRACE,
         flow_state::SYN => timeouts.syn,
         flow_state::ESTABLISHED => timeouts.established,
         flow_state::FIN => timeouts.fin,
@@ -108,6 +109,17 @@ mod tests {
         assert!(is_expired(&flow(flow_state::FIN, 10_000 - 62), now, &t));
         assert!(is_expired(&flow(flow_state::CLOSED, 10_000 - 12), now, &t));
         assert!(!is_expired(&flow(flow_state::CLOSED, 10_000 - 10), now, &t));
+    }
+
+    #[test]
+    fn a_killed_flow_leaves_after_the_kill_grace_whatever_its_state() {
+        let t = Timeouts::default();
+        let now = 10_000 * SEC;
+        let killed = |state, seen| Flow { flags: flow_flags::KILL, ..flow(state, seen) };
+        assert!(!is_expired(&killed(flow_state::ESTABLISHED, 10_000 - 3), now, &t));
+        assert!(is_expired(&killed(flow_state::ESTABLISHED, 10_000 - 5), now, &t));
+        assert!(is_expired(&killed(flow_state::CLOSED, 10_000 - 5), now, &t));
+        assert!(!is_expired(&flow(flow_state::ESTABLISHED, 10_000 - 5), now, &t));
     }
 
     #[test]

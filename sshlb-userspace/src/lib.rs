@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod expiry;
 pub mod health;
 pub mod hostkeys;
+pub mod kill;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

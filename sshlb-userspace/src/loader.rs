@@ -42,7 +42,7 @@ const PIN_PROGRAM: &str = "prog";
 const PIN_LINK: &str = "link";
 
 /// Maps that are pinned (and adopted by name on restart).
-const PINNED_MAPS: [&str; 14] = [
+const PINNED_MAPS: [&str; 15] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::RINGS,
@@ -57,6 +57,7 @@ const PINNED_MAPS: [&str; 14] = [
     map_names::LIMITER,
     map_names::SERVICE_FILTER,
     map_names::OWN_ADDRESSES,
+    map_names::RESETS,
 ];
 
 /// How the program is attached.
@@ -224,7 +225,7 @@ impl Default for LoadOptions {
 }
 
 /// `(map, key size, value size, max entries)` this binary expects for every pinned map.
-fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 14] {
+fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 15] {
     use core::mem::size_of;
 
     use sshlb_common::{
@@ -264,6 +265,7 @@ fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 14]
         ),
         (map_names::SERVICE_FILTER, 4, size(size_of::<ServiceFilter>()), 1),
         (map_names::OWN_ADDRESSES, size(size_of::<OwnAddr>()), 4, MAX_OWN_ADDRESSES),
+        (map_names::RESETS, 0, 0, sshlb_common::RESETS_BYTES),
     ]
 }
 

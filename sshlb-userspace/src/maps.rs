@@ -205,6 +205,20 @@ impl Dataplane {
         ids
     }
 
+    /// The balancer's NAT addresses and port range as the data plane has them.
+    pub fn nat_config(&mut self) -> Result<Config, MapsError> {
+        self.array::<Config>(map_names::CONFIG)
+            .get(&0, 0)
+            .map_err(map_err("reading", map_names::CONFIG))
+    }
+
+    /// The ring of reports from killed flows' segments, taken out of the object (one reader:
+    /// the agent's resetter). `None` once taken.
+    pub fn take_resets(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        let map = self.ebpf_mut().take_map(map_names::RESETS)?;
+        Some(aya::maps::RingBuf::try_from(map).expect("RESETS is a ring buffer"))
+    }
+
     /// Writes the balancer's NAT addresses and port range.
     pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
         self.array::<Config>(map_names::CONFIG)

@@ -7,16 +7,18 @@ use std::{
     path::Path,
 };
 
+use sshlb_common::flow_flags;
+
 use crate::{
     config::{self, Config, HostKeyPolicy},
-    expiry,
     health::Tracker,
     hostkeys::{self, HostKey, Verdict},
+    kill,
     loader::{self, AttachMode, Attached, LoadOptions},
     maps::MapsError,
     metrics,
     plan::{self, Ids, MapOp, Plan},
-    protection, stats,
+    protection, stats, sys,
 };
 
 use super::host::{self, NoNatAddress};
@@ -303,7 +305,7 @@ impl Balancer {
     }
 
     /// Ends established flows whose client the allow/deny lists now refuse (`reload
-    /// --kill-established`); returns how many.
+    /// --kill-established`), at both ends ([`kill`]); returns how many.
     pub fn kill_denied_flows(&mut self) -> u64 {
         let acls: Vec<(u32, protection::Acl)> = self
             .config
@@ -316,12 +318,25 @@ impl Balancer {
         if acls.is_empty() {
             return 0;
         }
-        expiry::remove_where(&mut self.attached.dataplane, |key, flow| {
-            acls.iter().any(|(id, acl)| {
-                *id == flow.service_id
-                    && !acl.allows(sshlb_common::addr::from16(key.family, &key.src))
-            })
-        })
+        let targets = kill::mark(&mut self.attached.dataplane, sys::monotonic_ns(), |key, flow| {
+            flow.flags & flow_flags::KILL == 0
+                && acls.iter().any(|(id, acl)| {
+                    *id == flow.service_id
+                        && !acl.allows(sshlb_common::addr::from16(key.family, &key.src))
+                })
+        });
+        match kill::RawSender::open() {
+            Ok(sender) => {
+                // Any number far from the endpoints' windows does: the probe's sequence number
+                // is half the sequence space away from it.
+                let near = sys::monotonic_ns() as u32;
+                kill::probe(&sender, &targets, near);
+            }
+            Err(err) => tracing::warn!(
+                "--kill-established: no raw socket ({err}); the flows end on their next segment"
+            ),
+        }
+        targets.len() as u64
     }
 
     /// A Prometheus scrape of the running balancer.

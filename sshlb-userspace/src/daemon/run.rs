@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     control::{self, Reply, Request},
-    expiry, metrics, stats, sys,
+    expiry, kill, metrics, stats, sys,
 };
 
 use super::{
@@ -91,6 +91,7 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
     };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let resetter = spawn_resetter(balancer);
     let checkers = checks::spawn(&balancer.config, &balancer.iface, 0, &reports);
     let now = Instant::now();
     let mut runner = Runner {
@@ -122,11 +123,23 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
     for task in runner.checkers.drain(..) {
         task.abort();
     }
-    for task in [server, metrics_server].into_iter().flatten() {
+    for task in [server, metrics_server, resetter].into_iter().flatten() {
         task.abort();
     }
     if let Some(path) = socket_path {
         let _ignored = std::fs::remove_file(path);
+    }
+}
+
+/// The task that resets the clients of killed flows ([`kill::serve_resets`]).
+fn spawn_resetter(balancer: &mut Balancer) -> Option<JoinHandle<()>> {
+    let ring = balancer.attached.dataplane.take_resets()?;
+    match kill::RawSender::open() {
+        Ok(sender) => Some(tokio::spawn(kill::serve_resets(ring, sender))),
+        Err(err) => {
+            tracing::warn!("--kill-established will not reset clients: no raw socket ({err})");
+            None
+        }
     }
 }
 
