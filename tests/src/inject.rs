@@ -1,9 +1,44 @@
 //! Raw frame injection: an AF_PACKET socket that sends whole Ethernet frames out of an
 //! interface (the data-plane benchmark's traffic, the namespace tests' spoofed floods).
 
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
 
 use anyhow::{bail, Context as _, Result};
+use etherparse::PacketBuilder;
+
+use crate::Netns;
+
+/// The MAC address of `iface` in `ns`.
+pub fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
+    let out = ns.ip(&["-o", "link", "show", "dev", iface]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC address for {iface}: {text}"));
+    let bytes: Vec<u8> =
+        mac.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte")).collect();
+    bytes.try_into().expect("6-byte MAC")
+}
+
+/// SYN number `i` of a spoofed flood (`macs`: source, destination): a source in 198.19.0.0/16
+/// (`i`'s low 16 bits) and port (`i`'s next bits) to `vip`:22, checksums computed in full. Distinct
+/// for the first 2^16 × 60,000 values of `i`.
+pub fn spoofed_syn(i: u32, vip: Ipv4Addr, macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
+    let src = [198, 19, (i >> 8) as u8, i as u8];
+    let port = 1024 + ((i >> 16) % 60_000) as u16;
+    let builder = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, vip.octets(), 64)
+        .tcp(port, 22, i.wrapping_mul(2_654_435_761), 64240)
+        .syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &[]).expect("writing to a Vec");
+    frame
+}
 
 /// An AF_PACKET socket that injects frames into an interface.
 pub struct PacketSocket {

@@ -137,6 +137,31 @@ impl Lab {
         Self { topo, files, sshds }
     }
 
+    /// Waits (up to `within`) until no backend holds an sshd session process, and panics naming
+    /// the ones left: a test whose clients have all finished must leave none behind (a session
+    /// whose client side was killed must have been ended on the backend too).
+    pub fn assert_no_sessions_left(&self, within: std::time::Duration) {
+        let left = || -> Vec<String> {
+            self.topo
+                .backends
+                .iter()
+                .flat_map(|ns| {
+                    ns.ssh_sessions()
+                        .into_iter()
+                        .map(|(pid, cmd)| format!("{}: {pid} {cmd}", ns.name))
+                })
+                .collect()
+        };
+        let clean = crate::wait_for(within, || left().is_empty().then_some(()));
+        if clean.is_none() {
+            for ns in &self.topo.backends {
+                let ss = ns.command("ss", &["-tnpo"]).output().expect("ss");
+                eprintln!("{}:\n{}", ns.name, String::from_utf8_lossy(&ss.stdout));
+            }
+        }
+        assert!(clean.is_some(), "sshd sessions left on the backends: {:?}", left());
+    }
+
     /// Starts backend `i`'s sshd again (after a test stopped it), as [`Self::build`] did.
     pub fn restart_sshd(&mut self, i: usize) {
         let (name, _, _) = BACKENDS[i];

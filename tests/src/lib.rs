@@ -203,6 +203,33 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// The processes living in this namespace, with their command lines (`ip netns pids`).
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter_map(|pid: i32| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                Some((pid, text.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// sshd's per-connection processes here (`sshd: root@notty`, `sshd: root [priv]`, …; the
+    /// listener itself runs under its binary's path).
+    pub fn ssh_sessions(&self) -> Vec<(i32, String)> {
+        self.processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.starts_with("sshd: ") && !cmd.contains("[listener]"))
+            .collect()
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for child in &mut self.children {

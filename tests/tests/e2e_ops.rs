@@ -197,5 +197,6 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
         body.chunks(CHUNK).all(|c| c == chunk.as_slice()),
         "transfer via {served_by} corrupted"
     );
+    lab.assert_no_sessions_left(Duration::from_secs(10));
     agent.stop();
 }

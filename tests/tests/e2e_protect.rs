@@ -216,11 +216,8 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
 
     // 2. Deny list, changed live. The intruder's open session survives the change; its new
     // connections are refused and counted; --kill-established then ends the session.
-    let mut session = phase.spawn_ssh(
-        INTRUDER,
-        "while read l; do echo got-$l; done",
-        &["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2"],
-    );
+    // No keepalives: the killed session must end without either side sending anything.
+    let mut session = phase.spawn_ssh(INTRUDER, "while read l; do echo got-$l; done", &[]);
     let mut stdin = session.stdin.take().expect("stdin");
     let mut lines = BufReader::new(session.stdout.take().expect("stdout")).lines();
     let mut roundtrip = |word: &str| {
@@ -238,12 +235,20 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
     let allowed = phase.ssh(CLIENT4, "echo in");
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
     assert_eq!(phase.status().deny, vec![format!("{INTRUDER}/32")]);
+    let killed_at = Instant::now();
     let reply = phase.reload(&deny, true);
     let note = reply.note.unwrap_or_default();
     assert!(note.contains("ended 1 established flow"), "{note}");
-    let _ = roundtrip("c");
-    let ended = wait_exit(&mut session, Duration::from_secs(15));
-    assert!(ended.is_some_and(|s| !s.success()), "the killed session is still running");
+    // Both ends are reset: the idle client exits, and its sshd session on the backend too.
+    let ended = wait_exit(&mut session, Duration::from_secs(5));
+    assert!(ended.is_some_and(|s| !s.success()), "the killed session's client is still running");
+    let client_gone = killed_at.elapsed();
+    lab.assert_no_sessions_left(Duration::from_secs(5));
+    eprintln!(
+        "--kill-established: client exited after {client_gone:?}, backend session gone after {:?}",
+        killed_at.elapsed()
+    );
+    assert!(phase.counter("event_flow_reset") >= 1, "the data plane reset no segment");
 
     // 3. Rate limit: the first BURST connections of one client pass, the rest are refused,
     // while another client is unaffected.
@@ -298,5 +303,6 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
     assert!(why.contains("still open"), "{why}");
     assert!(long.wait().expect("session").success(), "the timed-out drain cut the session");
 
+    lab.assert_no_sessions_left(Duration::from_secs(10));
     agent.stop();
 }

@@ -150,5 +150,6 @@ fn ssh_git_and_tunnels_through_every_vip() {
     let _ = tunnel.kill();
     let _ = tunnel.wait();
     assert!(echoed.is_some(), "nothing came back through the ssh -L tunnel");
+    lab.assert_no_sessions_left(Duration::from_secs(10));
     agent.stop();
 }

@@ -16,45 +16,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etherparse::PacketBuilder;
 use sshlb_tests::{
     config::{ConfigBuilder, ServiceBuilder},
-    inject::PacketSocket,
+    inject::{mac_of, spoofed_syn, PacketSocket},
     inproc::Balancer,
     root_or_skip,
     topo::{Conn, Topo, DSR4, VIP4},
-    Netns,
 };
 
 /// SYNs per second and for how long (bounded: 6,000 frames).
 const FLOOD_RATE: u32 = 1_500;
 const FLOOD_SECONDS: u32 = 4;
-
-/// The MAC address of `iface` in `ns`.
-fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
-    let out = ns.ip(&["-o", "link", "show", "dev", iface]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC address for {iface}: {text}"));
-    let bytes: Vec<u8> =
-        mac.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte")).collect();
-    bytes.try_into().expect("6-byte MAC")
-}
-
-/// SYN number `i` of the flood: a spoofed source in 198.19.0.0/16 to `vip`:22.
-fn spoofed_syn(i: u32, vip: Ipv4Addr, macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
-    let src = [198, 19, (i >> 8) as u8, i as u8];
-    let builder = PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv4(src, vip.octets(), 64)
-        .tcp(1024 + (i % 60_000) as u16, 22, i.wrapping_mul(2_654_435_761), 64240)
-        .syn();
-    let mut frame = Vec::new();
-    builder.write(&mut frame, &[]).expect("writing to a Vec");
-    frame
-}
 
 /// One real connection: connect, read the backend's name, echo a line.
 fn connects(vip: &str) -> bool {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench dataplane|agent|lab`: benchmarks that print figures and ratios against a
+//! `cargo xtask bench dataplane|agent|flood|lab`: benchmarks that print figures and ratios against a
 //! peer measured in the same run (never timed assertions).
 //!
 //! `dataplane`: the XDP program's per-packet cost by the kernel's own BPF run-time accounting,
@@ -20,6 +20,10 @@ pub enum Bench {
     Dataplane,
     /// Maglev rebuild times and set-weight → kernel latency.
     Agent,
+    /// New flows per second per core under a spoofed SYN flood while a real session streams:
+    /// program time per packet, flows made and refused, the session's throughput before /
+    /// during / after with drops and retransmits.
+    Flood,
     /// sshlb vs direct, HAProxy and netfilter DNAT in the lab, offloads off, interleaved rounds:
     /// logins/s, latency, throughput beside drops and retransmits, CPU per GB, failover time.
     Lab,
@@ -32,6 +36,7 @@ pub fn bench(which: Bench, seconds: u64) -> Result<()> {
     let (bin, args) = match which {
         Bench::Dataplane => ("dataplane-bench", vec![seconds.to_string()]),
         Bench::Agent => ("agent-bench", vec![]),
+        Bench::Flood => ("flood-bench", vec![]),
         Bench::Lab => {
             // It drives the real agent binary's library in-process; the lab needs nothing else.
             ("lab-bench", vec![])
