@@ -4,7 +4,8 @@
 //! The one-armed lab topology (offloads off: MTU-sized frames on every hop), sshlb attached in
 //! native mode with a full-NAT and a DSR VIP. A client streams an echo session through the NAT
 //! VIP for the whole run; after 2 s the router injects SYNs from spoofed sources in
-//! 198.19.0.0/16 as fast as one AF_PACKET sender can for 3 s (three in four to the NAT VIP),
+//! 198.19.0.0/16 for 3 s (three in four to the NAT VIP) — once paced at 20,000/s (the
+//! attack of issue 12), once as fast as one AF_PACKET sender goes —,
 //! and a second client thread tries a real connection every 100 ms. Printed: the flood's rate
 //! as sent and as the program handled it, the program's own time per packet (BPF run-time
 //! accounting) and what that makes per core, the flows made and refused, the session's
@@ -77,9 +78,18 @@ fn main() -> Result<()> {
     let mut balancer = Balancer::start(&topo, &config);
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
 
+    for rate in [Some(20_000), None] {
+        phase(&topo, &mut balancer, rate)?;
+    }
+    Ok(())
+}
+
+/// One run: the session alone, then the flood at `rate` SYNs/s (`None`: as fast as the sender
+/// goes), then the session alone again; prints the figures.
+fn phase(topo: &Topo, balancer: &mut Balancer, rate: Option<u32>) -> Result<()> {
     let start = Instant::now();
     let total = BEFORE + FLOOD + AFTER;
-    let first = window(&mut balancer)?;
+    let first = window(balancer)?;
     // The real session: echo CHUNK-sized writes for the whole run, stamping each round trip.
     let session = topo.client.spawn_thread(move || -> Vec<(Duration, usize)> {
         let Ok(mut conn) = Conn::open(VIP4, 22) else { return Vec::new() };
@@ -98,9 +108,10 @@ fn main() -> Result<()> {
     thread::sleep(BEFORE);
 
     let losses_before = Snapshot::take(&topo.namespaces());
-    let before = window(&mut balancer)?;
+    let before = window(balancer)?;
     let flooding = Arc::new(AtomicBool::new(true));
     let macs = (mac_of(&topo.router, "rt0"), mac_of(&topo.lb, &topo.lb_if));
+    let offset = u32::try_from(before.runs).unwrap_or(0);
     let flood = {
         let flooding = Arc::clone(&flooding);
         topo.router.spawn_thread(move || -> (u32, Duration) {
@@ -110,8 +121,16 @@ fn main() -> Result<()> {
             let began = Instant::now();
             let mut sent = 0u32;
             while sent < MAX_SYNS && began.elapsed() < FLOOD {
-                let vip = if sent % 4 == 3 { dsr } else { nat };
-                if sock.send(&spoofed_syn(sent, vip, macs)) {
+                let due = rate
+                    .map_or(MAX_SYNS, |r| (began.elapsed().as_secs_f64() * f64::from(r)) as u32);
+                if sent >= due {
+                    thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                // Distinct flows across phases: the second phase starts where the first ended.
+                let i = sent + offset;
+                let vip = if i % 4 == 3 { dsr } else { nat };
+                if sock.send(&spoofed_syn(i, vip, macs)) {
                     sent += 1;
                 }
             }
@@ -130,11 +149,11 @@ fn main() -> Result<()> {
         results
     });
     let (sent, flood_took) = flood.join().expect("flood thread");
-    let during = window(&mut balancer)?;
+    let during = window(balancer)?;
     let losses = Snapshot::take(&topo.namespaces()).since(&losses_before);
     let tries = tries.join().expect("tries thread");
     let stamps = session.join().expect("session thread");
-    let after = window(&mut balancer)?;
+    let after = window(balancer)?;
 
     // The peer: the same program's cost per packet of the session alone, before the flood.
     let quiet_ns = (before.run_ns - first.run_ns) as f64 / (before.runs - first.runs).max(1) as f64;
@@ -158,7 +177,9 @@ fn main() -> Result<()> {
     let (tx, rx) = losses.drops.values().fold((0, 0), |(t, r), d| (t + d.tx, r + d.rx));
     let retrans_client = losses.retrans.get("cl").copied().unwrap_or(0);
     let ok = tries.iter().filter(|&&b| b).count();
-    println!("\nspoofed SYN flood through sshlb (NAT 3/4, DSR 1/4), one AF_PACKET sender, 2 cores");
+    let paced = rate
+        .map_or("as fast as one AF_PACKET sender goes".to_owned(), |r| format!("paced at {r}/s"));
+    println!("\nspoofed SYN flood through sshlb (NAT 3/4, DSR 1/4), {paced}");
     println!(
         "  flood: {sent} SYNs in {:.2} s = {:.0}/s sent; the program ran {runs} times meanwhile \
          ({:.0}/s)",
@@ -195,6 +216,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({
             "bench": "flood",
+            "rate": rate,
             "syns_sent": sent,
             "seconds": flood_took.as_secs_f64(),
             "program_runs": runs,
