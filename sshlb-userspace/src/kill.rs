@@ -39,6 +39,9 @@ use crate::loader::Dataplane;
 /// client silent that long is gone).
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
+/// How often the resetter drains the ring even without a wake-up.
+const RESET_POLL: Duration = Duration::from_millis(200);
+
 /// TCP flag bits used here.
 mod flags {
     pub const RST: u8 = 0x04;
@@ -298,9 +301,19 @@ pub async fn serve_resets(ring: RingBuf<MapData>, sender: RawSender) {
             }
         };
     loop {
-        let Ok(mut guard) = ready.readable_mut().await else { return };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
+        // Readiness is cleared before the ring is drained, so a report committed while we drain
+        // re-arms it; and the ring is drained at least every `RESET_POLL` whatever epoll says (the
+        // kernel wakes a ring's reader only when it had caught up: one lost edge would
+        // otherwise leave every later report unread).
+        match tokio::time::timeout(RESET_POLL, ready.readable_mut()).await {
+            Ok(Ok(mut guard)) => guard.clear_ready(),
+            Ok(Err(err)) => {
+                tracing::warn!("--kill-established: the ring cannot be polled ({err})");
+                return;
+            }
+            Err(_elapsed) => {}
+        }
+        while let Some(item) = ready.get_mut().next() {
             let Some(event) = parse_event(&item) else { continue };
             let packet = client_reset(&event);
             let client = addr::from16(event.key.family, &event.key.src);
@@ -312,7 +325,6 @@ pub async fn serve_resets(ring: RingBuf<MapData>, sender: RawSender) {
                 Err(err) => tracing::warn!("--kill-established: resetting {client} failed: {err}"),
             }
         }
-        guard.clear_ready();
     }
 }
 
