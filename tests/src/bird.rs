@@ -14,22 +14,38 @@ use crate::wait_for;
 pub struct BirdDaemon {
     child: Option<Child>,
     dir: PathBuf,
+    /// The network namespace BIRD runs in (`None`: the test's own).
+    netns: Option<String>,
 }
 
 impl BirdDaemon {
     /// Starts `bird -f` with `config` (the text of its `bird.conf`) in a fresh directory named
     /// after `name`; waits (at most 10 s) for its control socket.
     pub fn start(name: &str, config: &str) -> Self {
+        Self::start_in(None, name, config)
+    }
+
+    /// Like [`Self::start`], in network namespace `ns` (entered with `nsenter --net`, so the
+    /// control socket stays reachable from the test).
+    pub fn start_in(ns: Option<&crate::Netns>, name: &str, config: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("sshlb-bird-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("bird directory");
-        let mut bird = Self { child: None, dir };
+        let mut bird = Self { child: None, dir, netns: ns.map(|n| n.name.clone()) };
         std::fs::write(bird.dir.join("bird.conf"), config).expect("bird.conf");
         bird.spawn();
         bird
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("bird")
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg("bird");
+                c
+            }
+            None => Command::new("bird"),
+        };
+        let child = command
             .arg("-f")
             .arg("-c")
             .arg(self.dir.join("bird.conf"))
