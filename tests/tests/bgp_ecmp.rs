@@ -91,6 +91,16 @@ fn router_spreads_over_announcing_balancers_and_drops_a_dead_one_by_bfd() {
         rt_bird.birdc(&["show", "protocols", "all"]).unwrap_or_default()
     );
 
+    // A hard death: the balancer's packets stop (its link is dead to the router, but the
+    // carrier stays up, as across a switch) and then its BIRD is SIGKILLed — the kernel's FIN
+    // never leaves, so only BFD can tell the router.
+    for chain in ["INPUT", "OUTPUT"] {
+        let ok = lbs[0]
+            .command("iptables", &["-w", "-A", chain, "-j", "DROP"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "iptables DROP in {}", lbs[0].name);
+    }
     let died = Instant::now();
     birds[0].kill();
     let one = wait_for(Duration::from_secs(10), || {
@@ -98,7 +108,7 @@ fn router_spreads_over_announcing_balancers_and_drops_a_dead_one_by_bfd() {
     });
     assert!(one.is_some(), "the dead balancer's next hop is withdrawn: {:?}", next_hops(&router));
     eprintln!(
-        "balancer BIRD SIGKILLed -> router's kernel route withdrawn after {:?}",
+        "balancer cut off + BIRD SIGKILLed -> router's kernel route withdrawn after {:?} (BFD)",
         died.elapsed()
     );
 
