@@ -105,6 +105,13 @@ pub enum Command {
         /// Group name (`group = "..."` on backends).
         group: String,
     },
+    /// Maintenance: `on` withdraws this balancer's VIPs from the routers (flows that still
+    /// arrive keep being forwarded), `off` announces them again.
+    Maintenance {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Make the running agent re-read its configuration file (as SIGHUP does).
     Reload {
         /// Also end established sessions whose client the new allow/deny lists refuse (by

@@ -14,6 +14,7 @@
 //! 6. API — [`control`] (socket protocol, server, client), [`metrics`] (Prometheus rendering
 //!    and server), [`cli`].
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod control;

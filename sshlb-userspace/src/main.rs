@@ -132,6 +132,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             reply_ok(control::call(&cli.control, &Request::Switch { service, group })?)?;
             Ok(())
         }
+        Command::Maintenance { state } => {
+            let on = state == "on";
+            let reply = reply_ok(control::call(&cli.control, &Request::Maintenance { on })?)?;
+            if let Some(note) = reply.note {
+                println!("{note}");
+            }
+            Ok(())
+        }
         Command::Reload { kill_established } => {
             let reply =
                 reply_ok(control::call(&cli.control, &Request::Reload { kill_established })?)?;

@@ -610,4 +610,34 @@ port = 2222
         let bastion = at(&back, "bastion", |o| matches!(o, MapOp::FlipService { id: 1, .. }));
         assert!(j1 < bastion, "{back:#?}");
     }
+
+    /// High availability rests on this: two balancers with the same configuration send a
+    /// mid-flow packet without a table entry to the same backend. Fresh balancers build
+    /// byte-identical rings; one whose ids differ (another history of reloads) still has every
+    /// slot naming the same backend address and port.
+    #[test]
+    fn two_balancers_with_the_same_config_build_the_same_rings() {
+        let config = parse("a.toml", CFG).expect("valid");
+        let (a, _) = plan_with(&config, |_, _| true, &Ids::default()).expect("plan a");
+        let (b, _) = plan_with(&config, |_, _| true, &Ids::default()).expect("plan b");
+        assert_eq!(a.services[0].ring, b.services[0].ring, "byte-identical rings");
+        assert!(a.services[0].ring.iter().any(|&id| id != a.services[0].ring[0]), "a real ring");
+
+        // Balancer c once had another backend first, so its ids are shifted.
+        let other = parse(
+            "c.toml",
+            &CFG.replace("[[service.backend]]\nname = \"b1\"", "[[service.backend]]\nname = \"b0\"\naddress = \"198.18.0.10\"\n[[service.backend]]\nname = \"b1\""),
+        )
+        .expect("valid");
+        let (_, history) = plan_with(&other, |_, _| true, &Ids::default()).expect("history");
+        let (c, _) = plan_with(&config, |_, _| true, &history).expect("plan c");
+        assert_ne!(a.services[0].ring, c.services[0].ring, "ids differ, so the bytes do");
+        let by_id = |p: &Plan| -> BTreeMap<u32, ([u8; 16], u16)> {
+            p.backends.iter().map(|(id, b)| (*id, (b.addr, b.port_be))).collect()
+        };
+        let (ids_a, ids_c) = (by_id(&a), by_id(&c));
+        for (slot, (x, y)) in a.services[0].ring.iter().zip(&c.services[0].ring).enumerate() {
+            assert_eq!(ids_a[x], ids_c[y], "slot {slot} names another backend");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! PID, never by name.
 
 pub mod agent;
+pub mod bird;
 pub mod config;
 pub mod counters;
 pub mod inject;

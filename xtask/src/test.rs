@@ -135,6 +135,8 @@ fn tiers(root: bool) -> Vec<Tier> {
                 "sshlb-userspace",
                 "--test",
                 "fixtures",
+                "--test",
+                "bird",
             ])]),
         },
         Tier {

@@ -209,6 +209,15 @@ pub enum Problem {
     /// `health.expect` that is not short ASCII.
     #[error("must be ASCII, at most 64 characters (\"\" = TCP connect only)")]
     Expect,
+    /// Two `[[announce.neighbor]]` with one address.
+    #[error("{0} is already a neighbor")]
+    DuplicateNeighbor(IpAddr),
+    /// `[[announce.neighbor]]` without `announce.local-as`.
+    #[error("neighbors are declared, so local-as (this balancer's AS number) is required")]
+    NeighborsNeedLocalAs,
+    /// `announce.bfd-interval` that is not a duration in range.
+    #[error("{0:?}: expected a duration between \"10ms\" and \"10s\", like \"100ms\"")]
+    BfdInterval(String),
 }
 
 #[cfg(test)]

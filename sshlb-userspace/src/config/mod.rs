@@ -7,16 +7,20 @@
 //! - `raw`: the file as serde reads it, values with their spans;
 //! - `validate`: raw → model, with located errors;
 //! - `units`: durations, rates and port ranges;
+//! - `announce`: `[announce]`, VIP announcement by BGP (model and validation);
 //! - `error`: [`ConfigError`] (where) and [`Problem`] (what).
 
 mod error;
+#[macro_use]
 mod model;
+mod announce;
 mod raw;
 #[cfg(test)]
 mod tests;
 mod units;
 mod validate;
 
+pub use announce::{Announce, AnnounceMode, Bfd, Neighbor};
 pub use error::{ConfigError, Problem, UnknownChoice};
 pub use model::{
     limit_defaults, Affinity, Agent, Backend, BackendState, Config, HealthCheck, HostKeyPolicy,

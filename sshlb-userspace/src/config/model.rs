@@ -116,6 +116,8 @@ pub struct Config {
     pub agent: Agent,
     /// `[[service]]`, in file order (their index is their service id).
     pub services: Vec<Service>,
+    /// `[announce]`.
+    pub announce: super::Announce,
 }
 
 /// `[agent]`: the balancer itself.

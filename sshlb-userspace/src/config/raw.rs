@@ -11,6 +11,7 @@ pub(super) struct RawFile {
     pub(super) agent: Option<RawAgent>,
     #[serde(default)]
     pub(super) service: Vec<RawService>,
+    pub(super) announce: Option<super::announce::RawAnnounce>,
 }
 
 /// `[agent]`.

@@ -281,9 +281,86 @@ fn enum_spellings_round_trip_and_errors_list_every_choice() {
     table_round_trips(Affinity::ALL, &["flow", "source"]);
     table_round_trips(BackendState::ALL, &["active", "drain", "disabled"]);
     table_round_trips(HostKeyPolicy::ALL, &["warn", "enforce"]);
+    table_round_trips(AnnounceMode::ALL, &["none", "bgp"]);
     assert_eq!(Mode::Dsr.as_str(), "dsr");
     assert_eq!(
         "up".parse::<BackendState>().expect_err("unknown").to_string(),
         r#""up": expected "active", "drain" or "disabled""#
     );
+}
+
+const ANNOUNCED: &str = r#"
+[[service]]
+name = "git"
+vip = "198.18.0.100"
+port = 22
+
+[announce]
+mode = "bgp"
+min-backends = 2
+local-as = 65001
+router-id = "198.18.2.11"
+bfd-interval = "50ms"
+bfd-multiplier = 4
+bird-socket = "/run/b1/bird.ctl"
+include-file = "/run/b1/sshlb.conf"
+
+[[announce.neighbor]]
+address = "198.18.2.1"
+as = 65000
+
+[[announce.neighbor]]
+address = "fd00:2::1"
+as = 65000
+"#;
+
+#[test]
+fn announce_section_parses_and_defaults_to_off() {
+    let cfg = parse("a.toml", ANNOUNCED).expect("valid");
+    let a = &cfg.announce;
+    assert_eq!((a.mode, a.min_backends, a.local_as), (AnnounceMode::Bgp, 2, Some(65001)));
+    assert_eq!(a.router_id, Some("198.18.2.11".parse().expect("ip")));
+    assert_eq!(a.neighbors.len(), 2);
+    assert_eq!(
+        (a.neighbors[1].address.to_string(), a.neighbors[1].remote_as),
+        ("fd00:2::1".into(), 65000)
+    );
+    assert_eq!(a.bfd, Bfd { enabled: true, interval: Duration::from_millis(50), multiplier: 4 });
+    assert_eq!(
+        (a.bird_socket.as_str(), a.include_file.as_str()),
+        ("/run/b1/bird.ctl", "/run/b1/sshlb.conf")
+    );
+    let plain = parse("g.toml", GOOD).expect("valid");
+    assert_eq!(plain.announce, Announce::default());
+    assert_eq!(plain.announce.mode, AnnounceMode::None);
+    assert_eq!(plain.announce.min_backends, 1);
+}
+
+#[test]
+fn announce_errors_are_located_and_explained() {
+    let cases: &[(&str, &str, usize, &str, &str)] = &[
+        ("mode = \"bgp\"", "mode = \"ospf\"", 8, "announce.mode", "\"none\" or \"bgp\""),
+        ("min-backends = 2", "min-backends = 0", 9, "announce.min-backends", "1-1024"),
+        ("local-as = 65001", "local-as = 0", 10, "announce.local-as", "must be 1-"),
+        ("local-as = 65001", "", 18, "announce.local-as", "local-as"),
+        ("\"198.18.2.11\"", "\"fd00::1\"", 11, "announce.router-id", "not an IPv4"),
+        ("\"50ms\"", "\"5ms\"", 12, "announce.bfd-interval", "\"10ms\" and \"10s\""),
+        ("bfd-multiplier = 4", "bfd-multiplier = 0", 13, "announce.bfd-multiplier", "1-255"),
+        ("\"198.18.2.1\"", "\"router\"", 18, "announce.neighbor[0].address", "not an IPv4 or IPv6"),
+        (
+            "\"fd00:2::1\"",
+            "\"198.18.2.1\"",
+            22,
+            "announce.neighbor[1].address",
+            "already a neighbor",
+        ),
+        ("as = 65000", "as = 0", 19, "announce.neighbor[0].as", "must be 1-"),
+        ("bfd-multiplier = 4", "bfd-multipler = 4", 13, "bfd-multipler", "unknown field"),
+    ];
+    for (from, to, line, field, words) in cases {
+        assert!(ANNOUNCED.contains(from), "edit {from:?} does not apply");
+        let err = parse("a.toml", &ANNOUNCED.replacen(from, to, 1)).expect_err("refused");
+        assert_eq!((err.line, err.field.as_str()), (*line, *field), "{err}");
+        assert!(err.to_string().contains(words), "{err} should say {words:?}");
+    }
 }

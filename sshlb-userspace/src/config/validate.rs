@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The file being validated: its name (for messages) and text (to turn spans into lines).
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
 }
@@ -31,7 +31,7 @@ impl Ctx<'_> {
         self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
     }
 
-    fn err(
+    pub(super) fn err(
         &self,
         span: Range<usize>,
         field: impl fmt::Display,
@@ -46,7 +46,11 @@ impl Ctx<'_> {
     }
 
     /// An enum field: its default when absent, else the value its spelling names.
-    fn choice<T>(&self, raw: Option<&Spanned<String>>, field: String) -> Result<T, ConfigError>
+    pub(super) fn choice<T>(
+        &self,
+        raw: Option<&Spanned<String>>,
+        field: String,
+    ) -> Result<T, ConfigError>
     where
         T: FromStr<Err = UnknownChoice> + Default,
     {
@@ -81,7 +85,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let service = validate_service(&ctx, i, raw, &mut names, &mut endpoints)?;
         services.push(service);
     }
-    Ok(Config { agent, services })
+    let announce = super::announce::validate_announce(&ctx, raw.announce)?;
+    Ok(Config { agent, services, announce })
 }
 
 fn field_of_toml_error(message: &str) -> String {

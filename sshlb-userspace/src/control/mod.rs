@@ -23,7 +23,8 @@ pub use client::{
     TargetError,
 };
 pub use protocol::{
-    decode_reply, decode_request, edit, encode, BackendStatus, DecodeError, EditError, LimitStatus,
-    LimitedPrefix, Reply, Request, ServiceStatus, Status, DEFAULT_SOCKET, MAX_REQUEST,
+    decode_reply, decode_request, edit, encode, AnnounceStatus, BackendStatus, DecodeError,
+    EditError, LimitStatus, LimitedPrefix, Reply, Request, ServiceStatus, Status, DEFAULT_SOCKET,
+    MAX_REQUEST,
 };
 pub use server::{bind_control, ControlError};

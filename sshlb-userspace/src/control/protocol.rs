@@ -106,6 +106,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         kill_established: bool,
     },
+    /// `maintenance on|off`: withdraw this balancer's VIPs from the routers (flows that still
+    /// arrive are forwarded), or announce them again.
+    Maintenance {
+        /// On (leave) or off (return).
+        on: bool,
+    },
 }
 
 /// The agent's answer.
@@ -143,6 +149,15 @@ pub struct Status {
     pub interface: String,
     /// One entry per configured service, in file order.
     pub services: Vec<ServiceStatus>,
+    /// `maintenance on`: the VIPs are withdrawn; flows that still arrive are forwarded.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// Flows in the connection table (what maintenance waits on).
+    #[serde(default)]
+    pub active_flows: u64,
+    /// BIRD's last refusal of the announcements (`None`: fine, or `mode = "none"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bird_error: Option<String>,
 }
 
 /// One service in [`Status`].
@@ -186,6 +201,18 @@ pub struct ServiceStatus {
     /// Backends whose host keys do not match now.
     #[serde(default)]
     pub host_key_mismatches: u64,
+    /// Whether its VIP is announced to the routers, and why.
+    #[serde(default)]
+    pub announce: AnnounceStatus,
+}
+
+/// A service's announcement in [`ServiceStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// Announced to the routers now.
+    pub announced: bool,
+    /// Why (or why not), e.g. `"maintenance on"`, `"0 usable backend(s), min-backends is 1"`.
+    pub reason: String,
 }
 
 /// A service's per-source limit in [`ServiceStatus`].
@@ -326,7 +353,7 @@ pub fn edit(config: &mut Config, request: &Request) -> Result<(), EditError> {
                 };
             }
         }
-        Request::Status | Request::Reload { .. } => {}
+        Request::Status | Request::Reload { .. } | Request::Maintenance { .. } => {}
     }
     Ok(())
 }
@@ -415,7 +442,8 @@ state = "drain"
         let limit =
             LimitStatus { per_second: 1.008_639_816_124_825_7e149, burst: 1, ..Default::default() };
         let service = ServiceStatus { limit: Some(limit), ..Default::default() };
-        let status = Status { interface: "eth0".into(), services: vec![service] };
+        let status =
+            Status { interface: "eth0".into(), services: vec![service], ..Status::default() };
         let reply = Reply { status: Some(status), ..Reply::done() };
         let line = encode(&reply).expect("encode");
         assert_eq!(decode_reply(line.as_bytes()).expect("decode"), reply, "{line}");

@@ -145,6 +145,8 @@ pub struct Balancer {
     pub(super) host_key_mismatches: HashMap<String, u64>,
     pub(super) latency: metrics::CheckLatency,
     pub(super) config_state: metrics::ConfigState,
+    /// VIP announcements to BIRD and the maintenance switch.
+    pub(super) announcer: super::announce::Announcer,
 }
 
 /// Attaches (or takes over) the data plane on `iface` and writes `config` into it. On failure
@@ -198,6 +200,7 @@ pub fn start(
             last_reload_ok: true,
             last_reload_unix: 0,
         },
+        announcer: super::announce::Announcer::default(),
     };
     balancer.adopt_records(None);
     Ok(balancer)

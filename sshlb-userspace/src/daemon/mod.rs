@@ -5,11 +5,13 @@
 //!
 //! - [`balancer`]: the map owner — configuration in force, plan, one record per backend
 //!   ([`BackendRef`]), reloads and check results turned into map writes;
+//! - [`announce`](mod@announce): VIP announcements to BIRD, maintenance;
 //! - [`status`]: the `status` view of it;
 //! - [`checks`]: the health-check and host-key tasks, reporting by message;
 //! - [`host`]: host facts outside the maps (NAT addresses, sysctls, neighbours);
 //! - [`run`](mod@run): the event loop.
 
+pub mod announce;
 pub mod balancer;
 pub mod checks;
 pub mod host;

@@ -119,7 +119,9 @@ pub async fn run(balancer: &mut Balancer, options: RunOptions, shutdown: impl Fu
             }
             _ = tick.tick() => runner.chores(),
         }
+        runner.balancer.announce(false);
     }
+    runner.balancer.announce(true);
     for task in runner.checkers.drain(..) {
         task.abort();
     }
@@ -178,6 +180,7 @@ impl Runner<'_> {
     fn on_request(&mut self, request: Request) -> Reply {
         match request {
             Request::Status => Reply { status: Some(self.balancer.status()), ..Reply::done() },
+            Request::Maintenance { on } => self.balancer.set_maintenance(on),
             Request::Reload { kill_established } => match self.reload_and_recheck() {
                 Ok(()) if kill_established => {
                     let killed = self.balancer.kill_denied_flows();

@@ -5,7 +5,7 @@
 use sshlb_common::{Bucket, SourceKey};
 
 use crate::{
-    control::{BackendStatus, LimitStatus, LimitedPrefix, ServiceStatus, Status},
+    control::{AnnounceStatus, BackendStatus, LimitStatus, LimitedPrefix, ServiceStatus, Status},
     hostkeys::Verdict,
     plan,
     protection::RateLimit,
@@ -84,9 +84,24 @@ impl Balancer {
                 limit: service.limit.as_ref().map(limit_status),
                 limited: top_limited(&limited, id, service.limit.as_ref(), 10),
                 host_key_policy: service.host_key_policy.as_str().to_owned(),
+                announce: self
+                    .announcer
+                    .decisions
+                    .get(s)
+                    .map(|(_, a)| AnnounceStatus {
+                        announced: a.announced,
+                        reason: a.reason.to_string(),
+                    })
+                    .unwrap_or_default(),
             });
         }
-        Status { interface: self.iface.clone(), services }
+        Status {
+            interface: self.iface.clone(),
+            services,
+            maintenance: self.announcer.maintenance,
+            active_flows: active.per_service.iter().sum(),
+            bird_error: self.announcer.bird_error.clone(),
+        }
     }
 }
 

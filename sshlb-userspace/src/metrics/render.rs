@@ -87,13 +87,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
     }
     out.push_str(&body);
 
-    let service_metrics: [ServiceFamily; 4] = [
+    let service_metrics: [ServiceFamily; 5] = [
         ("sshlb_service_active_flows", "gauge", "Live flows in the connection table.", |x| {
             x.active_flows
         }),
         ("sshlb_service_new_flows_total", "counter", "Flows started.", |x| x.new_flows),
         ("sshlb_service_packets_total", "counter", "Packets forwarded.", |x| x.packets),
         ("sshlb_service_bytes_total", "counter", "Bytes forwarded.", |x| x.bytes),
+        ("sshlb_vip_announced", "gauge", "1 while the service's VIP is announced by BGP.", |x| {
+            u64::from(x.announce.announced)
+        }),
     ];
     for (name, kind, help, get) in service_metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -101,6 +104,15 @@ pub fn render(s: &Snapshot<'_>) -> String {
             let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", escape(&svc.name), get(svc));
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP sshlb_maintenance 1 while maintenance is on (VIPs withdrawn).\n\
+         # TYPE sshlb_maintenance gauge\nsshlb_maintenance {}\n\
+         # HELP sshlb_announce_bird_ok 0 while BIRD refuses or cannot be told the announcements.\n\
+         # TYPE sshlb_announce_bird_ok gauge\nsshlb_announce_bird_ok {}",
+        u64::from(s.status.maintenance),
+        u64::from(s.status.bird_error.is_none())
+    );
     let backend_metrics: [BackendFamily; 8] = [
         ("sshlb_backend_health_changes_total", "counter", "Health state changes.", |b| {
             b.health_changes
@@ -228,8 +240,14 @@ mod tests {
                     prefix: "198.18.8.0/24".into(),
                     refused: 12,
                 }],
+                announce: crate::control::AnnounceStatus {
+                    announced: true,
+                    reason: "3 usable backend(s)".into(),
+                },
                 ..Default::default()
             }],
+            maintenance: true,
+            ..Default::default()
         }
     }
 
@@ -268,6 +286,9 @@ mod tests {
             "sshlb_limited_prefix_refused{service=\"git\",prefix=\"198.18.8.0/24\"} 12",
             "sshlb_config_generation 3",
             "sshlb_config_last_reload_success 0",
+            "sshlb_vip_announced{service=\"git\"} 1",
+            "sshlb_maintenance 1",
+            "sshlb_announce_bird_ok 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

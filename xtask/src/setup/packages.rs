@@ -15,6 +15,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssh-server", // sshd backends in the end-to-end tests
     "openssh-client", // ssh through the balancer
     "git",            // git over ssh through the balancer
+    "bird2",          // BGP speaker of the HA lab: the router and every balancer announcing VIPs
+    "keepalived",     // VRRP for the full-NAT active/standby pair
     "haproxy",        // the baseline balancer the benchmarks compare against
     "iperf3",         // throughput benchmarks
     "bpftool",        // inspecting programs, maps and per-program run time
