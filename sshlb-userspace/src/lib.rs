@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod defaults;
 pub mod expiry;
 pub mod health;
 pub mod hostkeys;
