@@ -16,6 +16,13 @@ pub struct Cli {
     /// The running agent's control socket (`agent.control` in its configuration).
     #[arg(long, global = true, default_value = crate::control::DEFAULT_SOCKET, value_name = "PATH")]
     pub control: PathBuf,
+    /// Which log events: a level (error, warn, info, debug, trace) or `RUST_LOG` directives;
+    /// default `RUST_LOG`, else info.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log lines as text or as one JSON object each.
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -24,6 +24,7 @@ pub mod health;
 pub mod hostkeys;
 pub mod kill;
 pub mod loader;
+pub mod logging;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;

@@ -15,9 +15,10 @@ use sshlb::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Structured, timestamped lines on stderr (journald keeps them under systemd).
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(tty).init();
+    if let Err(err) = sshlb::logging::init(cli.log_level.as_deref(), cli.log_format) {
+        eprintln!("sshlb-agent: error: {err}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
