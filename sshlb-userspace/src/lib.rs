@@ -20,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod defaults;
 pub mod expiry;
+pub mod flows;
 pub mod health;
 pub mod hostkeys;
 pub mod kill;
