@@ -69,7 +69,11 @@ pub const RESETS_BYTES: u32 = 65_536;
 /// `ring_size` slots (4 bytes each): 16 services × 2 × 65537 × 4 B ≈ 8.4 MB.
 pub const MAX_SERVICES: u32 = 16;
 
-/// Largest number of backends over all services (ids are `0..MAX_BACKENDS`).
+// A service id fits the `u8` that [`Backend::service_id`] keeps.
+const _: () = assert!(MAX_SERVICES <= 256);
+
+/// Largest number of (service, backend) pairs over all services (ids are `0..MAX_BACKENDS`; a
+/// backend address listed in two services takes two ids).
 pub const MAX_BACKENDS: u32 = 4096;
 
 /// Default connection-table size (entries); the agent can size the map at load time.
@@ -294,8 +298,11 @@ pub struct Backend {
     pub port_be: u16,
     /// [`family::V4`] or [`family::V6`]; 0 = unused slot.
     pub family: u8,
-    /// Reserved, zero.
-    pub flags: u8,
+    /// The id of the service this backend id belongs to. A backend listed in two services has
+    /// one id (and one entry) per service, so that its traffic is counted per (service,
+    /// backend); the agent reads this back to recover that pairing after a restart. The data
+    /// plane does not read it.
+    pub service_id: u8,
 }
 
 /// Key of the connection table: the flow as the client sent it (client → VIP).
@@ -512,7 +519,7 @@ mod layout_tests {
         assert_eq!(size_of::<Backend>(), 20);
         assert_eq!(offset_of!(Backend, port_be), 16);
         assert_eq!(offset_of!(Backend, family), 18);
-        assert_eq!(offset_of!(Backend, flags), 19);
+        assert_eq!(offset_of!(Backend, service_id), 19);
     }
 
     #[test]

@@ -16,6 +16,13 @@ pub struct Cli {
     /// The running agent's control socket (`agent.control` in its configuration).
     #[arg(long, global = true, default_value = crate::control::DEFAULT_SOCKET, value_name = "PATH")]
     pub control: PathBuf,
+    /// Which log events: a level (error, warn, info, debug, trace) or `RUST_LOG` directives;
+    /// default `RUST_LOG`, else info.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log lines as text or as one JSON object each.
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -29,8 +36,9 @@ pub enum Command {
     Up {
         /// Interface to attach to (the balancer's one-armed interface, e.g. eth0).
         iface: String,
-        /// Configuration file (TOML). Without one, the program is attached with no services:
-        /// every packet passes (useful to check attachment and counters).
+        /// Configuration file (TOML; default /etc/sshlb/sshlb.toml, or $SSHLB_CONFIG). With
+        /// neither, the program is attached with no services: every packet passes (a warning
+        /// says so), and `reload` reads the default path once it exists.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// XDP attach mode.
@@ -51,8 +59,12 @@ pub enum Command {
     },
     /// Validate a configuration file without touching the system (no root needed).
     CheckConfig {
-        /// The file.
-        file: PathBuf,
+        /// The file (default /etc/sshlb/sshlb.toml, or $SSHLB_CONFIG).
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The file, as `up` takes it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Attach a one-line XDP_PASS program to IFACE (test/lab veth peers), or remove it.
     #[command(hide = true)]
@@ -112,7 +124,8 @@ pub enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
-    /// Make the running agent re-read its configuration file (as SIGHUP does).
+    /// Make the running agent re-read its configuration file (as SIGHUP does): the one its `up`
+    /// was given, else /etc/sshlb/sshlb.toml (or $SSHLB_CONFIG as the agent saw it).
     Reload {
         /// Also end established sessions whose client the new allow/deny lists refuse (by
         /// default, list changes apply to new connections only).
@@ -154,6 +167,23 @@ mod tests {
         assert_eq!(iface, "eth0");
         assert_eq!(xdp_mode, AttachMode::Generic);
         assert_eq!(config.as_deref(), Some(std::path::Path::new("/etc/sshlb/sshlb.toml")));
+    }
+
+    #[test]
+    fn check_config_takes_a_file_a_flag_or_nothing() {
+        let file = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).expect("valid");
+            let Command::CheckConfig { file, config } = cli.command else { panic!("not check") };
+            file.or(config)
+        };
+        assert_eq!(file(&["sshlb-agent", "check-config"]), None, "the default applies");
+        assert_eq!(file(&["sshlb-agent", "check-config", "a.toml"]), Some("a.toml".into()));
+        assert_eq!(
+            file(&["sshlb-agent", "check-config", "--config", "b.toml"]),
+            Some("b.toml".into())
+        );
+        Cli::try_parse_from(["sshlb-agent", "check-config", "a.toml", "--config", "b.toml"])
+            .expect_err("two files");
     }
 
     #[test]

@@ -8,14 +8,17 @@ use sshlb::{
     cli::{Cli, Command},
     config::{self, Config},
     control::{self, Request},
-    daemon, loader, stats,
+    daemon,
+    defaults::{self, ConfigChoice},
+    loader, stats,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Structured, timestamped lines on stderr (journald keeps them under systemd).
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(tty).init();
+    if let Err(err) = sshlb::logging::init(cli.log_level.as_deref(), cli.log_format) {
+        eprintln!("sshlb-agent: error: {err}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -34,11 +37,21 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { iface, config, xdp_mode, stats_interval, detach } => {
-            let config_path = config;
-            let config = match &config_path {
-                Some(path) => load_config(path)?,
-                None => config::parse("(none)", "").expect("the empty configuration is valid"),
+            let choice = defaults::choose_config(config);
+            let config = match &choice {
+                ConfigChoice::Given(path) | ConfigChoice::Default(path) => load_config(path)?,
+                ConfigChoice::Missing(path) => {
+                    tracing::warn!(
+                        "NO CONFIGURATION: --config not given and {} does not exist; attaching \
+                         with no services, so sshlb only passes traffic (create the file and run \
+                         `sshlb-agent reload`, or pass --config)",
+                        path.display()
+                    );
+                    config::parse("(none)", "").expect("the empty configuration is valid")
+                }
             };
+            // Kept even when missing: `reload` reads it once the operator has written it.
+            let config_path = Some(choice.path().to_path_buf());
             if !sshlb::sys::is_root() {
                 return Err(loader::LoaderError::NotRoot.into());
             }
@@ -92,7 +105,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("sshlb-agent: detached from {iface} and removed its pins");
             Ok(())
         }
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, config } => {
+            let file = defaults::choose_config(file.or(config)).path().to_path_buf();
             let config = load_config(&file)?;
             println!("{}: ok, {} service(s)", file.display(), config.services.len());
             Ok(())

@@ -63,6 +63,25 @@ impl Dataplane {
         HashMap::try_from(map).expect("FLOWS is a hash map of FlowKey → Flow")
     }
 
+    /// Calls `visit` with every connection-table entry, in batched reads ([`crate::flows`]).
+    pub fn walk_flows(
+        &mut self,
+        visit: impl FnMut(&FlowKey, &Flow),
+    ) -> Result<crate::flows::Walked, crate::flows::WalkError> {
+        let table = self.ebpf_mut().map(map_names::FLOWS).expect("object defines FLOWS");
+        crate::flows::walk(table, visit)
+    }
+
+    /// The same walk one entry at a time (what [`Self::walk_flows`] falls back to on kernels
+    /// without batched reads).
+    pub fn walk_flows_iterating(
+        &mut self,
+        visit: impl FnMut(&FlowKey, &Flow),
+    ) -> Result<u64, crate::flows::WalkError> {
+        let table = self.ebpf_mut().map(map_names::FLOWS).expect("object defines FLOWS");
+        crate::flows::walk_iterating(table, visit)
+    }
+
     /// The full-NAT reverse index (entries are removed with their flows).
     pub fn nat_reverse(&mut self) -> HashMap<&mut MapData, NatKey, NatFlow> {
         let map = self.ebpf_mut().map_mut(map_names::NAT_REVERSE).expect("object defines it");
@@ -169,9 +188,9 @@ impl Dataplane {
             per_backend: vec![0; MAX_BACKENDS as usize],
             live_per_backend: vec![0; MAX_BACKENDS as usize],
         };
-        for (_, flow) in self.flows().iter().filter_map(Result::ok) {
+        let walked = self.walk_flows(|_, flow| {
             if flow.state == sshlb_common::flow_state::CLOSED {
-                continue;
+                return;
             }
             if let Some(n) = active.per_service.get_mut(flow.service_id as usize) {
                 *n += 1;
@@ -184,6 +203,9 @@ impl Dataplane {
                     *n += 1;
                 }
             }
+        });
+        if let Err(err) = walked {
+            tracing::warn!("counting flows: {err}; the counts are partial");
         }
         active
     }

@@ -4,7 +4,8 @@
 //! Ids are stable (see [`Ids`]). A backend is in its service's ring when [`in_ring`] says so
 //! (`active`, weight above zero, usable); `drain`/`disabled` backends, weight 0 and unhealthy
 //! ones keep their `BACKENDS` entry (established flows still reach them) but get no ring slots.
-//! A backend listed in several services has one id and one entry.
+//! A backend id names a (service, backend) pair: a backend address listed in several services
+//! has one id and one entry per service, so its flows, packets and bytes are counted per pair.
 //!
 //! The map encoders of the protection policy live here too ([`acl_entries`], [`limit_entry`]):
 //! the policy itself ([`crate::protect`]) knows nothing of maps.
@@ -149,8 +150,17 @@ pub fn limit_entry(limit: &RateLimit) -> Limit {
 pub struct Ids {
     /// Service key → service id.
     pub services: BTreeMap<ServiceKeyOrd, u32>,
-    /// (family, address, port in network order) → backend id.
-    pub backends: BTreeMap<(u8, [u8; 16], u16), u32>,
+    /// (service id, family, address, port in network order) → backend id.
+    pub backends: BTreeMap<BackendIdent, u32>,
+}
+
+/// What one backend id stands for: (service id, family, address, port in network order).
+pub type BackendIdent = (u32, u8, [u8; 16], u16);
+
+/// The [`BackendIdent`] of `address` in service `service_id`.
+pub fn backend_ident(service_id: u32, address: std::net::SocketAddr) -> BackendIdent {
+    let (addr, fam) = addr::to16(address.ip());
+    (service_id, fam, addr, address.port().to_be())
 }
 
 /// [`ServiceKey`] with an order, for maps.
@@ -166,9 +176,10 @@ impl Ids {
         self.services.insert(ord(key), id);
     }
 
-    /// Records an existing backend.
+    /// Records an existing backend (its entry names its service).
     pub fn insert_backend(&mut self, backend: &Backend, id: u32) {
-        self.backends.insert((backend.family, backend.addr, backend.port_be), id);
+        let ident = (u32::from(backend.service_id), backend.family, backend.addr, backend.port_be);
+        self.backends.insert(ident, id);
     }
 }
 
@@ -230,8 +241,10 @@ pub fn plan_with(
         let mut members = Vec::new();
         for (j, (b, key_str)) in service.backends.iter().zip(&ring_keys).enumerate() {
             let (addr, fam) = addr::to16(b.address);
-            let entry = Backend { addr, port_be: b.port.to_be(), family: fam, flags: 0 };
-            let ident = (fam, addr, entry.port_be);
+            // Service ids are below MAX_SERVICES, which fits a u8 (asserted in sshlb-common).
+            let entry =
+                Backend { addr, port_be: b.port.to_be(), family: fam, service_id: id as u8 };
+            let ident = (id, fam, addr, entry.port_be);
             let backend_id = if let Some(&id) = ids.backends.get(&ident) {
                 id
             } else {
@@ -450,6 +463,32 @@ port = 2222
     }
 
     #[test]
+    fn a_backend_shared_by_two_services_has_one_id_per_service() {
+        let shared = format!(
+            "{CFG}\n[[service]]\nname = \"git-dsr\"\nvip = \"198.18.0.101\"\nport = 22\n\
+             mode = \"dsr\"\nring-size = 251\n[[service.backend]]\nname = \"b2\"\n\
+             address = \"198.18.0.12\"\n"
+        );
+        let cfg = parse("t.toml", &shared).expect("valid");
+        let (plan, ids) = plan_with(&cfg, |_, _| true, &Ids::default()).expect("plannable");
+        assert_eq!(plan.backends.len(), 5, "198.18.0.12 has an entry per service");
+        let git_b2 = ids.backends[&backend_ident(0, "198.18.0.12:22".parse().unwrap())];
+        let dsr_b2 = ids.backends[&backend_ident(2, "198.18.0.12:22".parse().unwrap())];
+        assert_ne!(git_b2, dsr_b2, "each (service, backend) pair counts on its own id");
+        assert!(plan.services[2].ring.iter().all(|&b| b == dsr_b2));
+        assert!(!plan.services[0].ring.contains(&dsr_b2));
+        let entry = |id| plan.backends.iter().find(|(i, _)| *i == id).unwrap().1;
+        assert_eq!((entry(git_b2).service_id, entry(dsr_b2).service_id), (0, 2));
+        // After a restart the ids are read back from the entries: the same pairs, the same ids.
+        let mut seeded = Ids::default();
+        for (id, backend) in &plan.backends {
+            seeded.insert_backend(backend, *id);
+        }
+        let (_, again) = plan_with(&cfg, |_, _| true, &seeded).expect("plannable");
+        assert_eq!(again.backends, ids.backends);
+    }
+
+    #[test]
     fn unusable_backends_leave_the_ring_but_keep_their_entry() {
         let cfg = parse("t.toml", CFG).expect("valid");
         let (plan, _) =
@@ -465,7 +504,7 @@ port = 2222
         let id_of = |ids: &Ids, last: u8| {
             ids.backends
                 .iter()
-                .find(|(k, _)| k.1[3] == last && k.0 == family::V4)
+                .find(|(k, _)| k.2[3] == last && k.1 == family::V4)
                 .map(|(_, &id)| id)
         };
         // A new backend inserted first, b1 removed, services swapped: nobody's id changes.

@@ -60,10 +60,20 @@ fn up_counts_real_tcp_and_down_leaves_nothing() {
         &["198.18.10.2/24", "fd00:10::2/64"],
     );
 
-    // No configuration: nothing is a service, so every segment must pass through untouched.
-    let out = run(&mut lb.command(agent, &["up", &lb_if, "--detach"]));
+    // No configuration (none given, and the default path, moved off the machine's /etc, does
+    // not exist): nothing is a service, so every segment must pass through untouched — and `up`
+    // says so.
+    let missing = std::env::temp_dir().join(format!("{lb_if}-absent.toml"));
+    let out = run(lb.command(agent, &["up", &lb_if, "--detach"]).env("SSHLB_CONFIG", &missing));
     let _attached = Attached { lb: &lb, iface: lb_if.clone() };
-    assert!(String::from_utf8_lossy(&out.stderr).contains("native"), "default mode is native");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("native"), "default mode is native: {stderr}");
+    assert!(
+        stderr.contains("WARN")
+            && stderr.contains("only passes traffic")
+            && stderr.contains(missing.to_str().expect("utf-8")),
+        "no loud warning about running without a configuration: {stderr}"
+    );
     let link = String::from_utf8_lossy(&lb.ip(&["link", "show", &lb_if]).stdout).into_owned();
     assert!(link.contains("prog/xdp") && link.contains("name sshlb"), "XDP not attached: {link}");
     for pin in ["link", "prog", "SERVICES", "STATS"] {
@@ -152,8 +162,10 @@ fn clear_errors_for_bad_interface_mode_and_state() {
     let agent = agent_binary();
     let agent = agent.to_str().expect("utf-8");
     let ns = Netns::new("err");
+    let no_config = std::env::temp_dir().join(format!("{}-none.toml", ns.name));
     let stderr_of = |args: &[&str]| {
-        let out = ns.command(agent, args).output().expect("spawn");
+        // The default configuration path moved to a file that does not exist: never /etc.
+        let out = ns.command(agent, args).env("SSHLB_CONFIG", &no_config).output().expect("spawn");
         assert!(!out.status.success(), "{args:?} should fail");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -196,6 +208,23 @@ fn clear_errors_for_bad_interface_mode_and_state() {
     );
     let out = as_nobody(&good);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without a file, check-config reads the default path ($SSHLB_CONFIG here, never /etc).
+    let default = |path: &std::path::Path| {
+        std::process::Command::new(agent)
+            .arg("check-config")
+            .env("SSHLB_CONFIG", path)
+            .output()
+            .expect("spawn")
+    };
+    let out = default(&good);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains(good.to_str().expect("utf-8")), "{out:?}");
+    let out = default(&bad);
+    assert!(!out.status.success(), "the default path's bad file is refused: {out:?}");
+    let absent = dir.join(format!("{}-absent.toml", ns.name));
+    let out = default(&absent);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && msg.contains(absent.to_str().expect("utf-8")), "{msg}");
     let _ = std::fs::remove_file(&bad);
     let _ = std::fs::remove_file(&good);
     // Not root: refused before touching anything (nobody = 65534).
@@ -204,6 +233,7 @@ fn clear_errors_for_bad_interface_mode_and_state() {
             "setpriv",
             &["--reuid=65534", "--regid=65534", "--clear-groups", agent, "up", "lo"],
         )
+        .env("SSHLB_CONFIG", &no_config)
         .output()
         .expect("spawn setpriv");
     assert!(String::from_utf8_lossy(&out.stderr).contains("must run as root"), "{out:?}");

@@ -238,8 +238,15 @@ impl Balancer {
     /// Copies each configured backend's map id from the ids in force into its record.
     fn record_map_ids(&mut self) {
         for (r, record) in &mut self.backends {
-            let (addr, fam) = sshlb_common::addr::to16(r.address.ip());
-            record.map_id = self.ids.backends.get(&(fam, addr, r.address.port().to_be())).copied();
+            let service_id = self
+                .config
+                .services
+                .iter()
+                .position(|s| s.name == r.service)
+                .and_then(|s| self.plan.services.get(s))
+                .map(|p| p.id);
+            record.map_id = service_id
+                .and_then(|id| self.ids.backends.get(&plan::backend_ident(id, r.address)).copied());
         }
     }
 

@@ -1,0 +1,141 @@
+//! Walking the connection table: every (key, entry) of `FLOWS`, read in batches of
+//! [`BATCH`] entries per system call (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6) where the kernel has
+//! it, one `BPF_MAP_GET_NEXT_KEY` + lookup pair per entry otherwise.
+//!
+//! A walk runs while the data plane keeps writing the table, so it is a snapshot of no single
+//! instant: a flow added or removed meanwhile may or may not be seen. The batched walk goes
+//! bucket by bucket and never restarts; the fallback restarts from the first key when the key it
+//! stands on is removed, so it may see an entry twice under heavy churn.
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use aya::maps::{HashMap, Map, MapData};
+use sshlb_common::{Flow, FlowKey};
+
+/// Entries asked for per batched system call (64 KiB of buffers).
+pub const BATCH: u32 = 1024;
+
+/// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The kernel's `ENOTSUPP` (524): the map type has no batch operations.
+const ENOTSUPP: i32 = 524;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// A walk that could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    /// The map given is not a hash map.
+    #[error("the connection table is not a hash map")]
+    NotAHashMap,
+    /// A batched read failed for another reason than "no more entries".
+    #[error("BPF_MAP_LOOKUP_BATCH on the connection table")]
+    Batch(#[source] std::io::Error),
+    /// Reading an entry by iteration failed.
+    #[error("iterating the connection table")]
+    Iterate(#[source] aya::maps::MapError),
+}
+
+/// How a walk went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Walked {
+    /// Entries visited.
+    pub entries: u64,
+    /// Whether batched reads were used (false: the per-entry fallback).
+    pub batched: bool,
+}
+
+/// Calls `visit` with every entry of the connection table `map` (`FLOWS`).
+pub fn walk(map: &Map, mut visit: impl FnMut(&FlowKey, &Flow)) -> Result<Walked, WalkError> {
+    let Map::HashMap(data) = map else { return Err(WalkError::NotAHashMap) };
+    match walk_batched(data, &mut visit) {
+        Ok(Some(entries)) => Ok(Walked { entries, batched: true }),
+        Ok(None) => walk_iterating(map, visit).map(|entries| Walked { entries, batched: false }),
+        Err(err) => Err(err),
+    }
+}
+
+/// The per-entry walk, usable on any kernel (also what [`walk`] falls back to).
+pub fn walk_iterating(map: &Map, mut visit: impl FnMut(&FlowKey, &Flow)) -> Result<u64, WalkError> {
+    let table: HashMap<&MapData, FlowKey, Flow> =
+        HashMap::try_from(map).map_err(|_| WalkError::NotAHashMap)?;
+    let mut entries = 0;
+    for item in table.iter() {
+        match item {
+            Ok((key, flow)) => {
+                visit(&key, &flow);
+                entries += 1;
+            }
+            // Removed between finding its key and reading it: it is gone, not an error.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(err) => return Err(WalkError::Iterate(err)),
+        }
+    }
+    Ok(entries)
+}
+
+/// The batched walk: `Ok(None)` when this kernel has no batch operations for hash maps (before
+/// anything was visited).
+fn walk_batched(
+    data: &MapData,
+    visit: &mut impl FnMut(&FlowKey, &Flow),
+) -> Result<Option<u64>, WalkError> {
+    let mut keys = vec![FlowKey::default(); BATCH as usize];
+    let mut values = vec![Flow::default(); BATCH as usize];
+    // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let fd = data.fd().as_fd().as_raw_fd();
+    let mut entries = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { std::ptr::addr_of!(token_in) as u64 },
+            out_batch: std::ptr::addr_of_mut!(token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr.batch` whose buffers hold `count` keys and values
+        // of the map's own key and value types, and live until the call returns.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::addr_of_mut!(attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let done = match err.as_ref().and_then(std::io::Error::raw_os_error) {
+            None => false,
+            Some(libc::ENOENT) => true,
+            Some(libc::EINVAL | libc::ENOSYS | ENOTSUPP) if first => return Ok(None),
+            Some(_) => return Err(WalkError::Batch(err.expect("an error"))),
+        };
+        let got = (attr.count as usize).min(keys.len());
+        for (key, flow) in keys[..got].iter().zip(&values[..got]) {
+            visit(key, flow);
+        }
+        entries += got as u64;
+        if done {
+            return Ok(Some(entries));
+        }
+        token_in = token_out;
+        first = false;
+    }
+}

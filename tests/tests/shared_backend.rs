@@ -1,0 +1,87 @@
+//! Two services sharing their backends count each (service, backend) pair on its own: traffic
+//! through one service shows under that service's backends only, in `status` and in the metrics.
+
+use sshlb_tests::{
+    agent::AgentHandle,
+    config::{ConfigBuilder, ServiceBuilder},
+    root_or_skip,
+    topo::{payload, Conn, Topo, VIP4},
+};
+
+#[test]
+fn figures_belong_to_the_service_and_backend_pair() {
+    if !root_or_skip("figures_belong_to_the_service_and_backend_pair") {
+        return;
+    }
+    let topo = Topo::new(22);
+    let mut agent = AgentHandle::new(&topo);
+    let service = |name: &str, port: u16| {
+        ServiceBuilder::new(name, VIP4, port)
+            .ring_size(251)
+            .health("interval", "100ms")
+            .health("expect", "")
+            .topo_backends(false, |_, b| b)
+    };
+    agent.write_config(
+        &ConfigBuilder::new()
+            .control(agent.control())
+            .service(service("used", 22))
+            .service(service("idle", 2222))
+            .to_toml(),
+    );
+    agent.up();
+    agent.wait_until_up();
+
+    let mut conns = topo
+        .client
+        .run(|| (0..9).map(|_| Conn::open(VIP4, 22).expect("connect")).collect::<Vec<_>>());
+    topo.client.run(move || {
+        for (i, conn) in conns.iter_mut().enumerate() {
+            assert!(conn.echo(&payload(4096, i as u64)).expect("echo"));
+        }
+        conns
+    });
+
+    let s = agent.status();
+    let (used, idle) = (&s.services[0], &s.services[1]);
+    assert_eq!((used.name.as_str(), idle.name.as_str()), ("used", "idle"));
+    let sum = |svc: &sshlb::control::ServiceStatus,
+               f: fn(&sshlb::control::BackendStatus) -> u64| {
+        svc.backends.iter().map(f).sum::<u64>()
+    };
+    assert_eq!(sum(used, |b| b.new_flows), 9, "{used:?}");
+    assert_eq!(sum(used, |b| b.active_flows), 9, "{used:?}");
+    assert!(sum(used, |b| b.bytes) > 9 * 2 * 4096, "{used:?}");
+    let figures: [fn(&sshlb::control::BackendStatus) -> u64; 5] =
+        [|b| b.new_flows, |b| b.active_flows, |b| b.live_sessions, |b| b.packets, |b| b.bytes];
+    for f in figures {
+        assert_eq!(sum(idle, f), 0, "no connection used \"idle\", yet: {idle:?}");
+    }
+
+    let scrape = topo.lb.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9734").expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        text
+    });
+    for metric in [
+        "sshlb_backend_active_flows",
+        "sshlb_backend_live_sessions",
+        "sshlb_backend_new_flows_total",
+        "sshlb_backend_packets_total",
+        "sshlb_backend_bytes_total",
+    ] {
+        for (name, _, _) in sshlb_tests::topo::BACKENDS {
+            let line = format!("{metric}{{service=\"idle\",backend=\"{name}\"}} 0\n");
+            assert!(scrape.contains(&line), "metrics lack {line:?}:\n{scrape}");
+        }
+    }
+    let used_flows: u64 = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("sshlb_backend_new_flows_total{service=\"used\","))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(used_flows, 9, "{scrape}");
+}
