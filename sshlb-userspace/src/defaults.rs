@@ -47,7 +47,7 @@ fn default_path_from(env: Option<OsString>) -> PathBuf {
 
 /// The configuration to use for `given` (the `--config` argument, if any).
 pub fn choose_config(given: Option<PathBuf>) -> ConfigChoice {
-    choose(given, default_config_path(), |p| p.exists())
+    choose(given, default_config_path(), std::path::Path::exists)
 }
 
 fn choose(

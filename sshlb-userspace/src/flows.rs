@@ -73,7 +73,7 @@ pub fn walk_iterating(map: &Map, mut visit: impl FnMut(&FlowKey, &Flow)) -> Resu
     let table: HashMap<&MapData, FlowKey, Flow> =
         HashMap::try_from(map).map_err(|_| WalkError::NotAHashMap)?;
     let mut entries = 0;
-    for item in table.iter() {
+    for item in &table {
         match item {
             Ok((key, flow)) => {
                 visit(&key, &flow);
