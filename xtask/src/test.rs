@@ -137,6 +137,8 @@ fn tiers(root: bool) -> Vec<Tier> {
                 "fixtures",
                 "--test",
                 "bird",
+                "--test",
+                "flow_walk",
             ])]),
         },
         Tier {
