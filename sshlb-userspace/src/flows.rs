@@ -87,6 +87,52 @@ pub fn walk_iterating(map: &Map, mut visit: impl FnMut(&FlowKey, &Flow)) -> Resu
     Ok(entries)
 }
 
+/// One `BPF_MAP_LOOKUP_BATCH` on the map `fd`: up to `keys.len()` entries into `keys` and
+/// `values`, continuing from `token_in` (`None`: from the start) and leaving the continuation in
+/// `token_out`. Returns how many entries were read and whether the map ended with them (the
+/// kernel's `ENOENT`); any other failure is the `Err`.
+///
+/// # Safety
+/// `K` must be the map's key type and `values` must hold `keys.len()` of the map's values (for a
+/// per-CPU map, one per possible CPU each): the kernel writes that many bytes into them.
+pub unsafe fn lookup_batch<K, V>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    token_in: Option<&u64>,
+    token_out: &mut u64,
+    keys: &mut [K],
+    values: &mut [V],
+) -> std::io::Result<(usize, bool)> {
+    let mut attr = BatchAttr {
+        in_batch: token_in.map_or(0, |t| std::ptr::from_ref(t) as u64),
+        out_batch: std::ptr::from_mut(token_out) as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+        map_fd: fd.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr.batch`; its buffers are sized as the caller promised
+    // (8-byte tokens leave room for any map's batch token) and live until the call returns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    let got = (attr.count as usize).min(keys.len());
+    if rc == 0 {
+        return Ok((got, false));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENOENT) {
+        Ok((got, true))
+    } else {
+        Err(err)
+    }
+}
+
 /// The batched walk: `Ok(None)` when this kernel has no batch operations for hash maps (before
 /// anything was visited).
 fn walk_batched(
@@ -97,37 +143,20 @@ fn walk_batched(
     let mut values = vec![Flow::default(); BATCH as usize];
     // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
     let (mut token_in, mut token_out) = (0u64, 0u64);
-    let fd = data.fd().as_fd().as_raw_fd();
     let mut entries = 0u64;
     let mut first = true;
     loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { std::ptr::addr_of!(token_in) as u64 },
-            out_batch: std::ptr::addr_of_mut!(token_out) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: BATCH,
-            map_fd: fd as u32,
-            ..BatchAttr::default()
+        let token = (!first).then_some(&token_in);
+        // SAFETY: FLOWS maps FlowKey → Flow (a plain hash map: one value per key).
+        let read =
+            unsafe { lookup_batch(data.fd().as_fd(), token, &mut token_out, &mut keys, &mut values) };
+        let (got, done) = match read {
+            Ok(read) => read,
+            Err(err) => match err.raw_os_error() {
+                Some(libc::EINVAL | libc::ENOSYS | ENOTSUPP) if first => return Ok(None),
+                _ => return Err(WalkError::Batch(err)),
+            },
         };
-        // SAFETY: `attr` is a valid `bpf_attr.batch` whose buffers hold `count` keys and values
-        // of the map's own key and value types, and live until the call returns.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                std::ptr::addr_of_mut!(attr),
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
-        let done = match err.as_ref().and_then(std::io::Error::raw_os_error) {
-            None => false,
-            Some(libc::ENOENT) => true,
-            Some(libc::EINVAL | libc::ENOSYS | ENOTSUPP) if first => return Ok(None),
-            Some(_) => return Err(WalkError::Batch(err.expect("an error"))),
-        };
-        let got = (attr.count as usize).min(keys.len());
         for (key, flow) in keys[..got].iter().zip(&values[..got]) {
             visit(key, flow);
         }
