@@ -13,7 +13,8 @@ use crate::{
     protection::{self, Admission},
     reset, services,
     stats::{count, traffic},
-    verdict::{Decision, Error, Outcome, Path},
+    tunnel::{self, Done},
+    verdict::{Decision, Error, Outcome, Path, Xmit},
     xmit::{send, Hop},
 };
 
@@ -69,6 +70,21 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     traffic(assigned.service_id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
     let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;
     let fam = pkt.key.family;
+    if assigned.flags & flow_flags::TUNNEL != 0 {
+        // Encapsulated from the balancer's own address (the NAT address of the family).
+        let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
+        let src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
+        let done = match tunnel::too_big_mtu(pkt, assigned.flags, &cfg) {
+            Some(mtu) => tunnel::too_big(ctx, pkt, mtu),
+            None => tunnel::encapsulate(ctx, pkt, &backend, assigned.flags, &cfg),
+        };
+        return match done.get()? {
+            Done::Outer(ip_len) => {
+                send(ctx, Path::Tunnel, &Hop { fam, src: &src, dst: &backend.addr, ip_len }, now)
+            }
+            Done::AnsweredTooBig => Ok(Outcome::Forwarded(Path::TooBig, Xmit::Tx)),
+        };
+    }
     if assigned.flags & flow_flags::NAT == 0 {
         // Direct server return: the backend owns the VIP, only the destination MAC changes.
         return send(
@@ -125,6 +141,16 @@ fn follow(pkt: &Tcp, now: u64, out: &mut Assigned) -> Found {
     Found::Followed
 }
 
+/// The `flow_flags` a tunnel-mode service's flows carry (none for the other modes).
+#[inline(always)]
+fn tunnel_flags(service: &Service) -> u8 {
+    match (service.flags & service_flags::TUNNEL != 0, service.flags & service_flags::GUE != 0) {
+        (false, _) => 0,
+        (true, false) => flow_flags::TUNNEL,
+        (true, true) => flow_flags::TUNNEL | flow_flags::GUE,
+    }
+}
+
 #[inline(always)]
 fn is_syn(flags: u8) -> bool {
     flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
@@ -141,7 +167,8 @@ fn create(
     out: &mut Assigned,
 ) -> Result<(), Error> {
     let syn = is_syn(pkt.flags);
-    let dsr = service.flags & service_flags::DSR != 0;
+    // Tunnel mode is direct server return too (the backend owns the VIP and answers the client).
+    let dsr = service.flags & (service_flags::DSR | service_flags::TUNNEL) != 0;
     if !syn && pkt.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 {
         // A close for a flow nobody knows starts nothing. Direct server return: the ring sends
         // it where the flow went (the backend may hold the connection after a restart or a
@@ -156,7 +183,7 @@ fn create(
             backend_id,
             service_id: service.id,
             nat_port_be: 0,
-            flags: 0,
+            flags: tunnel_flags(service),
             new_flow: false,
         };
         return Ok(());
@@ -187,6 +214,7 @@ fn create(
         new.flags |= flow_flags::RECOVERED;
         count(stats::EVENT_FLOW_RECOVERED);
     }
+    new.flags |= tunnel_flags(service);
     if !dsr {
         new.nat_port_be = nat::allocate_port(&pkt.key, &backend, (service.id, backend_id), now)?;
         new.flags |= flow_flags::NAT;
