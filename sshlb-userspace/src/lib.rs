@@ -15,6 +15,7 @@
 //!    and server), [`cli`].
 
 pub mod announce;
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod control;
