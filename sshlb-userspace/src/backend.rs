@@ -181,17 +181,8 @@ pub fn up(pin_root: &Path, setup: &Setup) -> Result<(), BackendError> {
         .map_err(|source| loader::LoaderError::Bpffs { path: bpffs.to_owned(), source })?;
     let dir = pin_dir(pin_root, &setup.iface);
     fs::create_dir_all(&dir).map_err(host_err(format!("creating {}", dir.display())))?;
-    let mut loader = EbpfLoader::new();
-    for name in MAPS {
-        loader.map_pin_path(name, dir.join(name));
-    }
-    let mut ebpf = loader.load(OBJECT).map_err(loader::LoaderError::from)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM)
-        .expect("the object defines sshlb_decap")
-        .try_into()
-        .expect("sshlb_decap is an XDP program");
-    program.load().map_err(loader::LoaderError::Load)?;
+    let mut decap = Decap::load(setup, Some(&dir))?;
+    let program = decap.program();
     let link_path = dir.join(PIN_LINK);
     if link_path.exists() {
         // Already attached: swap this binary's program into the pinned link.
@@ -220,8 +211,61 @@ pub fn up(pin_root: &Path, setup: &Setup) -> Result<(), BackendError> {
         remove_pins(&dir);
         return Err(err.into());
     }
-    write_maps(&mut ebpf, setup)?;
     configure_host(setup)
+}
+
+/// The decapsulation program, loaded (not attached) with its maps written.
+pub struct Decap {
+    ebpf: aya::Ebpf,
+}
+
+impl Decap {
+    /// Loads the embedded object — its maps pinned in `pins` (opened when they exist) or
+    /// private — and writes `setup`'s prefixes, VIPs and GUE port into them.
+    pub fn load(setup: &Setup, pins: Option<&Path>) -> Result<Self, BackendError> {
+        if OBJECT.is_empty() {
+            return Err(loader::LoaderError::ObjectMissing.into());
+        }
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = pins {
+            for name in MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(loader::LoaderError::from)?;
+        write_maps(&mut ebpf, setup)?;
+        let mut decap = Self { ebpf };
+        decap.program().load().map_err(loader::LoaderError::Load)?;
+        Ok(decap)
+    }
+
+    /// The XDP program.
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .expect("the object defines sshlb_decap")
+            .try_into()
+            .expect("sshlb_decap is an XDP program")
+    }
+
+    /// Every counter, summed over CPUs, in index order.
+    pub fn counters(&self) -> Result<Vec<u64>, BackendError> {
+        let map = self.ebpf.map(decap_maps::STATS).expect("the object defines DECAP_STATS");
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(map_err("DECAP_STATS"))?;
+        read_counters(&stats)
+    }
+}
+
+fn read_counters<T: std::borrow::Borrow<MapData>>(
+    stats: &PerCpuArray<T, u64>,
+) -> Result<Vec<u64>, BackendError> {
+    (0..COUNT)
+        .map(|i| {
+            let per_cpu = stats.get(&i, 0).map_err(map_err("reading DECAP_STATS"))?;
+            Ok(per_cpu.iter().sum())
+        })
+        .collect()
 }
 
 /// Replaces the maps' contents with `setup`'s.
@@ -400,11 +444,7 @@ pub fn status(pin_root: &Path, iface: &str) -> Result<Status, BackendError> {
     let stats: PerCpuArray<_, u64> =
         PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(decap_maps::STATS)?))
             .map_err(map_err("DECAP_STATS"))?;
-    let mut counters = Vec::new();
-    for (i, name) in NAMES.iter().enumerate().take(COUNT as usize) {
-        let per_cpu = stats.get(&(i as u32), 0).map_err(map_err("reading DECAP_STATS"))?;
-        counters.push(((*name).to_owned(), per_cpu.iter().sum()));
-    }
+    let counters = NAMES.iter().map(|n| (*n).to_owned()).zip(read_counters(&stats)?).collect();
     let sources: LpmTrie<_, DecapSource, u32> =
         LpmTrie::try_from(aya::maps::Map::LpmTrie(open(decap_maps::SOURCES)?))
             .map_err(map_err("DECAP_SOURCES"))?;
