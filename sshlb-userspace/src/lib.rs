@@ -35,3 +35,4 @@ pub mod plan;
 pub mod protection;
 pub mod stats;
 pub mod sys;
+pub mod tunnel_check;

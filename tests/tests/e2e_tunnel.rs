@@ -3,7 +3,8 @@
 //! `ssh` and `git` clients on a host behind the router, through IP-in-IP (IPv4, IPv6) and GUE
 //! VIPs. The backend sees the client's own address, answers it directly, and drops tunnel
 //! packets from outside the balancer prefix or for other destinations; `backend down` undoes
-//! everything `backend up` changed on the host.
+//! everything `backend up` changed on the host, and the balancer's health checks, which travel
+//! through the tunnel, then mark the backend down.
 
 use std::{
     net::Ipv4Addr,
@@ -237,13 +238,19 @@ fn ssh_and_git_through_tunnels_to_a_backend_in_another_subnet() {
     });
     assert!(counted.is_some(), "drops: {}", decap_counters(far, &far_if, &pins));
 
-    // `backend down` detaches the program and undoes the host changes.
-    drop(agent);
+    // `backend down` detaches the program and undoes the host changes; the balancer's next
+    // checks through the tunnel find nobody decapsulating and mark the backend down (its sshd
+    // still answers on its own address).
     ok(&backend_cmd(far, &["down", &far_if], &pins), "backend down");
     let on_lo =
         String::from_utf8_lossy(&far.ip(&["addr", "show", "dev", "lo"]).stdout).into_owned();
     assert!(!on_lo.contains(TUN4), "VIP left on lo: {on_lo}");
     let status = backend_cmd(far, &["status", &far_if], &pins);
     assert!(!status.status.success(), "status after down must fail");
+    let all_down = agent.wait_status(Duration::from_secs(10), |status| {
+        status.services.iter().flat_map(|s| &s.backends).all(|b| b.health == "down")
+    });
+    assert!(all_down, "a backend that no longer decapsulates stayed up: {:?}", agent.status());
+    drop(agent);
     lab.assert_no_sessions_left(Duration::from_secs(10));
 }
