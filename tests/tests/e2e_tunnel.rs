@@ -196,16 +196,38 @@ fn ssh_and_git_through_tunnels_to_a_backend_in_another_subnet() {
     let decapsulated = counter(&after, "pass_decapsulated") - counter(&before, "pass_decapsulated");
     assert!(decapsulated > 30, "three logins decapsulated only {decapsulated} packets");
 
-    // A clone through the IP-in-IP VIP, byte-exact.
+    // A clone through the IP-in-IP VIP (objects verified), a push through the GUE VIP.
     let work = std::env::temp_dir().join(unique("tunclone"));
     let ssh_command = format!("ssh {}", f.ssh_args().join(" "));
-    let clone = topo
-        .client
-        .command("git", &["clone", "-q", &f.repo_url(TUN4), work.to_str().expect("utf-8")])
-        .env("GIT_SSH_COMMAND", &ssh_command)
-        .output()
-        .expect("git");
-    ok(&clone, "git clone via the tunnel");
+    let git = |args: &[&str], cwd: &Path| {
+        let out = topo
+            .client
+            .command("git", args)
+            .current_dir(cwd)
+            .env("GIT_SSH_COMMAND", &ssh_command)
+            .output();
+        out.expect("spawn git")
+    };
+    let tmp = std::env::temp_dir();
+    ok(
+        &git(&["clone", "-q", &f.repo_url(TUN4), work.to_str().expect("utf-8")], &tmp),
+        "git clone via tun4",
+    );
+    ok(&git(&["fsck", "--strict"], &work), "git fsck");
+    std::fs::write(work.join("tunnelled.txt"), "through a tunnel\n").expect("write");
+    ok(&git(&["add", "tunnelled.txt"], &work), "git add");
+    let commit = [
+        "-c",
+        "user.name=e2e",
+        "-c",
+        "user.email=e2e@example.invalid",
+        "commit",
+        "-q",
+        "-m",
+        "push via gue4",
+    ];
+    ok(&git(&commit, &work), "git commit");
+    ok(&git(&["push", "-q", &f.repo_url(GUE4), "main"], &work), "git push via gue4");
     let head = |dir: &Path| {
         let out = std::process::Command::new("git")
             .arg("-C")
@@ -214,8 +236,42 @@ fn ssh_and_git_through_tunnels_to_a_backend_in_another_subnet() {
             .output();
         String::from_utf8_lossy(&out.expect("git").stdout).trim().to_owned()
     };
-    assert_eq!(head(&work), head(&f.path("repo.git")), "the clone's HEAD");
+    assert_eq!(
+        head(&f.path("repo.git")),
+        head(&work),
+        "the pushed commit is the repository's HEAD"
+    );
     let _ = std::fs::remove_dir_all(&work);
+
+    // ssh -L through the IPv6 tunnel: the forwarded port reaches the backend's own sshd.
+    let mut forward = {
+        let mut args = f.ssh_args();
+        args.extend([
+            "-N".into(),
+            "-L".into(),
+            "127.0.0.1:17022:127.0.0.1:22".into(),
+            format!("root@{TUN6}"),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        topo.client.command("ssh", &args).spawn().expect("ssh -L")
+    };
+    let banner = wait_for(Duration::from_secs(10), || {
+        topo.client.run(|| {
+            use std::io::Read as _;
+            let mut s = std::net::TcpStream::connect("127.0.0.1:17022").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let mut line = [0u8; 64];
+            let n = s.read(&mut line).ok()?;
+            let text = String::from_utf8_lossy(&line[..n]).into_owned();
+            text.starts_with("SSH-2.0-").then_some(text)
+        })
+    });
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert!(
+        banner.is_some_and(|b| b.contains("far1")),
+        "nothing came back through the ssh -L forward"
+    );
     let stats = sshlb::loader::pinned_stats(Path::new(PIN_ROOT), &topo.lb_if).expect("stats");
     let fwd_tunnel = sshlb::stats::read(&stats)
         .expect("read stats")
