@@ -70,22 +70,7 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     traffic(assigned.service_id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
     let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;
     let fam = pkt.key.family;
-    if assigned.flags & flow_flags::TUNNEL != 0 {
-        // Encapsulated from the balancer's own address (the NAT address of the family).
-        let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-        let src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
-        let done = match tunnel::too_big_mtu(pkt, assigned.flags, &cfg) {
-            Some(mtu) => tunnel::too_big(ctx, pkt, mtu),
-            None => tunnel::encapsulate(ctx, pkt, &backend, assigned.flags, &cfg),
-        };
-        return match done.get()? {
-            Done::Outer(ip_len) => {
-                send(ctx, Path::Tunnel, &Hop { fam, src: &src, dst: &backend.addr, ip_len }, now)
-            }
-            Done::AnsweredTooBig => Ok(Outcome::Forwarded(Path::TooBig, Xmit::Tx)),
-        };
-    }
-    if assigned.flags & flow_flags::NAT == 0 {
+    if assigned.flags & (flow_flags::NAT | flow_flags::TUNNEL) == 0 {
         // Direct server return: the backend owns the VIP, only the destination MAC changes.
         return send(
             ctx,
@@ -94,8 +79,27 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
             now,
         );
     }
+    // Full NAT rewrites to the balancer's own address; a tunnel starts there. The settings
+    // are read in place, once for both: this frame counts towards the verifier's 512 bytes
+    // per call chain (rounded up per frame on older kernels, where the chain through `create`
+    // has no byte to spare).
     let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-    let nat_src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
+    let nat_src = nat::nat_addr(cfg, fam).ok_or(Error::NatUnconfigured)?;
+    if assigned.flags & flow_flags::TUNNEL != 0 {
+        let done = match tunnel::too_big_mtu(pkt, assigned.flags, cfg) {
+            Some(mtu) => tunnel::too_big(ctx, pkt, mtu),
+            None => tunnel::encapsulate(ctx, pkt, &backend, assigned.flags, cfg),
+        };
+        return match done.get()? {
+            Done::Outer(ip_len) => send(
+                ctx,
+                Path::Tunnel,
+                &Hop { fam, src: &nat_src, dst: &backend.addr, ip_len },
+                now,
+            ),
+            Done::AnsweredTooBig => Ok(Outcome::Forwarded(Path::TooBig, Xmit::Tx)),
+        };
+    }
     let to = Rewrite {
         src: words(&nat_src),
         dst: words(&backend.addr),
@@ -264,7 +268,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Tcp) -> Decision {
 fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     let Some(cfg) = nat::config() else { return Ok(Outcome::NotService) };
     let fam = pkt.key.family;
-    if nat::nat_addr(&cfg, fam) != Some(pkt.key.dst) {
+    if nat::nat_addr(cfg, fam) != Some(pkt.key.dst) {
         return Ok(Outcome::NotService);
     }
     // A miss is the balancer's own traffic (health checks, its own sshd): the kernel's.

@@ -67,7 +67,7 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
                 return send(ctx, &Hop { fam, src: &icmp.outer.src, dst: &backend.addr, ip_len });
             }
             let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-            let nat_src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
+            let nat_src = nat::nat_addr(cfg, fam).ok_or(Error::NatUnconfigured)?;
             let to = IcmpRewrite {
                 outer_src: &icmp.outer.src,
                 outer_dst: &backend.addr,
@@ -81,7 +81,7 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
     }
     // Towards a client: the quoted segment went NAT address → backend.
     let Some(cfg) = nat::config() else { return Ok(Outcome::NotTcp) };
-    if nat::nat_addr(&cfg, fam) != Some(icmp.outer.dst) {
+    if nat::nat_addr(cfg, fam) != Some(icmp.outer.dst) {
         return Ok(Outcome::NotTcp);
     }
     let nat_key = NatKey::new(q.dst, q.dport_be, q.sport_be, fam);
