@@ -62,6 +62,11 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
             // SAFETY: a live map value, fields read once.
             let (backend_id, nat_port_be, flags) =
                 unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).flags) };
+            if flags & flow_flags::TUNNEL != 0 {
+                // Not forwarded yet: it would have to be encapsulated like the flow's segments
+                // (its outer destination is the VIP, which routes back here). The kernel's.
+                return Ok(Outcome::NotTcp);
+            }
             let backend = services::backend(backend_id).ok_or(Error::NoBackend)?;
             if flags & flow_flags::NAT == 0 {
                 return send(ctx, &Hop { fam, src: &icmp.outer.src, dst: &backend.addr, ip_len });
