@@ -89,6 +89,36 @@ impl Files {
         ]
     }
 
+    /// `ssh [extra…] root@vip command` from `client`, with [`Self::ssh_args`].
+    pub fn ssh(
+        &self,
+        client: &crate::Netns,
+        vip: &str,
+        extra: &[&str],
+        command: &str,
+    ) -> std::process::Output {
+        let mut args = self.ssh_args();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.push(format!("root@{vip}"));
+        args.push(command.to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        client.command("ssh", &args).output().expect("spawn ssh")
+    }
+
+    /// `ssh -N -L forward root@vip` from `client`: a port forward riding a balanced session
+    /// (the caller kills the child).
+    pub fn ssh_forward(
+        &self,
+        client: &crate::Netns,
+        forward: &str,
+        vip: &str,
+    ) -> std::process::Child {
+        let mut args = self.ssh_args();
+        args.extend(["-N".into(), "-L".into(), forward.to_owned(), format!("root@{vip}")]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        client.command("ssh", &args).spawn().expect("ssh -L")
+    }
+
     /// The repository's `ssh://` URL through `vip`.
     pub fn repo_url(&self, vip: &str) -> String {
         let host = if vip.contains(':') { format!("[{vip}]") } else { vip.to_owned() };

@@ -304,6 +304,18 @@ pub fn bring_up(ns: &Netns, ifname: &str, addrs: &[&str]) {
     run(ns.command("ethtool", &["-K", ifname, "tx", "off"]).stdout(Stdio::null()));
 }
 
+/// The standard output of a command that must have succeeded; otherwise panics with `what` and
+/// everything it printed.
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

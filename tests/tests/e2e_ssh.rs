@@ -12,35 +12,16 @@ use sshlb::config;
 use sshlb_tests::{
     agent::AgentThread,
     lab::{Files, Lab},
-    prepare_bridge, root_or_skip,
+    ok, prepare_bridge, root_or_skip,
     topo::{payload, Conn, DSR4, DSR6, VIP4, VIP6},
     unique, wait_for, Netns,
 };
-
-fn ssh(client: &Netns, f: &Files, vip: &str, extra: &[&str], command: &str) -> Output {
-    let mut args = f.ssh_args();
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args.push(format!("root@{vip}"));
-    args.push(command.to_owned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    client.command("ssh", &args).output().expect("spawn ssh")
-}
 
 fn git(client: &Netns, f: &Files, args: &[&str], cwd: &Path) -> Output {
     let ssh_command = format!("ssh {}", f.ssh_args().join(" "));
     let mut cmd = client.command("git", args);
     cmd.current_dir(cwd).env("GIT_SSH_COMMAND", ssh_command);
     cmd.output().expect("spawn git")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -70,7 +51,7 @@ fn ssh_git_and_tunnels_through_every_vip() {
 
     // ssh runs a command and gets the right answer, through every VIP, with strict host keys.
     for vip in [VIP4, VIP6, DSR4, DSR6] {
-        let out = ssh(&topo.client, f, vip, &[], "echo $((6*7)) via $SSH_CONNECTION");
+        let out = f.ssh(&topo.client, vip, &[], "echo $((6*7)) via $SSH_CONNECTION");
         let answer = ok(&out, &format!("ssh via {vip}"));
         assert!(answer.starts_with("42 via "), "{vip}: {answer}");
         // NAT: the backend sees the balancer; DSR: it sees the client itself.
@@ -122,17 +103,7 @@ fn ssh_git_and_tunnels_through_every_vip() {
     }
 
     // ssh -L: a tunnel riding the balanced session reaches the backend's echo service.
-    let mut tunnel = {
-        let mut args = f.ssh_args();
-        args.extend([
-            "-N".into(),
-            "-L".into(),
-            "127.0.0.1:17007:127.0.0.1:7".into(),
-            format!("root@{VIP4}"),
-        ]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        topo.client.command("ssh", &args).spawn().expect("ssh -L")
-    };
+    let mut tunnel = f.ssh_forward(&topo.client, "127.0.0.1:17007:127.0.0.1:7", VIP4);
     let echoed = wait_for(Duration::from_secs(10), || {
         topo.client.run(|| {
             use std::io::{Read as _, Write as _};

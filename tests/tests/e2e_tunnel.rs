@@ -19,30 +19,12 @@ use sshlb_tests::{
     agent::AgentThread,
     agent_binary,
     config::{BackendBuilder, ServiceBuilder},
-    lab::{sshd_options, Files, Lab},
-    prepare_bridge, root_or_skip,
+    lab::{sshd_options, Lab},
+    ok, prepare_bridge, root_or_skip,
     sshd::Sshd,
     topo::{FAR4, FAR6, GUE4, LB4, LB6, TUN4, TUN6},
     unique, wait_for, Netns, PIN_ROOT,
 };
-
-fn ssh(client: &Netns, f: &Files, vip: &str, command: &str) -> Output {
-    let mut args = f.ssh_args();
-    args.push(format!("root@{vip}"));
-    args.push(command.to_owned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    client.command("ssh", &args).output().expect("spawn ssh")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `sshlb-agent backend …` in the far backend's namespace.
 fn backend_cmd(ns: &Netns, args: &[&str], pins: &Path) -> Output {
@@ -185,7 +167,7 @@ fn ssh_and_git_through_tunnels_to_a_backend_in_another_subnet() {
     // address (no NAT) and answers it directly.
     let before = decap_counters(far, &far_if, &pins);
     for vip in [TUN4, GUE4, TUN6] {
-        let out = ssh(&topo.client, f, vip, "echo $SSH_CONNECTION");
+        let out = f.ssh(&topo.client, vip, &[], "echo $SSH_CONNECTION");
         let answer = ok(&out, &format!("ssh via {vip}"));
         let client = if vip.contains(':') { "fd00:20::10" } else { "198.18.2.10" };
         let fields: Vec<&str> = answer.split_whitespace().collect();
@@ -244,17 +226,7 @@ fn ssh_and_git_through_tunnels_to_a_backend_in_another_subnet() {
     let _ = std::fs::remove_dir_all(&work);
 
     // ssh -L through the IPv6 tunnel: the forwarded port reaches the backend's own sshd.
-    let mut forward = {
-        let mut args = f.ssh_args();
-        args.extend([
-            "-N".into(),
-            "-L".into(),
-            "127.0.0.1:17022:127.0.0.1:22".into(),
-            format!("root@{TUN6}"),
-        ]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        topo.client.command("ssh", &args).spawn().expect("ssh -L")
-    };
+    let mut forward = f.ssh_forward(&topo.client, "127.0.0.1:17022:127.0.0.1:22", TUN6);
     let banner = wait_for(Duration::from_secs(10), || {
         topo.client.run(|| {
             use std::io::Read as _;
