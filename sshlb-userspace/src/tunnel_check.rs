@@ -59,19 +59,16 @@ pub fn probe(check: &TunnelCheck, timeout: Duration) -> Result<(), TunnelCheckEr
     let seq = (random >> 32) as u32;
     let from = SocketAddr::new(check.source, sport);
     let syn = kill::segment(from, check.vip, seq, 0, flags::SYN, None);
-    match check.gue_port {
-        Some(port) => {
-            let udp = UdpSocket::bind(SocketAddr::new(check.source, 0))?;
-            udp.send_to(&syn, SocketAddr::new(check.backend, port))?;
-        }
-        None => {
-            let proto = if v6 { libc::IPPROTO_IPV6 } else { libc::IPPROTO_IPIP };
-            let out = kill::raw_socket(domain, proto)?;
-            // The outer source must be the balancer's own address (the backend accepts tunnels
-            // from its prefix only); left alone, the kernel may pick a VIP held on the interface.
-            bind(&out, check.source)?;
-            send(&out, check.backend, &syn)?;
-        }
+    if let Some(port) = check.gue_port {
+        let udp = UdpSocket::bind(SocketAddr::new(check.source, 0))?;
+        udp.send_to(&syn, SocketAddr::new(check.backend, port))?;
+    } else {
+        let proto = if v6 { libc::IPPROTO_IPV6 } else { libc::IPPROTO_IPIP };
+        let out = kill::raw_socket(domain, proto)?;
+        // The outer source must be the balancer's own address (the backend accepts tunnels from
+        // its prefix only); left alone, the kernel may pick a VIP held on the interface.
+        bind(&out, check.source)?;
+        send(&out, check.backend, &syn)?;
     }
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 1500];
