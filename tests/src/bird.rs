@@ -102,6 +102,15 @@ impl BirdDaemon {
         let _ignored = std::fs::remove_file(self.socket());
     }
 
+    /// SIGKILLs BIRD (as a crash does) through a shared reference, for a test whose other
+    /// handles borrow the lab; it is reaped (and its socket removed) by [`Self::kill`] or on drop.
+    pub fn crash(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on the PID of our own child, not reaped yet (so not reused).
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        }
+    }
+
     /// Starts BIRD again with the same configuration.
     pub fn restart(&mut self) {
         self.kill();

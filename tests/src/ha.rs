@@ -1,0 +1,218 @@
+//! The HA lab: the lab ([`crate::lab::Lab`]) with N balancers on its segment, all with the same
+//! services (so the same Maglev rings), each running BIRD 2 next to its agent with a BGP + BFD
+//! session to the router, and the router running BIRD too, merging the balancers' announcements
+//! into one ECMP kernel route per VIP and spreading flows over it by their L4 hash
+//! (`fib_multipath_hash_policy=1`). What `sshlb-lab --balancers N` and `tests/tests/e2e_ha.rs`
+//! stand on: one builder for both.
+//!
+//! ```text
+//!  client ── router (BIRD, AS 65000, ECMP) ──[segment]── lb0 .2, lb1 .3, lb2 .4 (agent + BIRD, AS 65001)
+//!                                                   └── b1 .11, b2 .12, b3 .13 (sshd, DSR VIPs on lo)
+//! ```
+//!
+//! The agents are started by the caller ([`HaLab::agent`] + [`HaLab::config`]): a test kills and
+//! restarts them, the lab binary keeps them running.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{
+    agent::AgentHandle,
+    bird::BirdDaemon,
+    config::ConfigBuilder,
+    lab::Lab,
+    run,
+    topo::{Peer, DSR4, DSR6, LB4, LB6, ROUTER4, ROUTER6},
+    wait_for, Netns,
+};
+
+/// The router's AS.
+pub const ROUTER_AS: u32 = 65000;
+/// The balancers' AS (one AS for the whole fleet: they announce the same VIPs).
+pub const BALANCER_AS: u32 = 65001;
+/// BFD's interval on every session; three missed packets declare a peer down.
+pub const BFD_INTERVAL_MS: u32 = 100;
+
+/// One balancer of the HA lab: where it lives on the segment.
+#[derive(Clone, Copy)]
+pub struct Node<'a> {
+    /// Its namespace.
+    pub ns: &'a Netns,
+    /// Its interface on the segment.
+    pub iface: &'a str,
+    /// That interface's bridge-side peer.
+    pub port: &'a str,
+    /// Its IPv4 address on the segment: its BGP next hop and router id.
+    pub addr4: &'a str,
+    /// Its IPv6 address on the segment: its IPv6 BGP next hop.
+    pub addr6: &'a str,
+}
+
+/// The HA lab. Fields drop in order: the BIRDs die before the namespaces they run in go.
+pub struct HaLab {
+    /// BIRD on each balancer, in balancer order.
+    pub birds: Vec<BirdDaemon>,
+    /// The router's BIRD.
+    pub router_bird: BirdDaemon,
+    /// Balancers 1.. (balancer 0 is the lab's own [`crate::topo::Topo::lb`]).
+    pub peers: Vec<Peer>,
+    /// The lab: topology, keys, repository, sshd backends.
+    pub lab: Lab,
+    /// Each balancer's BIRD include file (written by its agent), in balancer order.
+    includes: Vec<PathBuf>,
+}
+
+impl HaLab {
+    /// Builds the lab with `balancers` balancers (1..=8), files in `dir`, and starts every BIRD:
+    /// the router's with one BGP session per balancer and family, each balancer's with an empty
+    /// include file that its agent fills.
+    pub fn build(dir: &Path, remove_files: bool, balancers: u8) -> Self {
+        assert!((1..=8).contains(&balancers), "--balancers {balancers}: 1 to 8 are supported");
+        let lab = Lab::build(dir, remove_files);
+        let peers: Vec<Peer> = (1..balancers).map(|i| lab.topo.add_balancer(i)).collect();
+        let router = &lab.topo.router;
+        for key in ["net.ipv4.fib_multipath_hash_policy=1", "net.ipv6.fib_multipath_hash_policy=1"]
+        {
+            run(&mut router.command("sysctl", &["-qw", key]));
+        }
+        let mut addrs = vec![(LB4.to_owned(), LB6.to_owned())];
+        addrs.extend(peers.iter().map(|p| (p.addr4.clone(), p.addr6.clone())));
+        let router_bird = BirdDaemon::start_in(Some(router), &router.name, &router_bird_conf(&addrs));
+        let mut ha = Self { birds: Vec::new(), router_bird, peers, lab, includes: Vec::new() };
+        for i in 0..ha.len() {
+            let node = ha.node(i);
+            let include = std::env::temp_dir().join(format!("{}-bird-sshlb.conf", node.iface));
+            std::fs::write(&include, "").expect("empty include file");
+            let conf = format!(
+                "router id {};\nprotocol device {{}}\ninclude \"{}\";\n",
+                node.addr4,
+                include.display()
+            );
+            let bird = BirdDaemon::start_in(Some(node.ns), &node.ns.name, &conf);
+            ha.birds.push(bird);
+            ha.includes.push(include);
+        }
+        ha
+    }
+
+    /// How many balancers.
+    pub fn len(&self) -> usize {
+        1 + self.peers.len()
+    }
+
+    /// Never empty (balancer 0 always exists); here for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Balancer `i` (0 is the lab's own).
+    pub fn node(&self, i: usize) -> Node<'_> {
+        let topo = &self.lab.topo;
+        match i {
+            0 => Node { ns: &topo.lb, iface: &topo.lb_if, port: &topo.lb_port, addr4: LB4, addr6: LB6 },
+            _ => {
+                let p = &self.peers[i - 1];
+                Node { ns: &p.ns, iface: &p.iface, port: &p.port, addr4: &p.addr4, addr6: &p.addr6 }
+            }
+        }
+    }
+
+    /// An agent handle for balancer `i` (nothing started yet).
+    pub fn agent(&self, i: usize) -> AgentHandle<'_> {
+        let node = self.node(i);
+        AgentHandle::on(&self.lab.topo.sw, node.ns, node.iface, node.port)
+    }
+
+    /// Balancer `i`'s configuration: the same services on every balancer — DSR over IPv4
+    /// (`dsr4`, listed first) and IPv6 (`dsr6`), the lab's three backends — announced by BGP
+    /// through its own BIRD to the router over both families, BFD at [`BFD_INTERVAL_MS`].
+    /// Only `control`, the BIRD socket and the include file differ between balancers.
+    pub fn config(&self, i: usize, control: &Path) -> String {
+        let bird = &self.birds[i];
+        let announce = format!(
+            "[announce]\nmode = \"bgp\"\nlocal-as = {BALANCER_AS}\nbfd-interval = \"{BFD_INTERVAL_MS}ms\"\n\
+             bird-socket = \"{}\"\ninclude-file = \"{}\"\n\
+             [[announce.neighbor]]\naddress = \"{ROUTER4}\"\nas = {ROUTER_AS}\n\
+             [[announce.neighbor]]\naddress = \"{ROUTER6}\"\nas = {ROUTER_AS}\n",
+            bird.socket().display(),
+            self.includes[i].display()
+        );
+        ConfigBuilder::new()
+            .control(control)
+            .service(Lab::ssh_service("dsr4", DSR4, "dsr", false))
+            .service(Lab::ssh_service("dsr6", DSR6, "dsr", true))
+            .table(&announce)
+            .to_toml()
+    }
+
+    /// The router's kernel route to `vip` (IPv4 or IPv6): its next hops, sorted.
+    pub fn next_hops(&self, vip: &str) -> Vec<String> {
+        let (family, len) = if vip.contains(':') { ("-6", 128) } else { ("-4", 32) };
+        let prefix = format!("{vip}/{len}");
+        let out = self.lab.topo.router.command("ip", &[family, "route", "show", &prefix]).output();
+        let text =
+            out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let mut hops: Vec<String> =
+            words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();
+        hops.sort();
+        hops
+    }
+
+    /// The next hops balancers `alive` would give (their addresses for `vip`'s family), sorted.
+    pub fn hops_of(&self, vip: &str, alive: &[usize]) -> Vec<String> {
+        let mut hops: Vec<String> = alive
+            .iter()
+            .map(|&i| {
+                let node = self.node(i);
+                if vip.contains(':') { node.addr6 } else { node.addr4 }.to_owned()
+            })
+            .collect();
+        hops.sort();
+        hops
+    }
+
+    /// Waits up to `timeout` until the router routes `vip` over exactly balancers `alive`.
+    pub fn wait_routed_over(&self, vip: &str, alive: &[usize], timeout: Duration) -> bool {
+        let want = self.hops_of(vip, alive);
+        wait_for(timeout, || (self.next_hops(vip) == want).then_some(())).is_some()
+    }
+
+    /// The router's view of its BGP sessions (`birdc show protocols`), for failure messages.
+    pub fn router_protocols(&self) -> String {
+        self.router_bird.birdc(&["show", "protocols"]).unwrap_or_default()
+    }
+}
+
+/// The router's `bird.conf` for balancers at `addrs` (IPv4, IPv6): BFD on the segment, ECMP
+/// into the kernel (`merge paths`), and an IPv4 and an IPv6 BGP session to every balancer,
+/// importing what they announce.
+fn router_bird_conf(addrs: &[(String, String)]) -> String {
+    let ms = BFD_INTERVAL_MS;
+    let mut conf = format!(
+        "router id {ROUTER4};\nprotocol device {{}}\n\
+         protocol bfd {{ interface \"rt0\" {{ min rx interval {ms} ms; min tx interval {ms} ms; \
+         idle tx interval {ms} ms; multiplier 3; }}; }}\n\
+         protocol kernel {{ ipv4 {{ export all; }}; merge paths yes; }}\n\
+         protocol kernel {{ ipv6 {{ export all; }}; merge paths yes; }}\n\
+         template bgp lb4 {{ local as {ROUTER_AS}; bfd on; connect retry time 1; ipv4 {{ import all; export none; }}; }}\n\
+         template bgp lb6 {{ local as {ROUTER_AS}; bfd on; connect retry time 1; ipv6 {{ import all; export none; }}; }}\n"
+    );
+    for (i, (addr4, addr6)) in addrs.iter().enumerate() {
+        conf += &format!(
+            "protocol bgp lb{i}v4 from lb4 {{ neighbor {addr4} as {BALANCER_AS}; }}\n\
+             protocol bgp lb{i}v6 from lb6 {{ neighbor {addr6} as {BALANCER_AS}; }}\n"
+        );
+    }
+    conf
+}
+
+impl Drop for HaLab {
+    fn drop(&mut self) {
+        for include in &self.includes {
+            let _ignored = std::fs::remove_file(include);
+        }
+    }
+}
