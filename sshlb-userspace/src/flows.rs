@@ -148,8 +148,9 @@ fn walk_batched(
     loop {
         let token = (!first).then_some(&token_in);
         // SAFETY: FLOWS maps FlowKey → Flow (a plain hash map: one value per key).
-        let read =
-            unsafe { lookup_batch(data.fd().as_fd(), token, &mut token_out, &mut keys, &mut values) };
+        let read = unsafe {
+            lookup_batch(data.fd().as_fd(), token, &mut token_out, &mut keys, &mut values)
+        };
         let (got, done) = match read {
             Ok(read) => read,
             Err(err) => match err.raw_os_error() {

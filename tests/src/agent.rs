@@ -45,8 +45,18 @@ impl<'t> AgentHandle<'t> {
         let config = dir.join(format!("{iface}.toml"));
         let log = dir.join(format!("{iface}.log"));
         let control = PathBuf::from(format!("/run/sshlb/test-{iface}.sock"));
-        let detach = prepare_port(sw, iface, port, vec![config.clone(), log.clone(), control.clone()]);
-        Self { lb, iface: iface.to_owned(), binary, config, log, control, child: None, _detach: detach }
+        let detach =
+            prepare_port(sw, iface, port, vec![config.clone(), log.clone(), control.clone()]);
+        Self {
+            lb,
+            iface: iface.to_owned(),
+            binary,
+            config,
+            log,
+            control,
+            child: None,
+            _detach: detach,
+        }
     }
 
     /// The balancer's interface.
@@ -89,10 +99,12 @@ impl<'t> AgentHandle<'t> {
         let file = std::fs::File::create(&self.log)
             .unwrap_or_else(|e| panic!("creating {}: {e}", self.log.display()));
         let err = file.try_clone().expect("dup log");
-        let child =
-            self.command(&self.up_args()).stdout(file).stderr(err).spawn().unwrap_or_else(|e| {
-                panic!("spawning {} in {}: {e}", self.binary, self.lb.name)
-            });
+        let child = self
+            .command(&self.up_args())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {} in {}: {e}", self.binary, self.lb.name));
         let pid = child.id();
         self.child = Some(child);
         pid

@@ -62,6 +62,11 @@ impl BirdDaemon {
         assert!(up.is_some(), "bird answered on {} within 10 s", self.socket().display());
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its directory (for include files it reads).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1,8 +1,8 @@
 //! The HA lab: the lab ([`crate::lab::Lab`]) with N balancers on its segment, all with the same
 //! services (so the same Maglev rings), each running BIRD 2 next to its agent with a BGP + BFD
 //! session to the router, and the router running BIRD too, merging the balancers' announcements
-//! into one ECMP kernel route per VIP and spreading flows over it by their L4 hash
-//! (`fib_multipath_hash_policy=1`). What `sshlb-lab --balancers N` and `tests/tests/e2e_ha.rs`
+//! into one ECMP kernel route per VIP and spreading flows over it by the L4 hash of their
+//! headers (`fib_multipath_hash_policy=3`, 5-tuple fields; see [`HaLab::build`]). What `sshlb-lab --balancers N` and `tests/tests/e2e_ha.rs`
 //! stand on: one builder for both.
 //!
 //! ```text
@@ -73,13 +73,23 @@ impl HaLab {
         let lab = Lab::build(dir, remove_files);
         let peers: Vec<Peer> = (1..balancers).map(|i| lab.topo.add_balancer(i)).collect();
         let router = &lab.topo.router;
-        for key in ["net.ipv4.fib_multipath_hash_policy=1", "net.ipv6.fib_multipath_hash_policy=1"]
-        {
-            run(&mut router.command("sysctl", &["-qw", key]));
+        // ECMP by the L4 hash of the headers (addresses, protocol, ports). Not policy 1: for a
+        // segment that already carries an L4 hash, Linux's policy 1 uses that instead, and a
+        // segment from another namespace carries the client socket's transmit hash, which TCP
+        // re-draws (after a retransmission timeout, a duplicate segment...) — a flow would hop
+        // between balancers with no failure at all. A router fed by a wire hashes the headers,
+        // the same way for every segment of a flow; policy 3 with these fields does exactly that.
+        for family in ["ipv4", "ipv6"] {
+            for (key, value) in
+                [("fib_multipath_hash_policy", "3"), ("fib_multipath_hash_fields", "0x0037")]
+            {
+                run(&mut router.command("sysctl", &["-qw", &format!("net.{family}.{key}={value}")]));
+            }
         }
         let mut addrs = vec![(LB4.to_owned(), LB6.to_owned())];
         addrs.extend(peers.iter().map(|p| (p.addr4.clone(), p.addr6.clone())));
-        let router_bird = BirdDaemon::start_in(Some(router), &router.name, &router_bird_conf(&addrs));
+        let router_bird =
+            BirdDaemon::start_in(Some(router), &router.name, &router_bird_conf(&addrs));
         let mut ha = Self { birds: Vec::new(), router_bird, peers, lab, includes: Vec::new() };
         for i in 0..ha.len() {
             let node = ha.node(i);
@@ -111,7 +121,13 @@ impl HaLab {
     pub fn node(&self, i: usize) -> Node<'_> {
         let topo = &self.lab.topo;
         match i {
-            0 => Node { ns: &topo.lb, iface: &topo.lb_if, port: &topo.lb_port, addr4: LB4, addr6: LB6 },
+            0 => Node {
+                ns: &topo.lb,
+                iface: &topo.lb_if,
+                port: &topo.lb_port,
+                addr4: LB4,
+                addr6: LB6,
+            },
             _ => {
                 let p = &self.peers[i - 1];
                 Node { ns: &p.ns, iface: &p.iface, port: &p.port, addr4: &p.addr4, addr6: &p.addr6 }
@@ -152,8 +168,7 @@ impl HaLab {
         let (family, len) = if vip.contains(':') { ("-6", 128) } else { ("-4", 32) };
         let prefix = format!("{vip}/{len}");
         let out = self.lab.topo.router.command("ip", &[family, "route", "show", &prefix]).output();
-        let text =
-            out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
         let words: Vec<&str> = text.split_whitespace().collect();
         let mut hops: Vec<String> =
             words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();

@@ -65,10 +65,14 @@ pub fn cmd(program: &str, args: &[&str]) -> Command {
     c
 }
 
-/// The `sshlb-agent` binary, built once per test process so it is never stale.
+/// The `sshlb-agent` binary, built once per test process so it is never stale — or the one
+/// `$SSHLB_AGENT` names (the lab binary runs the agent xtask built).
 pub fn agent_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("SSHLB_AGENT") {
+            return PathBuf::from(path);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
         let out = run(&mut cmd(

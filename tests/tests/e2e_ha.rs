@@ -111,6 +111,20 @@ impl Session {
         Self { child, writer, reader, reads }
     }
 
+    /// What a failure message needs: reads so far, and how ssh ended if it did.
+    fn describe(&mut self) -> String {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                format!("{} reads, ssh exited {status}: {}", self.reads(), err.trim())
+            }
+            _ => format!("{} reads, ssh running", self.reads()),
+        }
+    }
+
     /// Reads that returned data so far.
     fn reads(&self) -> usize {
         self.reads.lock().expect("reads").len()
@@ -121,19 +135,13 @@ impl Session {
         self.reads.lock().expect("reads").iter().copied().find(|&r| r > t)
     }
 
-    /// The longest silence between reads (or from `t` to the next read) around `t`.
-    fn longest_gap_around(&self, t: Instant) -> Duration {
+    /// The longest silence between consecutive reads whose later read falls in `(from, to]`.
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
         let reads = self.reads.lock().expect("reads");
-        let before = reads.iter().copied().rev().find(|&r| r <= t).unwrap_or(t);
         reads
-            .iter()
-            .copied()
-            .filter(|&r| r > t)
-            .scan(before, |last, r| {
-                let gap = r - *last;
-                *last = r;
-                Some(gap)
-            })
+            .windows(2)
+            .filter(|w| w[1] > from && w[1] <= to)
+            .map(|w| w[1] - w[0])
             .max()
             .unwrap_or_default()
     }
@@ -229,14 +237,20 @@ struct Traffic {
 impl Traffic {
     /// Starts the sessions, waits until each has echoed data, starts the clone and waits until
     /// it is receiving its pack: everything is mid-flow when this returns.
-    fn start(ha: &HaLab, clone_dir: &Path, seed: u64) -> Self {
+    fn start(ha: &HaLab, agents: &[AgentHandle<'_>], clone_dir: &Path, seed: u64) -> Self {
         let (client, files) = (&ha.lab.topo.client, &ha.lab.files);
         let stop = Arc::new(AtomicBool::new(false));
-        let sessions: Vec<(Session, u64)> = (0..SESSIONS as u64)
+        let mut sessions: Vec<(Session, u64)> = (0..SESSIONS as u64)
             .map(|i| (Session::start(client, files, DSR4, seed + i, &stop), seed + i))
             .collect();
         let flowing = wait_for(HANG, || sessions.iter().all(|(s, _)| s.reads() >= 3).then_some(()));
-        assert!(flowing.is_some(), "not every session streamed within {HANG:?}");
+        if flowing.is_none() {
+            let states: Vec<String> = sessions.iter_mut().map(|(s, _)| s.describe()).collect();
+            panic!(
+                "not every session streamed within {HANG:?}: {states:#?}\n{}",
+                diagnose(ha, agents)
+            );
+        }
         let mut clone = GitClone::start(client, files, DSR4, clone_dir);
         let receiving = wait_for(HANG, || (clone.received() >= 256 * 1024).then_some(()));
         assert!(receiving.is_some(), "the clone never started receiving its pack");
@@ -257,15 +271,17 @@ impl Traffic {
             .iter()
             .map(|(s, _)| s.first_read_after(event).map(|r| r - event).unwrap_or_default())
             .collect();
-        let gaps: Vec<Duration> =
-            self.sessions.iter().map(|(s, _)| s.longest_gap_around(event)).collect();
-        let stalled = gaps.iter().filter(|g| **g > PACE * 5).count();
+        let now = Instant::now();
+        let before = event.checked_sub(Duration::from_secs(1)).unwrap_or(event);
+        let longest = |from, to| {
+            self.sessions.iter().map(|(s, _)| s.longest_gap(from, to)).max().unwrap_or_default()
+        };
         eprintln!(
-            "{what}: sessions' first data after it: max {:?}; longest silence per session: max {:?}, \
-             {stalled} of {SESSIONS} sessions stalled > {:?}; gaps {gaps:?}",
+            "{what}: every session flowed again within {:?}; longest silence of any session after \
+             it {:?} (in the second before it: {:?}, the shaped link's own jitter)",
             resume.iter().max().copied().unwrap_or_default(),
-            gaps.iter().max().copied().unwrap_or_default(),
-            PACE * 5,
+            longest(event, now),
+            longest(before, event),
         );
         self.stop.store(true, Ordering::Relaxed);
         for (n, (session, seed)) in self.sessions.into_iter().enumerate() {
@@ -273,6 +289,27 @@ impl Traffic {
         }
         self.clone.finish(client);
     }
+}
+
+/// What the balancers' data planes did and what the backends' sshd said, for a failure message.
+fn diagnose(ha: &HaLab, agents: &[AgentHandle<'_>]) -> String {
+    let mut out = String::new();
+    for (i, agent) in agents.iter().enumerate() {
+        if let Ok(o) = agent.command(&["stats", agent.iface()]).output() {
+            out += &format!("balancer {i} counters:\n{}\n", String::from_utf8_lossy(&o.stdout));
+        }
+    }
+    for sshd in &ha.lab.sshds {
+        let log = sshd.log_text();
+        let notable: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("Accepted") && !l.contains("Connection from"))
+            .filter(|l| !l.contains("session opened") && !l.contains("Received disconnect"))
+            .filter(|l| !l.contains("Disconnected from") && !l.contains("closed"))
+            .collect();
+        out += &format!("sshd {}:\n{}\n", sshd.log.display(), notable.join("\n"));
+    }
+    out
 }
 
 fn ssh(client: &Netns, files: &Files, vip: &str, command: &str) -> Output {
@@ -294,16 +331,24 @@ fn logins_succeed(ha: &HaLab, vip: &str, count: usize, when: &str) {
     }
 }
 
-/// The live flows `agent`'s balancer holds for service `dsr4`.
+/// The flows `agent`'s balancer holds for service `dsr4` (finished ones included).
 fn active_flows(agent: &AgentHandle<'_>) -> u64 {
     agent.status().services.iter().find(|s| s.name == "dsr4").map_or(0, |s| s.active_flows)
 }
 
-/// The index (among `among`) of the balancer holding the most `dsr4` flows, and that count.
+/// The live sessions (no FIN or RST seen) `agent`'s balancer carries for service `dsr4`.
+fn live_sessions(agent: &AgentHandle<'_>) -> u64 {
+    let status = agent.status();
+    let dsr4 = status.services.iter().find(|s| s.name == "dsr4");
+    dsr4.map_or(0, |s| s.backends.iter().map(|b| b.live_sessions).sum())
+}
+
+/// The index (among `among`) of the balancer carrying the most live `dsr4` sessions, and how
+/// many.
 fn busiest(agents: &[AgentHandle<'_>], among: &[usize]) -> (usize, u64) {
     among
         .iter()
-        .map(|&i| (i, active_flows(&agents[i])))
+        .map(|&i| (i, live_sessions(&agents[i])))
         .max_by_key(|&(_, flows)| flows)
         .expect("some balancer")
 }
@@ -311,6 +356,13 @@ fn busiest(agents: &[AgentHandle<'_>], among: &[usize]) -> (usize, u64) {
 /// Waits for the router to route the VIP over `alive` only, and for the first mid-flow packet a
 /// balancer in `alive` recovers by its ring after `event`; prints both times and returns them
 /// (`None`: not within [`HANG`]).
+///
+/// The second is a figure, not a condition: a survivor may already hold an entry for a flow it
+/// never carried, because the segment's bridge floods frames for a MAC it has no (more) entry
+/// for — the dead balancer's, once its port is down — to every port, and the XDP program takes
+/// a service's segment whatever its destination MAC. Such a survivor follows its (ring-made)
+/// entry instead of recovering; either way the packet reaches the flow's backend, which is
+/// what the sessions' byte-exact completion proves.
 fn failover_times(
     ha: &HaLab,
     agents: &[AgentHandle<'_>],
@@ -322,7 +374,11 @@ fn failover_times(
     let recovered_before: Vec<u64> =
         alive.iter().map(|&i| agents[i].counter("event_flow_recovered")).collect();
     let (mut withdrawn, mut recovered) = (None, None);
-    while event.elapsed() < HANG && (withdrawn.is_none() || recovered.is_none()) {
+    let looking = |withdrawn: Option<Duration>, recovered: Option<Duration>| {
+        let t = event.elapsed();
+        t < HANG && (withdrawn.is_none() || (recovered.is_none() && t < Duration::from_secs(5)))
+    };
+    while looking(withdrawn, recovered) {
         if withdrawn.is_none() && ha.next_hops(DSR4) == want {
             withdrawn = Some(event.elapsed());
         }
@@ -344,8 +400,7 @@ fn failover_times(
 
 #[test]
 fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() {
-    if !root_or_skip("sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp")
-    {
+    if !root_or_skip("sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp") {
         return;
     }
     let started = Instant::now();
@@ -374,32 +429,34 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
     // The client's link: 24 Mbit/s towards it, so that the clone lasts seconds.
     run(&mut ha.lab.topo.router.command(
         "tc",
-        &["qdisc", "add", "dev", "rt1", "root", "tbf", "rate", "24mbit", "burst", "32k", "latency", "100ms"],
+        &[
+            "qdisc", "add", "dev", "rt1", "root", "tbf", "rate", "24mbit", "burst", "32k",
+            "latency", "100ms",
+        ],
     ));
     let clones = ha.lab.files.path("clones");
     std::fs::create_dir_all(&clones).expect("clones dir");
     eprintln!("lab with 3 balancers up and announced after {:?}", started.elapsed());
 
     // 1. A hard death.
-    let traffic = Traffic::start(&ha, &clones.join("during-death"), 1000);
+    let traffic = Traffic::start(&ha, &agents, &clones.join("during-death"), 1000);
     eprintln!("[{:?}] traffic flowing", started.elapsed());
     let (dead, flows) = busiest(&agents, &all);
-    assert!(flows >= 1, "some balancer carries sessions");
+    assert!(flows >= 1, "some balancer carries live sessions");
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
     let node = ha.node(dead);
     node.ns.ip(&["link", "set", node.iface, "down"]);
     let died = Instant::now();
     agents[dead].kill();
     ha.birds[dead].crash();
-    eprintln!("balancer {dead} ({flows} flows) cut off and its agent and BIRD SIGKILLed");
-    let (withdrawn, recovered) = failover_times(&ha, &agents, &survivors, died, "hard death");
+    eprintln!("balancer {dead} ({flows} live sessions) cut off and its agent and BIRD SIGKILLed");
+    let (withdrawn, _) = failover_times(&ha, &agents, &survivors, died, "hard death");
     assert!(
         withdrawn.is_some(),
         "the router drops the dead balancer: {:?}\n{}",
         ha.next_hops(DSR4),
         ha.router_protocols()
     );
-    assert!(recovered.is_some(), "a survivor recovers the dead balancer's flows by its ring");
     traffic.finish(&ha.lab.topo.client, died, "hard death");
     eprintln!("[{:?}] traffic done", started.elapsed());
     logins_succeed(&ha, DSR4, 4, "after the death");
@@ -409,14 +466,14 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
     eprintln!("[{:?}] logins done", started.elapsed());
 
     // 2. Maintenance on one survivor.
-    let traffic = Traffic::start(&ha, &clones.join("during-maintenance"), 2000);
+    let traffic = Traffic::start(&ha, &agents, &clones.join("during-maintenance"), 2000);
     let (leaving, flows) = busiest(&agents, &survivors);
     let staying: Vec<usize> = survivors.iter().copied().filter(|&i| i != leaving).collect();
     let out = agents[leaving].ctl(&["maintenance", "on"]);
     let began = Instant::now();
     assert!(out.status.success(), "maintenance on: {}", String::from_utf8_lossy(&out.stderr));
     let note = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("balancer {leaving} ({flows} flows): {}", note.trim());
+    eprintln!("balancer {leaving} ({flows} live sessions): {}", note.trim());
     assert!(note.contains("flow(s) remain"), "maintenance on says what remains: {note}");
     let (withdrawn, _) = failover_times(&ha, &agents, &staying, began, "maintenance on");
     assert!(withdrawn.is_some(), "maintenance withdraws: {:?}", ha.next_hops(DSR4));

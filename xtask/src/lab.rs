@@ -32,22 +32,28 @@ fn prepare() -> Result<PathBuf> {
     Ok(lab)
 }
 
-/// `cargo xtask lab ACTION`.
-pub fn lab(action: Action) -> Result<()> {
+/// `cargo xtask lab ACTION` (`balancers` applies to `up`).
+pub fn lab(action: Action, balancers: u8) -> Result<()> {
     let lab = prepare()?;
+    let mut command = std::process::Command::new(&lab);
     let verb = match action {
         Action::Up => "up",
         Action::Down => "down",
         Action::Status => "status",
     };
-    cmd::run(std::process::Command::new(&lab).arg(verb)).with_context(|| format!("lab {verb}"))
+    command.arg(verb);
+    if action == Action::Up {
+        command.args(["--balancers", &balancers.to_string()]);
+    }
+    cmd::run(&mut command).with_context(|| format!("lab {verb}"))
 }
 
-/// `cargo xtask run`: the lab in the foreground with the balancer, until Ctrl-C (or `duration`).
-pub fn run(duration: Option<Duration>) -> Result<()> {
+/// `cargo xtask run`: the lab in the foreground with its balancer(s), until Ctrl-C (or
+/// `duration`).
+pub fn run(duration: Option<Duration>, balancers: u8) -> Result<()> {
     let lab = prepare()?;
     let mut command = std::process::Command::new(&lab);
-    command.arg("run");
+    command.args(["run", "--balancers", &balancers.to_string()]);
     if let Some(d) = duration {
         command.arg(d.as_secs().to_string());
     }
