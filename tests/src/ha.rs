@@ -120,19 +120,17 @@ impl HaLab {
     /// Balancer `i` (0 is the lab's own).
     pub fn node(&self, i: usize) -> Node<'_> {
         let topo = &self.lab.topo;
-        match i {
-            0 => Node {
+        if i == 0 {
+            return Node {
                 ns: &topo.lb,
                 iface: &topo.lb_if,
                 port: &topo.lb_port,
                 addr4: LB4,
                 addr6: LB6,
-            },
-            _ => {
-                let p = &self.peers[i - 1];
-                Node { ns: &p.ns, iface: &p.iface, port: &p.port, addr4: &p.addr4, addr6: &p.addr6 }
-            }
+            };
         }
+        let p = &self.peers[i - 1];
+        Node { ns: &p.ns, iface: &p.iface, port: &p.port, addr4: &p.addr4, addr6: &p.addr6 }
     }
 
     /// An agent handle for balancer `i` (nothing started yet).

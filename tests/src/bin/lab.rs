@@ -205,7 +205,8 @@ fn run_ha(duration: Option<Duration>, balancers: u8) -> Result<()> {
         agent.write_config(&ha.config(i, agent.control()));
         pids.push(agent.up());
     }
-    let controls: String = agents.iter().map(|a| format!("{}\n", a.control().display())).collect();
+    let controls: Vec<String> = agents.iter().map(|a| a.control().display().to_string()).collect();
+    let controls = controls.join("\n") + "\n";
     std::fs::write(state("controls"), &controls)?;
     for agent in &agents {
         agent.wait_until_up();
