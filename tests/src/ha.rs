@@ -22,9 +22,10 @@ use crate::{
     agent::AgentHandle,
     bird::BirdDaemon,
     config::ConfigBuilder,
+    keepalived::Keepalived,
     lab::Lab,
     run,
-    topo::{Peer, DSR4, DSR6, LB4, LB6, ROUTER4, ROUTER6},
+    topo::{Peer, DSR4, DSR6, LB4, LB6, ROUTER4, ROUTER6, VIP4},
     wait_for, Netns,
 };
 
@@ -119,18 +120,7 @@ impl HaLab {
 
     /// Balancer `i` (0 is the lab's own).
     pub fn node(&self, i: usize) -> Node<'_> {
-        let topo = &self.lab.topo;
-        if i == 0 {
-            return Node {
-                ns: &topo.lb,
-                iface: &topo.lb_if,
-                port: &topo.lb_port,
-                addr4: LB4,
-                addr6: LB6,
-            };
-        }
-        let p = &self.peers[i - 1];
-        Node { ns: &p.ns, iface: &p.iface, port: &p.port, addr4: &p.addr4, addr6: &p.addr6 }
+        node(&self.lab, &self.peers, i)
     }
 
     /// An agent handle for balancer `i` (nothing started yet).
@@ -197,6 +187,107 @@ impl HaLab {
     pub fn router_protocols(&self) -> String {
         self.router_bird.birdc(&["show", "protocols"]).unwrap_or_default()
     }
+}
+
+/// The full-NAT pair's NAT address: it moves between the balancers with the VIP.
+pub const NAT4: &str = "198.18.0.50";
+/// The pair's full-NAT source ports (the agent's default range).
+pub const NAT_PORTS: (u16, u16) = (10_000, 32_767);
+
+/// The full-NAT pair: the lab with a second balancer on its segment; keepalived (VRRP, 100 ms
+/// adverts) on both moves the NAT VIP ([`VIP4`]) and the NAT address ([`NAT4`]) together to
+/// whichever is master — balancer 0 while it lives (priority 150 against 100). Both run the same
+/// configuration, so the standby picks each flow's backend by the same ring and its NAT port by
+/// the same hash. Fields drop in order: keepalived dies before the namespaces go.
+pub struct NatPair {
+    /// keepalived on balancer 0 and 1.
+    pub keepaliveds: Vec<Keepalived>,
+    /// Balancer 1.
+    pub peer: Peer,
+    /// The lab: topology, keys, repository, sshd backends.
+    pub lab: Lab,
+}
+
+impl NatPair {
+    /// Builds it, files in `dir`, and starts keepalived on both balancers.
+    ///
+    /// On each balancer, the VIP leaves the interface (keepalived puts it, and the NAT address,
+    /// on the master only), and TCP to the NAT address within [`NAT_PORTS`] is dropped before
+    /// the kernel's TCP sees it: a backend's segment that reaches a new master before any client
+    /// segment of its flow finds no reverse entry and is passed to the kernel, which owns the
+    /// NAT address and would answer with a RST that ends the backend's connection. (XDP runs
+    /// before netfilter: what it forwards never meets the rule.)
+    pub fn build(dir: &Path, remove_files: bool) -> Self {
+        let lab = Lab::build(dir, remove_files);
+        let peer = lab.topo.add_balancer(1);
+        let mut pair = Self { keepaliveds: Vec::new(), peer, lab };
+        for i in 0..2 {
+            let node = pair.node(i);
+            node.ns.ip(&["addr", "del", &format!("{VIP4}/32"), "dev", node.iface]);
+            let ports = format!("{}:{}", NAT_PORTS.0, NAT_PORTS.1);
+            run(&mut node.ns.command(
+                "iptables",
+                &["-w", "-A", "INPUT", "-d", NAT4, "-p", "tcp", "--dport", &ports, "-j", "DROP"],
+            ));
+            let priority = if i == 0 { 150 } else { 100 };
+            let config = format!(
+                "global_defs {{\n  router_id sshlb_lb{i}\n  vrrp_version 3\n}}\n\
+                 vrrp_instance sshlb {{\n  state BACKUP\n  interface {}\n  virtual_router_id 51\n  \
+                 priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP4}/32\n    \
+                 {NAT4}/32\n  }}\n}}\n",
+                node.iface
+            );
+            let keepalived = Keepalived::start(node.ns, &config);
+            pair.keepaliveds.push(keepalived);
+        }
+        pair
+    }
+
+    /// Balancer `i` (0 or 1).
+    pub fn node(&self, i: usize) -> Node<'_> {
+        node(&self.lab, std::slice::from_ref(&self.peer), i)
+    }
+
+    /// An agent handle for balancer `i` (nothing started yet).
+    pub fn agent(&self, i: usize) -> AgentHandle<'_> {
+        let node = self.node(i);
+        AgentHandle::on(&self.lab.topo.sw, node.ns, node.iface, node.port)
+    }
+
+    /// The configuration of both balancers: the lab's full-NAT IPv4 service (`nat4`) from
+    /// [`NAT4`], control socket `control`.
+    pub fn config(control: &Path) -> String {
+        ConfigBuilder::new()
+            .control(control)
+            .agent("nat-v4", &format!("\"{NAT4}\""))
+            .agent("nat-ports", &format!("\"{}-{}\"", NAT_PORTS.0, NAT_PORTS.1))
+            .service(Lab::ssh_service("nat4", VIP4, "nat", false))
+            .to_toml()
+    }
+
+    /// Whether balancer `i` holds the VIP and the NAT address (it is VRRP master).
+    pub fn holds(&self, i: usize) -> bool {
+        let node = self.node(i);
+        let out = node.ns.ip(&["-4", "addr", "show", "dev", node.iface]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains(&format!("{VIP4}/32")) && text.contains(&format!("{NAT4}/32"))
+    }
+}
+
+/// Balancer `i` of a lab with `peers` added: 0 is the lab's own.
+fn node<'a>(lab: &'a Lab, peers: &'a [Peer], i: usize) -> Node<'a> {
+    let topo = &lab.topo;
+    if i == 0 {
+        return Node {
+            ns: &topo.lb,
+            iface: &topo.lb_if,
+            port: &topo.lb_port,
+            addr4: LB4,
+            addr6: LB6,
+        };
+    }
+    let p = &peers[i - 1];
+    Node { ns: &p.ns, iface: &p.iface, port: &p.port, addr4: &p.addr4, addr6: &p.addr6 }
 }
 
 /// The router's `bird.conf` for balancers at `addrs` (IPv4, IPv6): BFD on the segment, ECMP

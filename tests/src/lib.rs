@@ -12,6 +12,7 @@ pub mod counters;
 pub mod ha;
 pub mod inject;
 pub mod inproc;
+pub mod keepalived;
 pub mod lab;
 pub mod sshd;
 pub mod topo;

@@ -13,6 +13,13 @@
 //!    router drops it, its status says so and shows the flows it still holds, every session and
 //!    the clone complete byte-exact on the other survivor, and `maintenance off` brings it back.
 //!
+//! 3. A full-NAT pair behind keepalived (VRRP): the master balancer holds the VIP and the NAT
+//!    address; sessions and a clone run through it; it dies hard (link cut, keepalived and agent
+//!    SIGKILLed). keepalived on the standby takes both addresses, and the standby, with the same
+//!    configuration, recovers each flow's first mid-flow segment to the same backend with the
+//!    same NAT port (the first probe is a hash of the flow), so the backends' connections carry
+//!    on: every session and the clone complete byte-exact, and new logins go through the standby.
+//!
 //! The client's link is shaped (tbf on the router, 24 Mbit/s towards the client) so that the
 //! clone of the lab's few-MB repository is still running when the balancer dies. Failover
 //! figures are printed (`--nocapture`); only generous bounds that catch hangs are asserted.
@@ -31,10 +38,10 @@ use std::{
 
 use sshlb_tests::{
     agent::AgentHandle,
-    ha::HaLab,
-    lab::Files,
+    ha::{HaLab, NatPair, NAT4},
+    lab::{Files, Lab},
     root_or_skip, run,
-    topo::{payload, DSR4, DSR6},
+    topo::{payload, DSR4, DSR6, VIP4},
     unique, wait_for, Netns,
 };
 
@@ -51,6 +58,15 @@ const AFTER: Duration = Duration::from_secs(2);
 /// Bound on everything that waits: only catches hangs.
 const HANG: Duration = Duration::from_secs(30);
 
+/// The lab's ssh options plus a keepalive each second of silence from the server, as the
+/// README advises: after a full-NAT failover the standby learns a flow only from its client,
+/// so a client that is only receiving (the clone) must say something for its flow to resume.
+fn client_ssh_args(files: &Files) -> Vec<String> {
+    let mut args = files.ssh_args();
+    args.extend(["-o".to_owned(), "ServerAliveInterval=1".to_owned()]);
+    args
+}
+
 /// One ssh session running `cat` on a backend: a writer thread streams a pattern into it until
 /// told to stop, a reader thread takes everything back with the time of each read.
 struct Session {
@@ -63,7 +79,7 @@ struct Session {
 
 impl Session {
     fn start(client: &Netns, files: &Files, vip: &str, seed: u64, stop: &Arc<AtomicBool>) -> Self {
-        let mut args = files.ssh_args();
+        let mut args = client_ssh_args(files);
         args.extend([format!("root@{vip}"), "cat".to_owned()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = client
@@ -182,7 +198,7 @@ struct GitClone {
 
 impl GitClone {
     fn start(client: &Netns, files: &Files, vip: &str, dir: &Path) -> Self {
-        let ssh_command = format!("ssh {}", files.ssh_args().join(" "));
+        let ssh_command = format!("ssh {}", client_ssh_args(files).join(" "));
         let child = client
             .command("git", &["clone", "-q", &files.repo_url(vip), dir.to_str().expect("utf-8")])
             .env("GIT_SSH_COMMAND", ssh_command)
@@ -227,7 +243,7 @@ impl GitClone {
     }
 }
 
-/// Twelve sessions and a clone in flight.
+/// Sessions and a clone in flight.
 struct Traffic {
     sessions: Vec<(Session, u64)>,
     clone: GitClone,
@@ -235,25 +251,30 @@ struct Traffic {
 }
 
 impl Traffic {
-    /// Starts the sessions, waits until each has echoed data, starts the clone and waits until
-    /// it is receiving its pack: everything is mid-flow when this returns.
-    fn start(ha: &HaLab, agents: &[AgentHandle<'_>], clone_dir: &Path, seed: u64) -> Self {
-        let (client, files) = (&ha.lab.topo.client, &ha.lab.files);
+    /// Starts `sessions` sessions through `vip`, waits until each has echoed data, starts the
+    /// clone and waits until it is receiving its pack: everything is mid-flow when this returns.
+    /// `diagnose` explains a failure.
+    fn start(
+        lab: &Lab,
+        vip: &str,
+        sessions: usize,
+        clone_dir: &Path,
+        seed: u64,
+        diagnose: &dyn Fn() -> String,
+    ) -> Self {
+        let (client, files) = (&lab.topo.client, &lab.files);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut sessions: Vec<(Session, u64)> = (0..SESSIONS as u64)
-            .map(|i| (Session::start(client, files, DSR4, seed + i, &stop), seed + i))
+        let mut sessions: Vec<(Session, u64)> = (0..sessions as u64)
+            .map(|i| (Session::start(client, files, vip, seed + i, &stop), seed + i))
             .collect();
         let flowing = wait_for(HANG, || sessions.iter().all(|(s, _)| s.reads() >= 3).then_some(()));
         if flowing.is_none() {
             let states: Vec<String> = sessions.iter_mut().map(|(s, _)| s.describe()).collect();
-            panic!(
-                "not every session streamed within {HANG:?}: {states:#?}\n{}",
-                diagnose(ha, agents)
-            );
+            panic!("not every session streamed within {HANG:?}: {states:#?}\n{}", diagnose());
         }
-        let mut clone = GitClone::start(client, files, DSR4, clone_dir);
+        let mut clone = GitClone::start(client, files, vip, clone_dir);
         let receiving = wait_for(HANG, || (clone.received() >= 256 * 1024).then_some(()));
-        assert!(receiving.is_some(), "the clone never started receiving its pack");
+        assert!(receiving.is_some(), "the clone never started receiving its pack\n{}", diagnose());
         assert!(clone.running(), "the clone must still be in flight (the client link is shaped)");
         Self { sessions, clone, stop }
     }
@@ -292,14 +313,14 @@ impl Traffic {
 }
 
 /// What the balancers' data planes did and what the backends' sshd said, for a failure message.
-fn diagnose(ha: &HaLab, agents: &[AgentHandle<'_>]) -> String {
+fn diagnose(lab: &Lab, agents: &[AgentHandle<'_>]) -> String {
     let mut out = String::new();
     for (i, agent) in agents.iter().enumerate() {
         if let Ok(o) = agent.command(&["stats", agent.iface()]).output() {
             out += &format!("balancer {i} counters:\n{}\n", String::from_utf8_lossy(&o.stdout));
         }
     }
-    for sshd in &ha.lab.sshds {
+    for sshd in &lab.sshds {
         let log = sshd.log_text();
         let notable: Vec<&str> = log
             .lines()
@@ -321,8 +342,13 @@ fn ssh(client: &Netns, files: &Files, vip: &str, command: &str) -> Output {
 
 /// `count` fresh logins through `vip`, each of which must succeed.
 fn logins_succeed(ha: &HaLab, vip: &str, count: usize, when: &str) {
+    logins_succeed_via(&ha.lab, vip, count, when);
+}
+
+/// [`logins_succeed`] in any lab.
+fn logins_succeed_via(lab: &Lab, vip: &str, count: usize, when: &str) {
     for i in 0..count {
-        let out = ssh(&ha.lab.topo.client, &ha.lab.files, vip, "echo ok");
+        let out = ssh(&lab.topo.client, &lab.files, vip, "echo ok");
         assert!(
             out.status.success() && out.stdout == b"ok\n",
             "{when}: login {i} via {vip} failed: {}",
@@ -439,7 +465,10 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
     eprintln!("lab with 3 balancers up and announced after {:?}", started.elapsed());
 
     // 1. A hard death.
-    let traffic = Traffic::start(&ha, &agents, &clones.join("during-death"), 1000);
+    let traffic =
+        Traffic::start(&ha.lab, DSR4, SESSIONS, &clones.join("during-death"), 1000, &|| {
+            diagnose(&ha.lab, &agents)
+        });
     eprintln!("[{:?}] traffic flowing", started.elapsed());
     let (dead, flows) = busiest(&agents, &all);
     assert!(flows >= 1, "some balancer carries live sessions");
@@ -466,7 +495,10 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
     eprintln!("[{:?}] logins done", started.elapsed());
 
     // 2. Maintenance on one survivor.
-    let traffic = Traffic::start(&ha, &agents, &clones.join("during-maintenance"), 2000);
+    let traffic =
+        Traffic::start(&ha.lab, DSR4, SESSIONS, &clones.join("during-maintenance"), 2000, &|| {
+            diagnose(&ha.lab, &agents)
+        });
     let (leaving, flows) = busiest(&agents, &survivors);
     let staying: Vec<usize> = survivors.iter().copied().filter(|&i| i != leaving).collect();
     let out = agents[leaving].ctl(&["maintenance", "on"]);
@@ -501,4 +533,76 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
     eprintln!("[{:?}] phase 2 done", started.elapsed());
     drop(agents);
     eprintln!("e2e_ha wall time {:?}", started.elapsed());
+}
+
+/// The tbf qdisc that shapes the client's link (towards it) to 24 Mbit/s.
+fn shape_client_link(lab: &Lab) {
+    run(&mut lab.topo.router.command(
+        "tc",
+        &[
+            "qdisc", "add", "dev", "rt1", "root", "tbf", "rate", "24mbit", "burst", "32k",
+            "latency", "100ms",
+        ],
+    ));
+}
+
+#[test]
+fn full_nat_sessions_and_a_clone_survive_the_vrrp_masters_death() {
+    if !root_or_skip("full_nat_sessions_and_a_clone_survive_the_vrrp_masters_death") {
+        return;
+    }
+    const NAT_SESSIONS: usize = 4;
+    let started = Instant::now();
+    let pair = NatPair::build(&std::env::temp_dir().join(unique("e2enat")), true);
+    let mut agents: Vec<AgentHandle<'_>> = (0..2).map(|i| pair.agent(i)).collect();
+    for agent in &mut agents {
+        agent.write_config(&NatPair::config(agent.control()));
+        agent.up();
+    }
+    for agent in &agents {
+        agent.wait_until_up();
+    }
+    let master = wait_for(HANG, || (pair.holds(0) && !pair.holds(1)).then_some(()));
+    assert!(
+        master.is_some(),
+        "balancer 0 becomes VRRP master:\n{}",
+        pair.keepaliveds[0].log_text()
+    );
+    let lab = &pair.lab;
+    let out = ssh(&lab.topo.client, &lab.files, VIP4, "echo $SSH_CONNECTION");
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(seen.starts_with(NAT4), "the backend sees the NAT address: {seen:?}");
+    shape_client_link(lab);
+    eprintln!("[{:?}] NAT pair up", started.elapsed());
+
+    let clones = lab.files.path("clones");
+    std::fs::create_dir_all(&clones).expect("clones dir");
+    let traffic = Traffic::start(lab, VIP4, NAT_SESSIONS, &clones.join("nat"), 3000, &|| {
+        diagnose(lab, &agents)
+    });
+    let recovered_before = agents[1].counter("event_flow_recovered");
+    let node = pair.node(0);
+    node.ns.ip(&["link", "set", node.iface, "down"]);
+    let died = Instant::now();
+    pair.keepaliveds[0].crash();
+    agents[0].kill();
+    let moved = wait_for(HANG, || pair.holds(1).then_some(died.elapsed()));
+    let recovered = wait_for(HANG, || {
+        (agents[1].counter("event_flow_recovered") > recovered_before).then_some(died.elapsed())
+    });
+    eprintln!(
+        "VRRP master cut off, keepalived and agent SIGKILLed: the standby holds the VIP and the NAT \
+         address after {moved:?}; its first recovered mid-flow packet after {recovered:?}"
+    );
+    assert!(moved.is_some(), "the standby takes over:\n{}", pair.keepaliveds[1].log_text());
+    traffic.finish(&lab.topo.client, died, "VRRP master's death");
+    let recovered = agents[1].counter("event_flow_recovered") - recovered_before;
+    assert!(
+        recovered >= NAT_SESSIONS as u64,
+        "the standby recovered every session's flow ({recovered} recovered)\n{}",
+        diagnose(lab, &agents)
+    );
+    logins_succeed_via(lab, VIP4, 3, "after the failover");
+    drop(agents);
+    eprintln!("e2e_ha NAT pair wall time {:?}", started.elapsed());
 }
