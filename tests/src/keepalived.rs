@@ -49,6 +49,11 @@ impl Keepalived {
         Self { child: Some(child), dir }
     }
 
+    /// Its (parent) process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("keepalived.log")).unwrap_or_default()

@@ -45,8 +45,10 @@ use sshlb_tests::{
     unique, wait_for, Netns,
 };
 
-/// Concurrent ssh sessions streaming through the VIP.
+/// Concurrent ssh sessions streaming through the DSR VIP...
 const SESSIONS: usize = 12;
+/// ...and through the full-NAT pair's.
+const NAT_SESSIONS: usize = 4;
 /// Each session writes this much at a time...
 const CHUNK: usize = 4096;
 /// ...this often (≈100 KB/s per session each way: modest for 2 cores).
@@ -551,7 +553,6 @@ fn full_nat_sessions_and_a_clone_survive_the_vrrp_masters_death() {
     if !root_or_skip("full_nat_sessions_and_a_clone_survive_the_vrrp_masters_death") {
         return;
     }
-    const NAT_SESSIONS: usize = 4;
     let started = Instant::now();
     let pair = NatPair::build(&std::env::temp_dir().join(unique("e2enat")), true);
     let mut agents: Vec<AgentHandle<'_>> = (0..2).map(|i| pair.agent(i)).collect();

@@ -32,8 +32,17 @@ fn prepare() -> Result<PathBuf> {
     Ok(lab)
 }
 
-/// `cargo xtask lab ACTION` (`balancers` applies to `up`).
-pub fn lab(action: Action, balancers: u8) -> Result<()> {
+/// The lab's shape as `sshlb-lab run|up` takes it: `--balancers N` or `--nat-pair`.
+pub fn shape(balancers: u8, nat_pair: bool) -> Vec<String> {
+    if nat_pair {
+        vec!["--nat-pair".to_owned()]
+    } else {
+        vec!["--balancers".to_owned(), balancers.to_string()]
+    }
+}
+
+/// `cargo xtask lab ACTION` (`shape`, from [`shape`], applies to `up`).
+pub fn lab(action: Action, shape: Vec<String>) -> Result<()> {
     let lab = prepare()?;
     let mut command = std::process::Command::new(&lab);
     let verb = match action {
@@ -43,17 +52,17 @@ pub fn lab(action: Action, balancers: u8) -> Result<()> {
     };
     command.arg(verb);
     if action == Action::Up {
-        command.args(["--balancers", &balancers.to_string()]);
+        command.args(shape);
     }
     cmd::run(&mut command).with_context(|| format!("lab {verb}"))
 }
 
 /// `cargo xtask run`: the lab in the foreground with its balancer(s), until Ctrl-C (or
 /// `duration`).
-pub fn run(duration: Option<Duration>, balancers: u8) -> Result<()> {
+pub fn run(duration: Option<Duration>, shape: Vec<String>) -> Result<()> {
     let lab = prepare()?;
     let mut command = std::process::Command::new(&lab);
-    command.args(["run", "--balancers", &balancers.to_string()]);
+    command.arg("run").args(shape);
     if let Some(d) = duration {
         command.arg(d.as_secs().to_string());
     }

@@ -18,7 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use sshlb::loader;
 use sshlb_tests::{
     agent::AgentHandle,
-    ha::HaLab,
+    ha::{HaLab, NatPair, NAT4},
     lab::Lab,
     topo::{DSR4, DSR6, VIP4, VIP6},
     wait_for, with_name_prefix,
@@ -51,11 +51,11 @@ fn main() -> Result<()> {
         bail!("the lab needs root (network namespaces, XDP)");
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage =
-        "usage: sshlb-lab run [SECONDS] [--balancers N] | up [--balancers N] | down | status";
+    let usage = "usage: sshlb-lab run [SECONDS] [--balancers N | --nat-pair] \
+                 | up [--balancers N | --nat-pair] | down | status";
     match args.first().map(String::as_str) {
         Some("run") => {
-            let (balancers, rest) = balancers_arg(&args[1..])?;
+            let (shape, rest) = shape_arg(&args[1..])?;
             let duration = match rest.as_slice() {
                 [] => None,
                 [secs] => Some(Duration::from_secs(secs.parse().map_err(|_| {
@@ -63,18 +63,18 @@ fn main() -> Result<()> {
                 })?)),
                 _ => bail!("run: unexpected arguments {rest:?}\n{usage}"),
             };
-            if balancers == 1 {
-                run(duration)
-            } else {
-                run_ha(duration, balancers)
+            match shape {
+                Shape::Balancers(1) => run(duration),
+                Shape::Balancers(n) => run_ha(duration, n),
+                Shape::NatPair => run_nat_pair(duration),
             }
         }
         Some("up") => {
-            let (balancers, rest) = balancers_arg(&args[1..])?;
+            let (shape, rest) = shape_arg(&args[1..])?;
             if !rest.is_empty() {
                 bail!("up: unexpected arguments {rest:?}\n{usage}");
             }
-            up(balancers)
+            up(shape)
         }
         Some("down") => down(),
         Some("status") => status(),
@@ -82,9 +82,29 @@ fn main() -> Result<()> {
     }
 }
 
-/// Takes `--balancers N` (1 to 8; default 1) out of `args`; returns N and the other arguments.
-fn balancers_arg(args: &[String]) -> Result<(u8, Vec<String>)> {
-    let mut balancers = 1;
+/// Which lab: N balancers (1: the plain lab; more: behind the ECMP router), or the full-NAT pair
+/// behind keepalived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Balancers(u8),
+    NatPair,
+}
+
+impl Shape {
+    /// The arguments that ask `run` for this shape.
+    fn args(self) -> Vec<String> {
+        match self {
+            Self::Balancers(n) => vec!["--balancers".into(), n.to_string()],
+            Self::NatPair => vec!["--nat-pair".into()],
+        }
+    }
+}
+
+/// Takes `--balancers N` (1 to 8; default 1) or `--nat-pair` out of `args`; returns the shape and
+/// the other arguments.
+fn shape_arg(args: &[String]) -> Result<(Shape, Vec<String>)> {
+    let mut balancers = None;
+    let mut nat_pair = false;
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -92,16 +112,23 @@ fn balancers_arg(args: &[String]) -> Result<(u8, Vec<String>)> {
             it.next().context("--balancers needs a value: a number from 1 to 8")?.as_str()
         } else if let Some(v) = arg.strip_prefix("--balancers=") {
             v
+        } else if arg == "--nat-pair" {
+            nat_pair = true;
+            continue;
         } else {
             rest.push(arg.clone());
             continue;
         };
-        balancers =
-            value.parse::<u8>().ok().filter(|n| (1..=8).contains(n)).with_context(|| {
-                format!("--balancers: expected a number from 1 to 8, got {value:?}")
-            })?;
+        let n = value.parse::<u8>().ok().filter(|n| (1..=8).contains(n)).with_context(|| {
+            format!("--balancers: expected a number from 1 to 8, got {value:?}")
+        })?;
+        balancers = Some(n);
     }
-    Ok((balancers, rest))
+    match (balancers, nat_pair) {
+        (Some(_), true) => bail!("--balancers and --nat-pair are two different labs: pick one"),
+        (_, true) => Ok((Shape::NatPair, rest)),
+        (n, false) => Ok((Shape::Balancers(n.unwrap_or(1)), rest)),
+    }
 }
 
 /// Builds the lab, starts the agent, prints how to use it, waits for Ctrl-C/SIGTERM (or
@@ -289,6 +316,77 @@ fn usage_ha(ha: &HaLab, agents: &[AgentHandle<'_>], pids: &[u32], agent: &Path) 
     out
 }
 
+/// The full-NAT pair: two balancers with their agents, keepalived moving the NAT VIP and the
+/// NAT address to the master; the same life cycle as [`run`].
+fn run_nat_pair(duration: Option<Duration>) -> Result<()> {
+    if state("pid").exists() {
+        bail!("a lab is already up (or was not taken down): run `cargo xtask lab down` first");
+    }
+    std::fs::create_dir_all(STATE)?;
+    std::fs::write(state("pid"), std::process::id().to_string())?;
+    let _state = RemoveOnDrop(PathBuf::from(STATE));
+    let agent = agent_path()?;
+    std::env::set_var("SSHLB_AGENT", &agent);
+    println!(
+        "sshlb lab: building namespaces {PREFIX}-*, two full-NAT balancers with keepalived, three \
+         OpenSSH backends, keys and a git repository..."
+    );
+    let pair = with_name_prefix(PREFIX, || NatPair::build(&state("files"), false));
+    let nodes = [pair.node(0), pair.node(1)];
+    std::fs::write(state("iface"), format!("{}\n{}\n", nodes[0].iface, nodes[1].iface))?;
+    std::fs::write(state("pass-port"), format!("{}\n{}\n", nodes[0].port, nodes[1].port))?;
+    let mut agents: Vec<AgentHandle<'_>> = (0..2).map(|i| pair.agent(i)).collect();
+    let mut pids = Vec::new();
+    for agent in &mut agents {
+        agent.write_config(&NatPair::config(agent.control()));
+        pids.push(agent.up());
+    }
+    let controls: Vec<String> = agents.iter().map(|a| a.control().display().to_string()).collect();
+    std::fs::write(state("controls"), controls.join("\n") + "\n")?;
+    for agent in &agents {
+        agent.wait_until_up();
+    }
+    if wait_for(Duration::from_secs(20), || pair.holds(0).then_some(())).is_none() {
+        bail!("balancer 0 never became VRRP master:\n{}", pair.keepaliveds[0].log_text());
+    }
+    let f = &pair.lab.files;
+    let sudo = if std::env::var_os("SUDO_USER").is_some() { "sudo " } else { "" };
+    let client = &pair.lab.topo.client.name;
+    let ssh = format!(
+        "ssh -i {} -o UserKnownHostsFile={} -o ServerAliveInterval=1",
+        f.path("client_key").display(),
+        f.path("known_hosts").display()
+    );
+    let banner = format!(
+        "\nsshlb NAT-pair lab is up: two full-NAT balancers ({} master, {} standby) with the same \
+         configuration; keepalived (VRRP) holds the VIP {VIP4} and the NAT address {NAT4} on the \
+         master and moves both to the standby when the master dies.\n\n\
+         SSH through the VIP ($SSH_CONNECTION shows the NAT address):\n  \
+         {sudo}ip netns exec {client} {ssh} root@{VIP4} 'echo $SSH_CONNECTION'\n\n\
+         Try a failover: keep a session busy\n  \
+         {sudo}ip netns exec {client} {ssh} root@{VIP4} 'while sleep 0.2; do date +%T.%N; done'\n\
+         then kill the master hard — cut its link, SIGKILL its keepalived and agent:\n  \
+         {sudo}ip -n {} link set {} down; {sudo}kill -9 {} {}\n\
+         The standby takes both addresses within ~0.3 s and recovers the session's next segment to \
+         the same backend with the same NAT port ({sudo}{} --control {} status).\n\n\
+         Ctrl-C (or `cargo xtask lab down`) takes everything down.\n",
+        nodes[0].ns.name,
+        nodes[1].ns.name,
+        nodes[0].ns.name,
+        nodes[0].iface,
+        pair.keepaliveds[0].pid().unwrap_or_default(),
+        pids[0],
+        agent.display(),
+        agents[1].control().display(),
+    );
+    std::fs::write(state("usage"), &banner)?;
+    print!("{banner}");
+    std::fs::write(state("ready"), "")?;
+    wait_for_signal(duration);
+    println!("sshlb lab: tearing down");
+    Ok(())
+}
+
 fn wait_for_signal(duration: Option<Duration>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
@@ -304,14 +402,14 @@ fn wait_for_signal(duration: Option<Duration>) {
 }
 
 /// Starts `run` in the background and waits until the lab is ready.
-fn up(balancers: u8) -> Result<()> {
+fn up(shape: Shape) -> Result<()> {
     if state("pid").exists() {
         bail!("a lab is already up: `cargo xtask lab status`, or `cargo xtask lab down` first");
     }
     std::fs::create_dir_all("/run")?;
     let log = std::fs::File::create("/run/sshlb-lab.log")?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["run", "--balancers", &balancers.to_string()]);
+    cmd.arg("run").args(shape.args());
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // SAFETY: setsid in the child before exec: it leaves our session so it outlives us.
     unsafe {
