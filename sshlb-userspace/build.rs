@@ -1,5 +1,6 @@
-//! Builds the XDP program (`sshlb-ebpf`, nightly, `bpfel-unknown-none`) and leaves the object at
-//! `$OUT_DIR/sshlb`, where `loader.rs` embeds it into the `sshlb-agent` binary.
+//! Builds the XDP programs (`sshlb-ebpf`, nightly, `bpfel-unknown-none`) and leaves the objects at
+//! `$OUT_DIR/sshlb` (the balancer) and `$OUT_DIR/sshlb-decap` (the backend side), where
+//! `loader.rs` and `backend.rs` embed them into the `sshlb-agent` binary.
 //!
 //! With `AYA_BUILD_SKIP=1` (host-only checks on a machine without bpf-linker) an empty object is
 //! written instead; the agent and the BPF tests then report "BPF object missing" and skip clearly.
@@ -12,6 +13,7 @@ fn main() -> anyhow::Result<()> {
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         fs::write(&object, b"")?;
+        fs::write(out_dir.join("sshlb-decap"), b"")?;
         return Ok(());
     }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));

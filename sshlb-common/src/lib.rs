@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod stats;
+pub mod tunnel;
 
 pub use addr::v4_in_16;
 
@@ -234,6 +235,11 @@ pub mod service_flags {
     pub const ACL_DEFAULT_DENY: u32 = 1 << 3;
     /// New flows (SYNs) are rate-limited per source prefix by the service's `LIMITS` entry.
     pub const RATE_LIMIT: u32 = 1 << 4;
+    /// Direct server return through a tunnel: the segment is encapsulated (IP-in-IP, or GUE
+    /// with [`GUE`]) towards the backend, which may sit in any subnet.
+    pub const TUNNEL: u32 = 1 << 5;
+    /// With [`TUNNEL`]: GUE (UDP, direct IP encapsulation) instead of IP-in-IP.
+    pub const GUE: u32 = 1 << 6;
 }
 
 /// Values of the `ACL` map.
@@ -377,6 +383,10 @@ pub mod flow_flags {
     /// one the backend expects next), and reported in [`crate::map_names::RESETS`] so the
     /// agent can reset the client with the sequence number the client expects.
     pub const KILL: u8 = 1 << 2;
+    /// Tunnel mode: the flow's segments are encapsulated towards the backend.
+    pub const TUNNEL: u8 = 1 << 3;
+    /// With [`TUNNEL`]: GUE rather than IP-in-IP.
+    pub const GUE: u8 = 1 << 4;
 }
 
 /// One segment of a killed flow, as the client sent it ([`crate::map_names::RESETS`]).
@@ -437,6 +447,12 @@ pub struct Config {
     pub nat_port_min: u16,
     /// Last port of the NAT source-port range (host order, inclusive).
     pub nat_port_max: u16,
+    /// Destination UDP port of GUE-encapsulated segments, network byte order.
+    pub gue_port_be: u16,
+    /// Largest outer datagram the tunnels to backends carry (host order): a tunnel-mode
+    /// segment that would exceed it with the encapsulation's overhead is answered with
+    /// "packet too big". 0 = no tunnel configured.
+    pub tunnel_mtu: u16,
 }
 
 /// Per-service or per-backend traffic counters (one per CPU).
@@ -471,6 +487,10 @@ mod pod {
     unsafe impl aya::Pod for super::NatKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tunnel::DecapSource {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tunnel::DecapConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Traffic {}
     // SAFETY: as above.
@@ -553,7 +573,9 @@ mod layout_tests {
         assert_eq!(offset_of!(NatKey, family), 20);
         assert_eq!(offset_of!(NatKey, pad8), 21);
         assert_eq!(offset_of!(NatKey, pad16), 22);
-        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<Config>(), 28);
+        assert_eq!(offset_of!(Config, gue_port_be), 24);
+        assert_eq!(offset_of!(Config, tunnel_mtu), 26);
         assert_eq!(offset_of!(Config, nat_v6), 4);
         assert_eq!(offset_of!(Config, nat_port_min), 20);
         assert_eq!(size_of::<Traffic>(), 24);

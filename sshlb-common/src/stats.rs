@@ -124,6 +124,44 @@ counters! {
     /// Event (not an outcome): the report of such a segment did not fit in the ring buffer (the
     /// backend was still reset; the client is reset by its next segment).
     EVENT_RESET_REPORT_LOST = 42, "event_reset_report_lost";
+    /// Client → VIP segment encapsulated (IP-in-IP or GUE) towards its backend (tunnel mode).
+    FWD_TUNNEL = 43, "fwd_tunnel";
+    /// A tunnel-mode segment too large for the tunnel MTU with the encapsulation's overhead:
+    /// answered with ICMP "fragmentation needed" / ICMPv6 "packet too big" (its quoted header
+    /// tells the client's TCP the MTU), the segment itself dropped.
+    FWD_PACKET_TOO_BIG = 44, "fwd_packet_too_big";
+    /// A tunnel-mode IPv4 segment too large for the tunnel MTU and without DF: the balancer
+    /// does not fragment, and a client that lets routers fragment does not do path-MTU
+    /// discovery: dropped.
+    DROP_TUNNEL_TOO_BIG_NO_DF = 45, "drop_tunnel_too_big_no_df";
+    /// A tunnel-mode segment in a priority-tagged (802.1Q, VLAN 0) frame: encapsulation takes
+    /// untagged frames only: dropped.
+    DROP_TUNNEL_TAGGED = 46, "drop_tunnel_tagged";
+    /// `bpf_xdp_adjust_head`/`_tail` refused to make room for the tunnel's headers or the ICMP
+    /// answer: an internal error (XDP_ABORTED).
+    DROP_ADJUST_FAILED = 47, "drop_adjust_failed";
+}
+
+/// Counters of the backend side's decapsulation program (`DECAP_STATS`): each frame it sees
+/// increments exactly one.
+pub mod decap {
+    counters! {
+        /// Not a tunnel packet (nor one that looks like it): passed untouched.
+        PASS_NOT_TUNNEL = 0, "pass_not_tunnel";
+        /// Decapsulated (outer headers removed) and passed to the stack.
+        PASS_DECAPSULATED = 1, "pass_decapsulated";
+        /// A tunnel packet whose outer source is outside the balancer prefixes: dropped (a
+        /// backend must not become an open relay).
+        DROP_FOREIGN_SOURCE = 2, "drop_foreign_source";
+        /// A tunnel packet from a balancer whose inner destination is not one of this
+        /// backend's VIPs: dropped.
+        DROP_NOT_VIP = 3, "drop_not_vip";
+        /// A tunnel packet whose inner header is truncated or of the wrong version, or an
+        /// outer fragment: dropped.
+        DROP_MALFORMED = 4, "drop_malformed";
+        /// `bpf_xdp_adjust_head` refused to remove the outer headers: internal (XDP_ABORTED).
+        DROP_ADJUST_FAILED = 5, "drop_adjust_failed";
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +189,6 @@ mod tests {
         assert_eq!(NAMES[DROP_CSUM_HELPER_FAILED as usize], "drop_csum_helper_failed");
         assert_eq!(NAMES[DROP_SCRATCH_MISSING as usize], "drop_scratch_missing");
         assert_eq!(NAMES[DROP_BAD_TCP_FLAGS as usize], "drop_bad_tcp_flags");
-        assert_eq!(COUNT, 43);
+        assert_eq!(COUNT, 48);
     }
 }

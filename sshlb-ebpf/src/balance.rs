@@ -13,7 +13,8 @@ use crate::{
     protection::{self, Admission},
     reset, services,
     stats::{count, traffic},
-    verdict::{Decision, Error, Outcome, Path},
+    tunnel::{self, Done},
+    verdict::{Decision, Error, Outcome, Path, Xmit},
     xmit::{send, Hop},
 };
 
@@ -69,7 +70,7 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     traffic(assigned.service_id, assigned.backend_id, pkt.ip_len, assigned.new_flow);
     let backend = services::backend(assigned.backend_id).ok_or(Error::NoBackend)?;
     let fam = pkt.key.family;
-    if assigned.flags & flow_flags::NAT == 0 {
+    if assigned.flags & (flow_flags::NAT | flow_flags::TUNNEL) == 0 {
         // Direct server return: the backend owns the VIP, only the destination MAC changes.
         return send(
             ctx,
@@ -78,8 +79,27 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
             now,
         );
     }
+    // Full NAT rewrites to the balancer's own address; a tunnel starts there. The settings
+    // are read in place, once for both: this frame counts towards the verifier's 512 bytes
+    // per call chain (rounded up per frame on older kernels, where the chain through `create`
+    // has no byte to spare).
     let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-    let nat_src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
+    let nat_src = nat::nat_addr(cfg, fam).ok_or(Error::NatUnconfigured)?;
+    if assigned.flags & flow_flags::TUNNEL != 0 {
+        let done = match tunnel::too_big_mtu(pkt, assigned.flags, cfg) {
+            Some(mtu) => tunnel::too_big(ctx, pkt, mtu),
+            None => tunnel::encapsulate(ctx, pkt, &backend, assigned.flags, cfg),
+        };
+        return match done.get()? {
+            Done::Outer(ip_len) => send(
+                ctx,
+                Path::Tunnel,
+                &Hop { fam, src: &nat_src, dst: &backend.addr, ip_len },
+                now,
+            ),
+            Done::AnsweredTooBig => Ok(Outcome::Forwarded(Path::TooBig, Xmit::Tx)),
+        };
+    }
     let to = Rewrite {
         src: words(&nat_src),
         dst: words(&backend.addr),
@@ -125,6 +145,16 @@ fn follow(pkt: &Tcp, now: u64, out: &mut Assigned) -> Found {
     Found::Followed
 }
 
+/// The `flow_flags` a tunnel-mode service's flows carry (none for the other modes).
+#[inline(always)]
+fn tunnel_flags(service: &Service) -> u8 {
+    match (service.flags & service_flags::TUNNEL != 0, service.flags & service_flags::GUE != 0) {
+        (false, _) => 0,
+        (true, false) => flow_flags::TUNNEL,
+        (true, true) => flow_flags::TUNNEL | flow_flags::GUE,
+    }
+}
+
 #[inline(always)]
 fn is_syn(flags: u8) -> bool {
     flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
@@ -141,7 +171,8 @@ fn create(
     out: &mut Assigned,
 ) -> Result<(), Error> {
     let syn = is_syn(pkt.flags);
-    let dsr = service.flags & service_flags::DSR != 0;
+    // Tunnel mode is direct server return too (the backend owns the VIP and answers the client).
+    let dsr = service.flags & (service_flags::DSR | service_flags::TUNNEL) != 0;
     if !syn && pkt.flags & (tcp_flags::RST | tcp_flags::FIN) != 0 {
         // A close for a flow nobody knows starts nothing. Direct server return: the ring sends
         // it where the flow went (the backend may hold the connection after a restart or a
@@ -156,7 +187,7 @@ fn create(
             backend_id,
             service_id: service.id,
             nat_port_be: 0,
-            flags: 0,
+            flags: tunnel_flags(service),
             new_flow: false,
         };
         return Ok(());
@@ -187,6 +218,7 @@ fn create(
         new.flags |= flow_flags::RECOVERED;
         count(stats::EVENT_FLOW_RECOVERED);
     }
+    new.flags |= tunnel_flags(service);
     if !dsr {
         new.nat_port_be = nat::allocate_port(&pkt.key, &backend, (service.id, backend_id), now)?;
         new.flags |= flow_flags::NAT;
@@ -236,7 +268,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Tcp) -> Decision {
 fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     let Some(cfg) = nat::config() else { return Ok(Outcome::NotService) };
     let fam = pkt.key.family;
-    if nat::nat_addr(&cfg, fam) != Some(pkt.key.dst) {
+    if nat::nat_addr(cfg, fam) != Some(pkt.key.dst) {
         return Ok(Outcome::NotService);
     }
     // A miss is the balancer's own traffic (health checks, its own sshd): the kernel's.

@@ -62,12 +62,17 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
             // SAFETY: a live map value, fields read once.
             let (backend_id, nat_port_be, flags) =
                 unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).flags) };
+            if flags & flow_flags::TUNNEL != 0 {
+                // Not forwarded yet: it would have to be encapsulated like the flow's segments
+                // (its outer destination is the VIP, which routes back here). The kernel's.
+                return Ok(Outcome::NotTcp);
+            }
             let backend = services::backend(backend_id).ok_or(Error::NoBackend)?;
             if flags & flow_flags::NAT == 0 {
                 return send(ctx, &Hop { fam, src: &icmp.outer.src, dst: &backend.addr, ip_len });
             }
             let cfg = nat::config().ok_or(Error::NatUnconfigured)?;
-            let nat_src = nat::nat_addr(&cfg, fam).ok_or(Error::NatUnconfigured)?;
+            let nat_src = nat::nat_addr(cfg, fam).ok_or(Error::NatUnconfigured)?;
             let to = IcmpRewrite {
                 outer_src: &icmp.outer.src,
                 outer_dst: &backend.addr,
@@ -81,7 +86,7 @@ fn try_handle(ctx: &XdpContext, icmp: &IcmpError) -> Result<Outcome, Error> {
     }
     // Towards a client: the quoted segment went NAT address → backend.
     let Some(cfg) = nat::config() else { return Ok(Outcome::NotTcp) };
-    if nat::nat_addr(&cfg, fam) != Some(icmp.outer.dst) {
+    if nat::nat_addr(cfg, fam) != Some(icmp.outer.dst) {
         return Ok(Outcome::NotTcp);
     }
     let nat_key = NatKey::new(q.dst, q.dport_be, q.sport_be, fam);

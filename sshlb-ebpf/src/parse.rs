@@ -3,8 +3,6 @@
 //! offset). Every read goes through [`ptr_at`], the one bounds-checked accessor; every length is
 //! taken from the packet and checked against both the frame and the enclosing header's length.
 
-use core::mem::size_of;
-
 use aya_ebpf::programs::XdpContext;
 use network_types::{
     eth::EthHdr,
@@ -14,7 +12,9 @@ use network_types::{
 };
 use sshlb_common::{family, proto, FlowKey};
 
+pub use crate::packet::ptr_at;
 use crate::{
+    packet::data_end,
     verdict::{Decision, Error, Outcome},
     word,
 };
@@ -104,20 +104,6 @@ pub struct Out<'a> {
     pub icmp: &'a mut IcmpError,
 }
 
-/// End of the frame, loaded afresh on every call.
-///
-/// The volatile load stops LLVM from proving a later bounds check redundant from an earlier,
-/// arithmetically stronger one (e.g. "IP total length fits" ⇒ "TCP header fits") and deleting it:
-/// the verifier only accepts packet reads dominated by their own `ptr + len <= data_end` check.
-#[inline(always)]
-fn data_end(ctx: &XdpContext) -> usize {
-    // SAFETY: ctx.ctx points at the kernel's xdp_md for the whole program run.
-    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize }
-}
-
-/// Largest header offset the program ever reads at (Ethernet + VLAN + IPv4 with options is 82).
-const MAX_HEADER_OFFSET: usize = 255;
-
 /// A big-endian 16-bit length field, in a form every supported kernel's verifier can bound.
 ///
 /// LLVM turns `from_be_bytes` into a `be16` byte swap, and verifiers before 6.6 forget a
@@ -129,24 +115,6 @@ const MAX_HEADER_OFFSET: usize = 255;
 fn be16_bounded(bytes: [u8; 2]) -> u16 {
     let swapped = core::hint::black_box(u32::from(u16::from_be_bytes(bytes)));
     (swapped & 0xFFFF) as u16
-}
-
-/// Bounds-checked pointer to a `T` at byte `off` of the frame.
-///
-/// `off` is bounded explicitly first: offsets that travelled through memory (a parsed `Tcp`
-/// handed to another subprogram) reach the verifier as unbounded scalars, and it refuses to add
-/// those to a packet pointer.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    if off > MAX_HEADER_OFFSET {
-        return None;
-    }
-    let start = ctx.data();
-    let end = data_end(ctx);
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *mut T)
 }
 
 /// Parses the frame in `ctx` down to TCP (or an ICMP error quoting TCP): a TCP segment is

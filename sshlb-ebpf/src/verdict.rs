@@ -34,6 +34,10 @@ pub enum Path {
     ReverseNat,
     /// An ICMP error about a tracked flow, delivered to the flow's other end.
     IcmpError,
+    /// Client → backend, encapsulated (tunnel mode).
+    Tunnel,
+    /// A tunnel-mode segment too large for the tunnel, answered with "packet too big".
+    TooBig,
 }
 
 /// A packet the program understood.
@@ -75,6 +79,8 @@ impl Outcome {
             Self::Forwarded(Path::Dsr, _) => stats::FWD_DSR,
             Self::Forwarded(Path::ReverseNat, _) => stats::FWD_REVERSE_NAT,
             Self::Forwarded(Path::IcmpError, _) => stats::FWD_ICMP_ERROR,
+            Self::Forwarded(Path::Tunnel, _) => stats::FWD_TUNNEL,
+            Self::Forwarded(Path::TooBig, _) => stats::FWD_PACKET_TOO_BIG,
             Self::NoNeigh => stats::PASS_NO_NEIGH,
         }
     }
@@ -150,6 +156,12 @@ pub enum Error {
     CsumHelperFailed,
     /// Internal: one of this CPU's scratch slots could not be looked up.
     ScratchMissing,
+    /// A tunnel-mode IPv4 segment too large for the tunnel, without DF.
+    TunnelTooBigNoDf,
+    /// A tunnel-mode segment in a priority-tagged frame.
+    TunnelTagged,
+    /// Internal: `bpf_xdp_adjust_head`/`_tail` refused.
+    AdjustFailed,
 }
 
 impl Error {
@@ -182,6 +194,9 @@ impl Error {
             Self::CloseWithoutFlow => stats::DROP_CLOSE_WITHOUT_FLOW,
             Self::CsumHelperFailed => stats::DROP_CSUM_HELPER_FAILED,
             Self::ScratchMissing => stats::DROP_SCRATCH_MISSING,
+            Self::TunnelTooBigNoDf => stats::DROP_TUNNEL_TOO_BIG_NO_DF,
+            Self::TunnelTagged => stats::DROP_TUNNEL_TAGGED,
+            Self::AdjustFailed => stats::DROP_ADJUST_FAILED,
         }
     }
 
@@ -216,8 +231,12 @@ impl Error {
             | Self::TtlZero
             | Self::SpoofedSource
             | Self::BadIpv4Options
-            | Self::CloseWithoutFlow => xdp_action::XDP_DROP,
-            Self::CsumHelperFailed | Self::ScratchMissing => xdp_action::XDP_ABORTED,
+            | Self::CloseWithoutFlow
+            | Self::TunnelTooBigNoDf
+            | Self::TunnelTagged => xdp_action::XDP_DROP,
+            Self::CsumHelperFailed | Self::ScratchMissing | Self::AdjustFailed => {
+                xdp_action::XDP_ABORTED
+            }
         }
     }
 }

@@ -52,6 +52,9 @@ pub enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// The backend side of tunnel mode: decapsulate the balancers' tunnels on this host.
+    #[command(subcommand)]
+    Backend(BackendCommand),
     /// Detach the data plane from IFACE and remove its pins.
     Down {
         /// Interface to detach from.
@@ -211,4 +214,50 @@ mod tests {
         let err = Cli::try_parse_from(["sshlb-agent", "up"]).expect_err("interface missing");
         assert!(err.to_string().contains("IFACE"), "{err}");
     }
+}
+
+/// `sshlb-agent backend …`.
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Attach the decapsulation program to IFACE (or update it in place), put the VIPs on `lo`
+    /// and set arp_ignore/arp_announce/rp_filter. Tunnel packets are accepted only from the
+    /// balancer prefixes and only for these VIPs; the rest is dropped and counted.
+    Up {
+        /// Interface the tunnel packets arrive on.
+        iface: String,
+        /// A VIP this backend serves (repeat for several).
+        #[arg(long = "vip", value_name = "ADDR", required = true)]
+        vips: Vec<std::net::IpAddr>,
+        /// A balancer address or prefix tunnel packets may come from (repeat for several).
+        #[arg(long = "balancer", value_name = "PREFIX", required = true)]
+        balancers: Vec<crate::protection::Cidr>,
+        /// GUE's UDP port (the balancers' `agent.gue-port`).
+        #[arg(long, default_value_t = sshlb_common::tunnel::DEFAULT_GUE_PORT, value_name = "PORT")]
+        gue_port: u16,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = AttachMode::Native)]
+        xdp_mode: AttachMode,
+        /// Pin root of the backend side.
+        #[arg(long, default_value = crate::backend::DEFAULT_PIN_ROOT, value_name = "DIR")]
+        backend_pins: PathBuf,
+    },
+    /// Detach the decapsulation program and undo what `backend up` changed.
+    Down {
+        /// Interface.
+        iface: String,
+        /// Pin root of the backend side.
+        #[arg(long, default_value = crate::backend::DEFAULT_PIN_ROOT, value_name = "DIR")]
+        backend_pins: PathBuf,
+    },
+    /// Show the VIPs, the accepted balancer prefixes and the counters.
+    Status {
+        /// Interface.
+        iface: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Pin root of the backend side.
+        #[arg(long, default_value = crate::backend::DEFAULT_PIN_ROOT, value_name = "DIR")]
+        backend_pins: PathBuf,
+    },
 }

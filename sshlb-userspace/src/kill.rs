@@ -43,7 +43,8 @@ pub const KILL_GRACE: Duration = Duration::from_secs(3);
 const RESET_POLL: Duration = Duration::from_millis(200);
 
 /// TCP flag bits used here.
-mod flags {
+pub(crate) mod flags {
+    pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
 }
@@ -215,7 +216,10 @@ pub struct RawSender {
 impl RawSender {
     /// Opens both sockets (needs `CAP_NET_RAW`).
     pub fn open() -> io::Result<Self> {
-        Ok(Self { v4: raw_socket(libc::AF_INET)?, v6: raw_socket(libc::AF_INET6)? })
+        Ok(Self {
+            v4: raw_socket(libc::AF_INET, libc::IPPROTO_RAW)?,
+            v6: raw_socket(libc::AF_INET6, libc::IPPROTO_RAW)?,
+        })
     }
 
     /// Sends `packet` (IP header included) to `dst`.
@@ -241,7 +245,7 @@ impl RawSender {
 }
 
 /// sendto(2) of `packet` on `fd` to the socket address at `sa` (`len` bytes).
-fn send_to(
+pub(crate) fn send_to(
     fd: &OwnedFd,
     packet: &[u8],
     sa: *const libc::sockaddr,
@@ -255,10 +259,10 @@ fn send_to(
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
-fn raw_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+/// A raw socket of `domain` for IP protocol `protocol` (`IPPROTO_RAW`: whole packets out).
+pub(crate) fn raw_socket(domain: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the descriptor is owned below.
-    let fd =
-        unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

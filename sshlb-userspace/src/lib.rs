@@ -15,6 +15,7 @@
 //!    and server), [`cli`].
 
 pub mod announce;
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -34,3 +35,4 @@ pub mod plan;
 pub mod protection;
 pub mod stats;
 pub mod sys;
+pub mod tunnel_check;

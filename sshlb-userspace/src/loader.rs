@@ -488,7 +488,7 @@ fn attach_and_pin(
 
 /// Attaches `program` to `ifindex` through a bpf_link and pins the link at `path`, so the
 /// program stays attached after this process exits.
-fn attach_pinned(
+pub(crate) fn attach_pinned(
     program: &mut Xdp,
     iface: &str,
     ifindex: u32,

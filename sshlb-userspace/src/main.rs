@@ -5,7 +5,8 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::Parser as _;
 use sshlb::{
-    cli::{Cli, Command},
+    backend,
+    cli::{BackendCommand, Cli, Command},
     config::{self, Config},
     control::{self, Request},
     daemon,
@@ -32,6 +33,37 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading configuration {}", path.display()))?;
     Ok(config::parse(&path.display().to_string(), &text)?)
+}
+
+/// `sshlb-agent backend …`.
+fn run_backend(command: BackendCommand) -> anyhow::Result<()> {
+    match command {
+        BackendCommand::Up { iface, vips, balancers, gue_port, xdp_mode, backend_pins } => {
+            let setup = backend::Setup { iface, vips, balancers, gue_port, mode: xdp_mode };
+            backend::up(&backend_pins, &setup)?;
+            eprintln!(
+                "sshlb-agent: decapsulating on {} for {} VIP(s) from {} balancer prefix(es)",
+                setup.iface,
+                setup.vips.len(),
+                setup.balancers.len()
+            );
+            Ok(())
+        }
+        BackendCommand::Down { iface, backend_pins } => {
+            backend::down(&backend_pins, &iface)?;
+            eprintln!("sshlb-agent: decapsulation removed from {iface}, host settings restored");
+            Ok(())
+        }
+        BackendCommand::Status { iface, json, backend_pins } => {
+            let status = backend::status(&backend_pins, &iface)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", backend::render(&status));
+            }
+            Ok(())
+        }
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -100,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Backend(command) => run_backend(command),
         Command::Down { iface } => {
             loader::down(&cli.pin_root, &iface)?;
             eprintln!("sshlb-agent: detached from {iface} and removed its pins");

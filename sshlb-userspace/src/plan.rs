@@ -21,7 +21,7 @@ use sshlb_common::{
 };
 
 use crate::{
-    config::{self, Affinity, BackendState, Config, Mode},
+    config::{self, Affinity, BackendState, Config, Encap, Mode},
     maglev::{build_ring, RingError, RingMember},
     protection::{mask128, mask32, Acl, RateLimit},
 };
@@ -220,8 +220,11 @@ pub fn plan_with(
         };
         ids.services.insert(ord(key), id);
         let mut flags = 0;
-        if service.mode == Mode::Dsr {
-            flags |= service_flags::DSR;
+        match (service.mode, service.encap) {
+            (Mode::Nat, _) => {}
+            (Mode::Dsr, _) => flags |= service_flags::DSR,
+            (Mode::Tunnel, Encap::Ipip) => flags |= service_flags::TUNNEL,
+            (Mode::Tunnel, Encap::Gue) => flags |= service_flags::TUNNEL | service_flags::GUE,
         }
         if service.affinity == Affinity::Source {
             flags |= service_flags::SOURCE_AFFINITY;

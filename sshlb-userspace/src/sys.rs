@@ -48,6 +48,12 @@ pub fn ensure_bpffs(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The MTU of interface `name` (`None` when it does not exist).
+pub fn interface_mtu(name: &str) -> Option<u16> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?;
+    text.trim().parse::<u32>().ok().map(|mtu| u16::try_from(mtu).unwrap_or(u16::MAX))
+}
+
 /// The global addresses of interface `name` with their prefix lengths (link-local IPv6 is
 /// skipped), in the kernel's order.
 #[expect(

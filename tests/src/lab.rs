@@ -11,7 +11,7 @@ use crate::{
     config::{ConfigBuilder, ServiceBuilder},
     run,
     sshd::{Sshd, SshdOptions},
-    topo::{payload, Topo, BACKENDS, DSR4, DSR6, VIP4, VIP6},
+    topo::{payload, Topo, BACKENDS, DSR4, DSR6, GUE4, TUN4, TUN6, VIP4, VIP6},
 };
 
 /// Keys, known_hosts and the bare repository in one directory (every backend sees it: the
@@ -39,9 +39,11 @@ impl Files {
             .expect("authorized_keys");
         // Every VIP presents the one shared host key: known_hosts names them all.
         let host_pub = std::fs::read_to_string(f.path("host_key.pub")).expect("host key");
-        #[expect(clippy::format_collect, reason = "four lines, built once")]
-        let known: String =
-            [VIP4, VIP6, DSR4, DSR6].iter().map(|vip| format!("{vip} {host_pub}")).collect();
+        #[expect(clippy::format_collect, reason = "seven lines, built once")]
+        let known: String = [VIP4, VIP6, DSR4, DSR6, TUN4, TUN6, GUE4]
+            .iter()
+            .map(|vip| format!("{vip} {host_pub}"))
+            .collect();
         std::fs::write(f.path("known_hosts"), known).expect("known_hosts");
         // A few MB of history in a bare repository, identical from every backend.
         let work = f.path("work");
@@ -104,7 +106,7 @@ impl Drop for Files {
 
 /// A lab backend's sshd: port 22 on every address, named `name` in its banner, the lab's shared
 /// host key and client key.
-fn sshd_options(files: &Files, name: &str) -> SshdOptions {
+pub fn sshd_options(files: &Files, name: &str) -> SshdOptions {
     SshdOptions {
         listen: vec!["0.0.0.0".into(), "::".into()],
         name: Some(name.to_owned()),
@@ -145,6 +147,7 @@ impl Lab {
             self.topo
                 .backends
                 .iter()
+                .chain(&self.topo.far)
                 .flat_map(|ns| {
                     ns.ssh_sessions()
                         .into_iter()

@@ -31,6 +31,14 @@ pub const VIP6: &str = "fd00:10::100";
 /// VIPs for direct-server-return services (backends own them on loopback).
 pub const DSR4: &str = "198.18.0.101";
 pub const DSR6: &str = "fd00:10::101";
+/// VIPs for tunnel-mode services (IP-in-IP over IPv4 and IPv6, GUE over IPv4): their backends
+/// sit in another subnet ([`Topo::add_far_backend`]).
+pub const TUN4: &str = "198.18.0.102";
+pub const TUN6: &str = "fd00:10::102";
+pub const GUE4: &str = "198.18.0.103";
+/// A far backend's addresses (behind the router, not on the balancer's segment).
+pub const FAR4: &str = "198.18.6.10";
+pub const FAR6: &str = "fd00:60::10";
 pub const CLIENT4: &str = "198.18.2.10";
 /// The router's addresses on the segment.
 pub const ROUTER4: &str = "198.18.0.254";
@@ -66,6 +74,8 @@ pub struct Topo {
     pub router: Netns,
     pub client: Netns,
     pub backends: Vec<Netns>,
+    /// Backends in another subnet ([`Self::add_far_backend`]).
+    pub far: Vec<Netns>,
     /// The balancer's interface name (unique per test: pins are keyed by it).
     pub lb_if: String,
     /// The bridge-side peer of `lb_if` (needs an XDP program for XDP_TX in native mode).
@@ -97,6 +107,7 @@ impl Topo {
             router,
             client,
             backends: Vec::new(),
+            far: Vec::new(),
             lb_if: lb_if.clone(),
             lb_port: lb_port.clone(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -157,20 +168,42 @@ impl Topo {
     /// the router as its default route (towards the clients).
     fn plug_balancer(&self, ns: &Netns, iface: &str, port: &str, addr4: &str, addr6: &str) {
         self.plug(ns, iface, port, &[&format!("{addr4}/24"), &format!("{addr6}/64")]);
-        for vip in [VIP4, DSR4] {
+        for vip in [VIP4, DSR4, TUN4, GUE4] {
             ns.ip(&["addr", "add", &format!("{vip}/32"), "dev", iface]);
         }
-        for vip in [VIP6, DSR6] {
+        for vip in [VIP6, DSR6, TUN6] {
             ns.ip(&["addr", "add", &format!("{vip}/128"), "dev", iface, "nodad"]);
         }
         ns.ip(&["route", "add", "default", "via", ROUTER4]);
         ns.ip(&["-6", "route", "add", "default", "via", ROUTER6]);
     }
 
+    /// Adds a backend in another subnet, behind a third router interface (198.18.6.0/24,
+    /// fd00:60::/64; the backend at [`FAR4`]/[`FAR6`] on interface `iface`), for tunnel mode.
+    /// Nothing else is set up in it: `sshlb-agent backend up` does the rest.
+    pub fn add_far_backend(&mut self, name: &str, iface: &str) -> &Netns {
+        let ns = Netns::new(name);
+        let rt_if = unique("rf");
+        crate::veth(
+            &self.router,
+            &rt_if,
+            &["198.18.6.1/24", "fd00:60::1/64"],
+            &ns,
+            iface,
+            &[&format!("{FAR4}/24"), &format!("{FAR6}/64")],
+        );
+        ns.ip(&["route", "add", "default", "via", "198.18.6.1"]);
+        ns.ip(&["-6", "route", "add", "default", "via", "fd00:60::1"]);
+        set(&ns, "net.ipv6.bindv6only", "1");
+        self.far.push(ns);
+        self.far.last().expect("just pushed")
+    }
+
     /// Every namespace of the topology: switch, balancer, router, client, backends.
     pub fn namespaces(&self) -> Vec<&Netns> {
         let mut all = vec![&self.sw, &self.lb, &self.router, &self.client];
         all.extend(&self.backends);
+        all.extend(&self.far);
         all
     }
 

@@ -148,12 +148,25 @@ pub enum Problem {
         /// The service's VIP.
         vip: IpAddr,
     },
-    /// A `dsr` backend on another port than the service's.
+    /// `encap` on a service that is not in `tunnel` mode.
+    #[error("encap applies to mode = \"tunnel\" only; this service's mode is {0:?}")]
+    EncapWithoutTunnel(&'static str),
+    /// `tunnel-mtu` outside the accepted range.
+    #[error("expected a tunnel MTU from {lo} to {hi} bytes")]
+    TunnelMtu {
+        /// Smallest accepted value.
+        lo: u16,
+        /// Largest accepted value.
+        hi: u16,
+    },
+    /// A `dsr` or `tunnel` backend on another port than the service's.
     #[error(
-        "{backend_port}: in dsr mode the backend answers on the service port ({service_port}); \
-         only the MAC changes"
+        "{backend_port}: in {mode} mode the backend answers on the service port ({service_port}); \
+         the balancer does not rewrite ports"
     )]
     DsrPort {
+        /// The service's mode.
+        mode: &'static str,
         /// The backend's port.
         backend_port: u16,
         /// The service's port.

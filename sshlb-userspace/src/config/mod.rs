@@ -23,8 +23,8 @@ mod validate;
 pub use announce::{Announce, AnnounceMode, Bfd, Neighbor};
 pub use error::{ConfigError, Problem, UnknownChoice};
 pub use model::{
-    limit_defaults, Affinity, Agent, Backend, BackendState, Config, HealthCheck, HostKeyPolicy,
-    Mode, Service, Timeouts, MAX_WEIGHT,
+    limit_defaults, Affinity, Agent, Backend, BackendState, Config, Encap, HealthCheck,
+    HostKeyPolicy, Mode, Service, Timeouts, MAX_WEIGHT,
 };
 pub use units::parse_duration;
 pub use validate::parse;

@@ -71,6 +71,28 @@ config_enum! {
         Nat => "nat",
         /// Direct server return: backends own the VIP on loopback and answer clients directly.
         Dsr => "dsr",
+        /// Direct server return through a tunnel (`encap`): backends may sit in any subnet;
+        /// `sshlb-agent backend up` on each decapsulates.
+        Tunnel => "tunnel",
+    }
+}
+
+impl Mode {
+    /// Whether backends answer clients themselves (and so listen on the service port).
+    pub const fn is_direct_return(self) -> bool {
+        matches!(self, Self::Dsr | Self::Tunnel)
+    }
+}
+
+config_enum! {
+    /// Encapsulation of a `tunnel` service (`encap`).
+    pub enum Encap {
+        /// IPv4 in IPv4 / IPv6 in IPv6 (protocols 4 and 41): 20 or 40 bytes.
+        #[default]
+        Ipip => "ipip",
+        /// GUE (UDP to `agent.gue-port`, the IP packet right after the UDP header): 28 or 48
+        /// bytes; its UDP source port carries the flow's hash for the backends' RSS.
+        Gue => "gue",
     }
 }
 
@@ -138,6 +160,10 @@ pub struct Agent {
     pub max_flows: u32,
     /// Idle timeouts per flow state.
     pub timeouts: Timeouts,
+    /// UDP destination port of GUE tunnels.
+    pub gue_port: u16,
+    /// Largest outer datagram towards tunnel backends (default: the interface's MTU).
+    pub tunnel_mtu: Option<u16>,
 }
 
 impl Agent {
@@ -149,6 +175,10 @@ impl Agent {
     pub const DEFAULT_NAT_PORTS: (u16, u16) = (10_000, 32_767);
     /// Default `max-flows`.
     pub const DEFAULT_MAX_FLOWS: u32 = sshlb_common::DEFAULT_MAX_FLOWS;
+    /// Default `gue-port`.
+    pub const DEFAULT_GUE_PORT: u16 = sshlb_common::tunnel::DEFAULT_GUE_PORT;
+    /// Accepted `tunnel-mtu` values: IPv6's minimum link MTU up to jumbo frames.
+    pub const TUNNEL_MTU_RANGE: (u16, u16) = (sshlb_common::tunnel::MIN_TUNNEL_MTU, 9216);
 }
 
 impl Default for Agent {
@@ -161,6 +191,8 @@ impl Default for Agent {
             nat_ports: Self::DEFAULT_NAT_PORTS,
             max_flows: Self::DEFAULT_MAX_FLOWS,
             timeouts: Timeouts::default(),
+            gue_port: Self::DEFAULT_GUE_PORT,
+            tunnel_mtu: None,
         }
     }
 }
@@ -201,6 +233,8 @@ pub struct Service {
     pub port: u16,
     /// Forwarding mode.
     pub mode: Mode,
+    /// Encapsulation (`tunnel` mode only).
+    pub encap: Encap,
     /// Hash input for new flows.
     pub affinity: Affinity,
     /// Maglev ring size (prime).

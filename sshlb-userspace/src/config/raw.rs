@@ -28,6 +28,8 @@ pub(super) struct RawAgent {
     pub(super) established_timeout: Option<Spanned<String>>,
     pub(super) fin_timeout: Option<Spanned<String>>,
     pub(super) closed_timeout: Option<Spanned<String>>,
+    pub(super) gue_port: Option<Spanned<u16>>,
+    pub(super) tunnel_mtu: Option<Spanned<u16>>,
 }
 
 /// `[[service]]`.
@@ -38,6 +40,7 @@ pub(super) struct RawService {
     pub(super) vip: Spanned<String>,
     pub(super) port: Spanned<u16>,
     pub(super) mode: Option<Spanned<String>>,
+    pub(super) encap: Option<Spanned<String>>,
     pub(super) affinity: Option<Spanned<String>>,
     pub(super) ring_size: Option<Spanned<u32>>,
     pub(super) health: Option<RawHealth>,

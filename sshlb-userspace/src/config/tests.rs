@@ -118,8 +118,21 @@ fn every_error_names_file_line_and_field() {
             ("mode = \"nat\"", "mode = \"ipip\""),
             10,
             "service[0].mode",
-            "expected \"nat\" or \"dsr\"",
+            "expected \"nat\", \"dsr\" or \"tunnel\"",
         ),
+        (
+            ("mode = \"nat\"", "mode = \"nat\"\nencap = \"gue\""),
+            11,
+            "service[0].encap",
+            "applies to mode = \"tunnel\" only",
+        ),
+        (
+            ("nat-ports = \"20000-29999\"", "tunnel-mtu = 1000"),
+            4,
+            "agent.tunnel-mtu",
+            "from 1280 to 9216",
+        ),
+        (("nat-ports = \"20000-29999\"", "gue-port = 0"), 4, "agent.gue-port", "1-65535"),
         (
             ("affinity = \"flow\"", "affinity = \"sticky\""),
             11,
@@ -277,7 +290,8 @@ where
 
 #[test]
 fn enum_spellings_round_trip_and_errors_list_every_choice() {
-    table_round_trips(Mode::ALL, &["nat", "dsr"]);
+    table_round_trips(Mode::ALL, &["nat", "dsr", "tunnel"]);
+    table_round_trips(Encap::ALL, &["ipip", "gue"]);
     table_round_trips(Affinity::ALL, &["flow", "source"]);
     table_round_trips(BackendState::ALL, &["active", "drain", "disabled"]);
     table_round_trips(HostKeyPolicy::ALL, &["warn", "enforce"]);
@@ -286,6 +300,37 @@ fn enum_spellings_round_trip_and_errors_list_every_choice() {
     assert_eq!(
         "up".parse::<BackendState>().expect_err("unknown").to_string(),
         r#""up": expected "active", "drain" or "disabled""#
+    );
+}
+
+#[test]
+fn tunnel_services_take_an_encapsulation_and_keep_the_service_port() {
+    let text = r#"
+[agent]
+gue-port = 7000
+tunnel-mtu = 9000
+
+[[service]]
+name = "git"
+vip = "198.18.0.100"
+port = 22
+mode = "tunnel"
+encap = "gue"
+
+[[service.backend]]
+name = "far"
+address = "198.19.5.10"
+"#;
+    let cfg = parse("sshlb.toml", text).expect("a tunnel service parses");
+    assert_eq!((cfg.agent.gue_port, cfg.agent.tunnel_mtu), (7000, Some(9000)));
+    assert_eq!((cfg.services[0].mode, cfg.services[0].encap), (Mode::Tunnel, Encap::Gue));
+    let defaults = parse("sshlb.toml", &text.replace("encap = \"gue\"\n", "")).expect("parses");
+    assert_eq!(defaults.services[0].encap, Encap::Ipip, "ipip is the default encapsulation");
+    let err = parse("sshlb.toml", &text.replace("\"198.19.5.10\"", "\"198.19.5.10\"\nport = 2222"))
+        .expect_err("a tunnel backend on another port");
+    assert!(
+        err.to_string().contains("in tunnel mode the backend answers on the service port"),
+        "{err}"
     );
 }
 

@@ -140,7 +140,21 @@ fn validate_agent(ctx: &Ctx<'_>, raw: Option<RawAgent>) -> Result<Agent, ConfigE
         fin: timeout(raw.fin_timeout, "fin-timeout", d.fin)?,
         closed: timeout(raw.closed_timeout, "closed-timeout", d.closed)?,
     };
+    let gue_port = match raw.gue_port {
+        None => defaults.gue_port,
+        Some(p) => validate_port(*p.get_ref(), p.span(), ctx, "agent.gue-port".to_owned())?,
+    };
+    let (lo, hi) = Agent::TUNNEL_MTU_RANGE;
+    let tunnel_mtu = match raw.tunnel_mtu {
+        None => None,
+        Some(m) if (lo..=hi).contains(m.get_ref()) => Some(*m.get_ref()),
+        Some(m) => {
+            return Err(ctx.err(m.span(), "agent.tunnel-mtu", Problem::TunnelMtu { lo, hi }));
+        }
+    };
     Ok(Agent {
+        gue_port,
+        tunnel_mtu,
         metrics: raw.metrics.unwrap_or(defaults.metrics),
         control: raw.control.unwrap_or(defaults.control),
         nat_v4,
@@ -206,6 +220,10 @@ fn validate_service(
         return Err(ctx.err(raw.port.span(), at("port"), Problem::DuplicateEndpoint { vip, port }));
     }
     let mode: Mode = ctx.choice(raw.mode.as_ref(), at("mode"))?;
+    let encap = ctx.choice(raw.encap.as_ref(), at("encap"))?;
+    if let (Some(e), false) = (raw.encap.as_ref(), mode == Mode::Tunnel) {
+        return Err(ctx.err(e.span(), at("encap"), Problem::EncapWithoutTunnel(mode.as_str())));
+    }
     let affinity = ctx.choice(raw.affinity.as_ref(), at("affinity"))?;
     let ring_size = match raw.ring_size {
         None => DEFAULT_RING_SIZE,
@@ -258,6 +276,7 @@ fn validate_service(
         vip,
         port,
         mode,
+        encap,
         affinity,
         ring_size,
         health,
@@ -313,11 +332,15 @@ fn validate_backend(
     let (port, port_span) =
         b.port.as_ref().map_or((Backend::DEFAULT_PORT, 0..0), |p| (*p.get_ref(), p.span()));
     let port = validate_port(port, port_span.clone(), ctx, at("port"))?;
-    if service.mode == Mode::Dsr && port != service.port {
+    if service.mode.is_direct_return() && port != service.port {
         return Err(ctx.err(
             port_span,
             at("port"),
-            Problem::DsrPort { backend_port: port, service_port: service.port },
+            Problem::DsrPort {
+                mode: service.mode.as_str(),
+                backend_port: port,
+                service_port: service.port,
+            },
         ));
     }
     if !seen.endpoints.insert((address, port)) {

@@ -9,9 +9,10 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    config::{Config, HealthCheck},
+    config::{Config, Encap, HealthCheck, Mode, Service},
     health,
     hostkeys::{self, HostKey},
+    tunnel_check::{self, TunnelCheck},
 };
 
 use super::{balancer::BackendRef, host};
@@ -61,10 +62,12 @@ pub fn scan_timeout(check: &HealthCheck) -> Duration {
 }
 
 /// Checks one backend forever, every `interval`, sending each result to the map owner.
+/// Tunnel-mode backends pass only when the probe through the tunnel passes too
+/// ([`crate::tunnel_check`]).
 async fn checker(
     generation: u64,
     backend: BackendRef,
-    source: Option<IpAddr>,
+    (source, tunnel): (Option<IpAddr>, Option<TunnelCheck>),
     check: HealthCheck,
     results: mpsc::Sender<CheckResult>,
 ) {
@@ -73,9 +76,16 @@ async fn checker(
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let outcome = health::check(backend.address, check.timeout, &check.expect, source)
+        let mut outcome = health::check(backend.address, check.timeout, &check.expect, source)
             .await
             .map_err(|e| e.to_string());
+        if let (Ok(()), Some(tunnel)) = (&outcome, &tunnel) {
+            let (tunnel, timeout) = (tunnel.clone(), check.timeout);
+            outcome = tokio::task::spawn_blocking(move || tunnel_check::probe(&tunnel, timeout))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|probed| probed.map_err(|e| e.to_string()));
+        }
         let seconds = started.elapsed().as_secs_f64();
         let result = CheckResult { generation, backend: backend.clone(), outcome, seconds };
         if results.send(result).await.is_err() {
@@ -103,6 +113,23 @@ async fn host_key_scanner(
     }
 }
 
+/// The probe through the tunnel for a tunnel-mode service's backend (`None` for the other modes,
+/// or without a source address of the family).
+fn tunnel_probe(
+    config: &Config,
+    service: &Service,
+    backend: &BackendRef,
+    source: Option<IpAddr>,
+) -> Option<TunnelCheck> {
+    (service.mode == Mode::Tunnel).then_some(())?;
+    Some(TunnelCheck {
+        vip: SocketAddr::new(service.vip, service.port),
+        backend: backend.address.ip(),
+        source: source?,
+        gue_port: (service.encap == Encap::Gue).then_some(config.agent.gue_port),
+    })
+}
+
 /// Starts the checks of every backend of `config` on `iface` (generation `generation`).
 pub fn spawn(
     config: &Config,
@@ -119,7 +146,9 @@ pub fn spawn(
             let source = host::check_source(nat.as_ref(), backend.address.is_ipv6());
             let check = service.health.clone();
             let results = reports.checks.clone();
-            tasks.push(tokio::spawn(checker(generation, backend.clone(), source, check, results)));
+            let tunnel = tunnel_probe(config, service, &backend, source);
+            let task = checker(generation, backend.clone(), (source, tunnel), check, results);
+            tasks.push(tokio::spawn(task));
             let interval = service.health.host_key_interval;
             if !interval.is_zero() {
                 let timing = (interval, scan_timeout(&service.health), scan_stagger(position));

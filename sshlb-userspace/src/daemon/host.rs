@@ -45,7 +45,11 @@ pub fn pick_nat_address(addrs: &[(IpAddr, u8)], vips: &[IpAddr], v6: bool) -> Op
 /// The balancer's NAT settings for `config` on `iface`: configured addresses, else the
 /// interface's own (see [`pick_nat_address`]).
 pub fn dataplane_config(config: &Config, iface: &str) -> Result<DataplaneConfig, NoNatAddress> {
-    nat_settings(config, iface, &sys::interface_addrs(iface))
+    let mut settings = nat_settings(config, iface, &sys::interface_addrs(iface))?;
+    if settings.tunnel_mtu == 0 {
+        settings.tunnel_mtu = sys::interface_mtu(iface).unwrap_or(1500);
+    }
+    Ok(settings)
 }
 
 /// [`dataplane_config`] for an interface with addresses `addrs` (sans-IO).
@@ -63,7 +67,8 @@ fn nat_settings(
         Some(IpAddr::V6(a)) => Some(a),
         _ => None,
     });
-    for service in config.services.iter().filter(|s| s.mode == Mode::Nat) {
+    // Full NAT rewrites to the family's own address; a tunnel starts there.
+    for service in config.services.iter().filter(|s| s.mode != Mode::Dsr) {
         let missing = match service.vip {
             IpAddr::V4(_) if v4.is_none() => Some(("IPv4", "v4")),
             IpAddr::V6(_) if v6.is_none() => Some(("IPv6", "v6")),
@@ -83,6 +88,9 @@ fn nat_settings(
         nat_v6: v6.map_or([0; 16], |a| a.octets()),
         nat_port_min: config.agent.nat_ports.0,
         nat_port_max: config.agent.nat_ports.1,
+        gue_port_be: config.agent.gue_port.to_be(),
+        // 0 until the interface's MTU fills it in (`dataplane_config`).
+        tunnel_mtu: config.agent.tunnel_mtu.unwrap_or(0),
     })
 }
 

@@ -39,6 +39,7 @@ const NEW_DSR: u32 = 50_000;
 const NAT_PORT: u16 = 22;
 const DSR_PORT: u16 = 2222;
 const PROTECTED_PORT: u16 = 2223;
+const TUNNEL_PORT: u16 = 2224;
 const OTHER_PORT: u16 = 80;
 
 /// One measured scenario.
@@ -154,10 +155,10 @@ fn bench_config() -> String {
     let mut text = format!(
         "[agent]\nmax-flows = {MAX_FLOWS}\nnat-v4 = \"198.18.0.2\"\nnat-v6 = \"fd00:18::2\"\n"
     );
-    let service = |name: &str, vip: &str, port: u16, dsr: bool, backends: &[&str]| {
-        let mode = if dsr { "mode = \"dsr\"\n" } else { "" };
-        let mut s =
-            format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\n{mode}");
+    let service = |name: &str, vip: &str, port: u16, mode: &str, backends: &[&str]| {
+        let mut s = format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {port}\nmode = \"{mode}\"\n"
+        );
         for (i, address) in backends.iter().enumerate() {
             s += &format!(
                 "[[service.backend]]\nname = \"b{}\"\naddress = \"{address}\"\nport = {port}\n",
@@ -168,23 +169,26 @@ fn bench_config() -> String {
     };
     let v4 = ["198.18.0.11", "198.18.0.12", "198.18.0.13"];
     let v6 = ["fd00:18::11", "fd00:18::12", "fd00:18::13"];
-    text += &service("git", "198.18.0.100", NAT_PORT, false, &v4);
-    text += &service("git-dsr", "198.18.0.100", DSR_PORT, true, &v4[..2]);
-    text += &service("git6", "fd00:18::100", NAT_PORT, false, &v6);
-    text += &service("git6-dsr", "fd00:18::100", DSR_PORT, true, &v6[..2]);
+    text += &service("git", "198.18.0.100", NAT_PORT, "nat", &v4);
+    text += &service("git-dsr", "198.18.0.100", DSR_PORT, "dsr", &v4[..2]);
+    text += &service("git-tunnel", "198.18.0.100", TUNNEL_PORT, "tunnel", &v4[..2]);
+    text += &service("git6", "fd00:18::100", NAT_PORT, "nat", &v6);
+    text += &service("git6-dsr", "fd00:18::100", DSR_PORT, "dsr", &v6[..2]);
+    text += &service("git6-tunnel", "fd00:18::100", TUNNEL_PORT, "tunnel", &v6[..2]);
     // The same DSR service again, protected: an allow list, 1000 deny prefixes in the trie,
     // and a per-source limit high enough never to refuse (so both runs forward every SYN).
     let deny: Vec<String> =
         (0..1000).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
-    text += &service("git-dsr-protected", "198.18.0.100", PROTECTED_PORT, true, &v4[..2]).replacen(
-        "mode = \"dsr\"\n",
-        &format!(
-            "mode = \"dsr\"\nallow = [\"198.18.0.0/15\"]\ndeny = [{}]\n\
+    text += &service("git-dsr-protected", "198.18.0.100", PROTECTED_PORT, "dsr", &v4[..2])
+        .replacen(
+            "mode = \"dsr\"\n",
+            &format!(
+                "mode = \"dsr\"\nallow = [\"198.18.0.0/15\"]\ndeny = [{}]\n\
                  [service.limit]\nrate = \"1000000/s\"\nburst = 100000\n",
-            deny.join(", ")
-        ),
-        1,
-    );
+                deny.join(", ")
+            ),
+            1,
+        );
     text
 }
 
@@ -229,6 +233,10 @@ fn scenarios(
         name("established (dsr)"),
         table,
     )?);
+    sock.send_all(&from_clients(family, 0..FLOWS, TUNNEL_PORT, true));
+    let acks = from_clients(family, 0..FLOWS, TUNNEL_PORT, false);
+    let scenario = name("established (tunnel)");
+    out.push(measure(Target::Balancer(dp), sock, &acks, Some(budget), scenario, table)?);
     if family == Family::V4 {
         sock.send_all(&from_clients(family, 0..FLOWS, PROTECTED_PORT, true));
         let acks = from_clients(family, 0..FLOWS, PROTECTED_PORT, false);
@@ -237,7 +245,7 @@ fn scenarios(
     }
     // Each new-flow SYN is sent once: a repeat would follow the flow it created. DSR first, so
     // NAT port allocation does not enter the protected comparison: the difference is admission.
-    let mut dsr_ports = vec![(DSR_PORT, "new flow (dsr)")];
+    let mut dsr_ports = vec![(DSR_PORT, "new flow (dsr)"), (TUNNEL_PORT, "new flow (tunnel)")];
     if family == Family::V4 {
         dsr_ports.push((PROTECTED_PORT, "new flow (dsr, protected)"));
     }

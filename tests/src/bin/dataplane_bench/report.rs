@@ -38,6 +38,8 @@ fn path(scenario: &str) -> &'static [&'static str] {
         "established (nat)" | "established (dsr)" | "established (dsr, protected)" => {
             &[ENTRY, "parse_into", "forward"]
         }
+        "established (tunnel)" => &[ENTRY, "parse_into", "forward", "encapsulate"],
+        "new flow (tunnel)" => &[ENTRY, "parse_into", "forward", "create", "encapsulate"],
         "reverse (nat)" | "non-service" => &[ENTRY, "parse_into", "reverse"],
         "new flow (nat)" | "new flow (dsr)" => &[ENTRY, "parse_into", "forward", "create"],
         "new flow (dsr, protected)" => &[ENTRY, "parse_into", "forward", "create", "admit"],
