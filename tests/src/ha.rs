@@ -183,9 +183,12 @@ impl HaLab {
         wait_for(timeout, || (self.next_hops(vip) == want).then_some(())).is_some()
     }
 
-    /// The router's view of its BGP sessions (`birdc show protocols`), for failure messages.
+    /// The router's view of its BGP sessions and BFD (`birdc show protocols`, `show bfd
+    /// sessions`), for failure messages.
     pub fn router_protocols(&self) -> String {
-        self.router_bird.birdc(&["show", "protocols"]).unwrap_or_default()
+        let protocols = self.router_bird.birdc(&["show", "protocols"]).unwrap_or_default();
+        let bfd = self.router_bird.birdc(&["show", "bfd", "sessions"]).unwrap_or_default();
+        protocols + &bfd
     }
 }
 

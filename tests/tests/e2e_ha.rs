@@ -335,6 +335,26 @@ fn diagnose(lab: &Lab, agents: &[AgentHandle<'_>]) -> String {
     out
 }
 
+/// Each running agent's view of its announcements, for a failure message.
+fn announcements(agents: &[AgentHandle<'_>]) -> String {
+    let mut out = String::new();
+    for (i, agent) in agents.iter().enumerate().filter(|(_, a)| a.running()) {
+        let status = agent.status();
+        let each: Vec<String> = status
+            .services
+            .iter()
+            .map(|s| format!("{}: {} ({})", s.name, s.announce.announced, s.announce.reason))
+            .collect();
+        out += &format!(
+            "balancer {i}: maintenance {}, bird_error {:?}, {}\n",
+            status.maintenance,
+            status.bird_error,
+            each.join(", ")
+        );
+    }
+    out
+}
+
 fn ssh(client: &Netns, files: &Files, vip: &str, command: &str) -> Output {
     let mut args = files.ssh_args();
     args.extend([format!("root@{vip}"), command.to_owned()]);
@@ -484,9 +504,10 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
     let (withdrawn, _) = failover_times(&ha, &agents, &survivors, died, "hard death");
     assert!(
         withdrawn.is_some(),
-        "the router drops the dead balancer: {:?}\n{}",
+        "the router drops the dead balancer (only): {:?}\n{}\n{}",
         ha.next_hops(DSR4),
-        ha.router_protocols()
+        ha.router_protocols(),
+        announcements(&agents)
     );
     traffic.finish(&ha.lab.topo.client, died, "hard death");
     eprintln!("[{:?}] traffic done", started.elapsed());
@@ -510,7 +531,13 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
     eprintln!("balancer {leaving} ({flows} live sessions): {}", note.trim());
     assert!(note.contains("flow(s) remain"), "maintenance on says what remains: {note}");
     let (withdrawn, _) = failover_times(&ha, &agents, &staying, began, "maintenance on");
-    assert!(withdrawn.is_some(), "maintenance withdraws: {:?}", ha.next_hops(DSR4));
+    assert!(
+        withdrawn.is_some(),
+        "maintenance withdraws (only): {:?}\n{}\n{}",
+        ha.next_hops(DSR4),
+        ha.router_protocols(),
+        announcements(&agents)
+    );
     let status = agents[leaving].status();
     assert!(status.maintenance, "status shows maintenance");
     for service in &status.services {
