@@ -13,6 +13,10 @@
 //!    router drops it, its status says so and shows the flows it still holds, every session and
 //!    the clone complete byte-exact on the other survivor, and `maintenance off` brings it back.
 //!
+//! IPv6 rides along: the DSR service's IPv6 VIP is announced over IPv6 BGP sessions, routed by
+//! the router over every balancer and then over the survivors, and logins through it succeed
+//! before and after the death.
+//!
 //! 3. A full-NAT pair behind keepalived (VRRP): the master balancer holds the VIP and the NAT
 //!    address; sessions and a clone run through it; it dies hard (link cut, keepalived and agent
 //!    SIGKILLed). keepalived on the standby takes both addresses, and the standby, with the same
