@@ -147,6 +147,11 @@ pub async fn check(
 }
 
 /// Connects to `addr` from `source` (when it is of the same family; else the kernel picks).
+///
+/// A `source` this host does not hold right now (`EADDRNOTAVAIL`) is left to the kernel too: a
+/// full-NAT standby whose NAT address its VRRP master holds must still check its backends, so
+/// that its ring is the master's the moment the address moves to it (it holds no VIP then
+/// either, so the kernel cannot pick one).
 pub async fn connect_from(
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
@@ -154,8 +159,13 @@ pub async fn connect_from(
     match source.filter(|s| s.is_ipv4() == addr.is_ipv4()) {
         Some(source) => {
             let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
-            socket.bind(SocketAddr::new(source, 0))?;
-            socket.connect(addr).await
+            match socket.bind(SocketAddr::new(source, 0)) {
+                Ok(()) => socket.connect(addr).await,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    TcpStream::connect(addr).await
+                }
+                Err(e) => Err(e),
+            }
         }
         None => TcpStream::connect(addr).await,
     }
@@ -203,6 +213,20 @@ async fn check_unbounded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_this_host_does_not_hold_is_left_to_the_kernel() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+            let addr = listener.local_addr().expect("addr");
+            // An address of the benchmarking range no interface of the test host holds (a
+            // full-NAT standby's NAT address while its VRRP master holds it).
+            let absent: std::net::IpAddr = "198.18.251.7".parse().expect("ip");
+            let stream = connect_from(addr, Some(absent)).await.expect("connects anyway");
+            assert_ne!(stream.local_addr().expect("local").ip(), absent);
+        });
+    }
 
     #[test]
     fn fresh_backend_is_up_after_one_pass_and_down_after_fall_failures() {

@@ -13,12 +13,15 @@ use std::{
 
 use sshlb::control::{self, Status};
 
-use crate::{agent_binary, prepare_bridge, topo::Topo, wait_for, Detach, PIN_ROOT};
+use crate::{agent_binary, prepare_port, topo::Topo, wait_for, Detach, Netns, PIN_ROOT};
 
 /// The real `sshlb-agent` binary for one topology: its config file, log and control socket
 /// (named after the topology's unique interface), and the agent process once [`Self::up`] ran.
 pub struct AgentHandle<'t> {
-    topo: &'t Topo,
+    /// The balancer's namespace.
+    lb: &'t Netns,
+    /// The balancer's interface.
+    iface: String,
     binary: String,
     config: PathBuf,
     log: PathBuf,
@@ -31,13 +34,46 @@ pub struct AgentHandle<'t> {
 impl<'t> AgentHandle<'t> {
     /// Prepares the topology's bridge port (veth gotcha 2) and names the files; starts nothing.
     pub fn new(topo: &'t Topo) -> Self {
+        Self::on(&topo.sw, &topo.lb, &topo.lb_if, &topo.lb_port)
+    }
+
+    /// Like [`Self::new`], for the balancer in `lb` whose interface `iface` meets the bridge
+    /// (in `sw`) at `port` — [`Topo::lb`] or one added by [`Topo::add_balancer`].
+    pub fn on(sw: &Netns, lb: &'t Netns, iface: &str, port: &str) -> Self {
         let binary = agent_binary().to_str().expect("utf-8 agent path").to_owned();
         let dir = std::env::temp_dir();
-        let config = dir.join(format!("{}.toml", topo.lb_if));
-        let log = dir.join(format!("{}.log", topo.lb_if));
-        let control = PathBuf::from(format!("/run/sshlb/test-{}.sock", topo.lb_if));
-        let detach = prepare_bridge(topo, vec![config.clone(), log.clone(), control.clone()]);
-        Self { topo, binary, config, log, control, child: None, _detach: detach }
+        let config = dir.join(format!("{iface}.toml"));
+        let log = dir.join(format!("{iface}.log"));
+        let control = PathBuf::from(format!("/run/sshlb/test-{iface}.sock"));
+        let detach =
+            prepare_port(sw, iface, port, vec![config.clone(), log.clone(), control.clone()]);
+        Self {
+            lb,
+            iface: iface.to_owned(),
+            binary,
+            config,
+            log,
+            control,
+            child: None,
+            _detach: detach,
+        }
+    }
+
+    /// The balancer's interface.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Whether the agent process is running (started by [`Self::up`], not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `sshlb-agent stats <iface>`: the data plane's counters by name (0 when absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        let out = self.command(&["stats", &self.iface]).output().expect("spawn agent stats");
+        let text = String::from_utf8_lossy(&out.stdout);
+        crate::parse_stats(&text).into_iter().find(|(n, _)| n == name).map_or(0, |(_, v)| v)
     }
 
     /// The control socket the configuration must name.
@@ -63,10 +99,12 @@ impl<'t> AgentHandle<'t> {
         let file = std::fs::File::create(&self.log)
             .unwrap_or_else(|e| panic!("creating {}: {e}", self.log.display()));
         let err = file.try_clone().expect("dup log");
-        let child =
-            self.command(&self.up_args()).stdout(file).stderr(err).spawn().unwrap_or_else(|e| {
-                panic!("spawning {} in {}: {e}", self.binary, self.topo.lb.name)
-            });
+        let child = self
+            .command(&self.up_args())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {} in {}: {e}", self.binary, self.lb.name));
         let pid = child.id();
         self.child = Some(child);
         pid
@@ -75,14 +113,14 @@ impl<'t> AgentHandle<'t> {
     /// The arguments of `up` for this topology and configuration.
     pub fn up_args(&self) -> Vec<String> {
         let config = self.config.to_str().expect("utf-8 config path").to_owned();
-        vec!["up".into(), self.topo.lb_if.clone(), "--config".into(), config]
+        vec!["up".into(), self.iface.clone(), "--config".into(), config]
     }
 
     /// The agent binary with `args`, in the lb namespace (for one-shot commands such as a second
     /// `up`; the caller runs it).
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-        self.topo.lb.command(&self.binary, &args)
+        self.lb.command(&self.binary, &args)
     }
 
     /// Sends `signal` to the running agent.
@@ -142,7 +180,7 @@ impl<'t> AgentHandle<'t> {
 
     /// Whether an XDP program is attached to the balancer's interface (`ip link show`).
     pub fn attached(&self) -> bool {
-        let out = self.topo.lb.ip(&["link", "show", &self.topo.lb_if]);
+        let out = self.lb.ip(&["link", "show", &self.iface]);
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 }

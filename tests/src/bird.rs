@@ -62,6 +62,11 @@ impl BirdDaemon {
         assert!(up.is_some(), "bird answered on {} within 10 s", self.socket().display());
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its directory (for include files it reads).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -100,6 +105,15 @@ impl BirdDaemon {
             let _ignored = child.wait();
         }
         let _ignored = std::fs::remove_file(self.socket());
+    }
+
+    /// SIGKILLs BIRD (as a crash does) through a shared reference, for a test whose other
+    /// handles borrow the lab; it is reaped (and its socket removed) by [`Self::kill`] or on drop.
+    pub fn crash(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on the PID of our own child, not reaped yet (so not reused).
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        }
     }
 
     /// Starts BIRD again with the same configuration.

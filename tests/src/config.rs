@@ -40,6 +40,8 @@ impl Table {
 pub struct ConfigBuilder {
     agent: Table,
     services: Vec<ServiceBuilder>,
+    /// Whole tables written after the services (e.g. `[announce]`), verbatim.
+    tables: Vec<String>,
 }
 
 impl ConfigBuilder {
@@ -72,6 +74,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Appends a whole top-level table (such as `[announce]` with its neighbours), written
+    /// verbatim after the services.
+    pub fn table(mut self, text: &str) -> Self {
+        self.tables.push(text.to_owned());
+        self
+    }
+
     /// The service named `name`, to change it in place (panics when there is none).
     pub fn service_mut(&mut self, name: &str) -> &mut ServiceBuilder {
         self.services
@@ -97,6 +106,15 @@ impl ConfigBuilder {
                 out.push('\n');
             }
             service.write(&mut out);
+        }
+        for table in &self.tables {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(table);
+            if !table.ends_with('\n') {
+                out.push('\n');
+            }
         }
         out
     }

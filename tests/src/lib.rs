@@ -9,8 +9,10 @@ pub mod agent;
 pub mod bird;
 pub mod config;
 pub mod counters;
+pub mod ha;
 pub mod inject;
 pub mod inproc;
+pub mod keepalived;
 pub mod lab;
 pub mod sshd;
 pub mod topo;
@@ -64,10 +66,14 @@ pub fn cmd(program: &str, args: &[&str]) -> Command {
     c
 }
 
-/// The `sshlb-agent` binary, built once per test process so it is never stale.
+/// The `sshlb-agent` binary, built once per test process so it is never stale — or the one
+/// `$SSHLB_AGENT` names (the lab binary runs the agent xtask built).
 pub fn agent_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("SSHLB_AGENT") {
+            return PathBuf::from(path);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
         let out = run(&mut cmd(
@@ -370,15 +376,20 @@ impl Drop for Detach {
 /// Attaches the pass program to the bridge port (veth gotcha 2, docs/toolchain.md) and returns the
 /// guard that undoes both it and the balancer on the topology's interface.
 pub fn prepare_bridge(topo: &topo::Topo, files: Vec<PathBuf>) -> Detach {
-    let pass_port = topo.lb_port.clone();
-    topo.sw
-        .run(move || {
-            sshlb::loader::attach_pass(std::path::Path::new(PIN_ROOT), &pass_port)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .unwrap_or_else(|e| panic!("pass program on the bridge port: {e}"));
-    Detach { iface: topo.lb_if.clone(), pass_port: topo.lb_port.clone(), files }
+    prepare_port(&topo.sw, &topo.lb_if, &topo.lb_port, files)
+}
+
+/// [`prepare_bridge`] for any balancer on the segment: `iface` is its interface, `port` that
+/// interface's peer on the bridge in `sw`.
+pub fn prepare_port(sw: &Netns, iface: &str, port: &str, files: Vec<PathBuf>) -> Detach {
+    let pass_port = port.to_owned();
+    sw.run(move || {
+        sshlb::loader::attach_pass(std::path::Path::new(PIN_ROOT), &pass_port)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| panic!("pass program on the bridge port: {e}"));
+    Detach { iface: iface.to_owned(), pass_port: port.to_owned(), files }
 }
 
 #[cfg(test)]

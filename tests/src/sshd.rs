@@ -85,10 +85,13 @@ impl Sshd {
         for addr in &options.listen {
             config += &format!("ListenAddress {addr}\n");
         }
+        // MaxStartups: every balancer's banner checks and host-key scans (per service, per key
+        // type) share sshd's unauthenticated slots with the clients; the default 10 drops
+        // clients' connections as soon as three balancers check one backend.
         config += &format!(
             "Port {}\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nVersionAddendum {}\n\
-             AllowTcpForwarding yes\nPermitRootLogin prohibit-password\n",
+             AllowTcpForwarding yes\nPermitRootLogin prohibit-password\nMaxStartups 100:30:200\n",
             options.port,
             key.display(),
             options.name.as_deref().unwrap_or("none"),

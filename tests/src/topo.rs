@@ -40,6 +40,9 @@ pub const GUE4: &str = "198.18.0.103";
 pub const FAR4: &str = "198.18.6.10";
 pub const FAR6: &str = "fd00:60::10";
 pub const CLIENT4: &str = "198.18.2.10";
+/// The router's addresses on the segment.
+pub const ROUTER4: &str = "198.18.0.254";
+pub const ROUTER6: &str = "fd00:10::fe";
 pub const CLIENT6: &str = "fd00:20::10";
 /// Backends: (name, IPv4, IPv6).
 pub const BACKENDS: [(&str, &str, &str); 3] = [
@@ -47,6 +50,22 @@ pub const BACKENDS: [(&str, &str, &str); 3] = [
     ("b2", "198.18.0.12", "fd00:10::12"),
     ("b3", "198.18.0.13", "fd00:10::13"),
 ];
+
+/// Another balancer on the segment, next to [`Topo::lb`] (the HA labs run several): its
+/// namespace, its interface (named uniquely: pins are keyed by it), that interface's bridge-side
+/// peer, and its own segment addresses. Dropping it deletes its namespace.
+pub struct Peer {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its interface on the segment.
+    pub iface: String,
+    /// The bridge-side peer of `iface` (needs an XDP program for XDP_TX in native mode).
+    pub port: String,
+    /// Its own IPv4 address on the segment (no prefix length).
+    pub addr4: String,
+    /// Its own IPv6 address on the segment.
+    pub addr6: String,
+}
 
 /// The topology. Dropping it stops the servers and deletes every namespace.
 pub struct Topo {
@@ -94,16 +113,7 @@ impl Topo {
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
         };
-        topo.plug(&topo.lb, &lb_if, &lb_port, &[&format!("{LB4}/24"), &format!("{LB6}/64")]);
-        // The balancer answers ARP/ND for the VIPs (it owns them), and reaches clients via the router.
-        for vip in [VIP4, DSR4, TUN4, GUE4] {
-            topo.lb.ip(&["addr", "add", &format!("{vip}/32"), "dev", &lb_if]);
-        }
-        for vip in [VIP6, DSR6, TUN6] {
-            topo.lb.ip(&["addr", "add", &format!("{vip}/128"), "dev", &lb_if, "nodad"]);
-        }
-        topo.lb.ip(&["route", "add", "default", "via", "198.18.0.254"]);
-        topo.lb.ip(&["-6", "route", "add", "default", "via", "fd00:10::fe"]);
+        topo.plug_balancer(&topo.lb, &lb_if, &lb_port, LB4, LB6);
 
         let rt_port = unique("p");
         topo.plug(&topo.router, "rt0", &rt_port, &["198.18.0.254/24", "fd00:10::fe/64"]);
@@ -139,6 +149,33 @@ impl Topo {
             topo.backends.push(ns);
         }
         topo
+    }
+
+    /// Plugs balancer `index` (1, 2, …: [`Self::lb`] is number 0) into the segment at
+    /// 198.18.0.(2 + index) / fd00:10::(2 + index), owning the VIPs and routing via the router,
+    /// exactly as [`Self::lb`] does. The caller owns it (and drops it before the topology).
+    pub fn add_balancer(&self, index: u8) -> Peer {
+        assert!((1..=8).contains(&index), "balancer index {index} outside 1..=8");
+        let ns = Netns::new(&format!("lb{index}"));
+        let (iface, port) = (unique("lb"), unique("p"));
+        let host = 2 + index;
+        let (addr4, addr6) = (format!("198.18.0.{host}"), format!("fd00:10::{host:x}"));
+        self.plug_balancer(&ns, &iface, &port, &addr4, &addr6);
+        Peer { ns, iface, port, addr4, addr6 }
+    }
+
+    /// A balancer's link: its own addresses plus the VIPs (it answers ARP/ND for them), and
+    /// the router as its default route (towards the clients).
+    fn plug_balancer(&self, ns: &Netns, iface: &str, port: &str, addr4: &str, addr6: &str) {
+        self.plug(ns, iface, port, &[&format!("{addr4}/24"), &format!("{addr6}/64")]);
+        for vip in [VIP4, DSR4, TUN4, GUE4] {
+            ns.ip(&["addr", "add", &format!("{vip}/32"), "dev", iface]);
+        }
+        for vip in [VIP6, DSR6, TUN6] {
+            ns.ip(&["addr", "add", &format!("{vip}/128"), "dev", iface, "nodad"]);
+        }
+        ns.ip(&["route", "add", "default", "via", ROUTER4]);
+        ns.ip(&["-6", "route", "add", "default", "via", ROUTER6]);
     }
 
     /// Adds a backend in another subnet, behind a third router interface (198.18.6.0/24,

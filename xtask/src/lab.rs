@@ -32,22 +32,37 @@ fn prepare() -> Result<PathBuf> {
     Ok(lab)
 }
 
-/// `cargo xtask lab ACTION`.
-pub fn lab(action: Action) -> Result<()> {
+/// The lab's shape as `sshlb-lab run|up` takes it: `--balancers N` or `--nat-pair`.
+pub fn shape(balancers: u8, nat_pair: bool) -> Vec<String> {
+    if nat_pair {
+        vec!["--nat-pair".to_owned()]
+    } else {
+        vec!["--balancers".to_owned(), balancers.to_string()]
+    }
+}
+
+/// `cargo xtask lab ACTION` (`shape`, from [`shape`], applies to `up`).
+pub fn lab(action: Action, shape: Vec<String>) -> Result<()> {
     let lab = prepare()?;
+    let mut command = std::process::Command::new(&lab);
     let verb = match action {
         Action::Up => "up",
         Action::Down => "down",
         Action::Status => "status",
     };
-    cmd::run(std::process::Command::new(&lab).arg(verb)).with_context(|| format!("lab {verb}"))
+    command.arg(verb);
+    if action == Action::Up {
+        command.args(shape);
+    }
+    cmd::run(&mut command).with_context(|| format!("lab {verb}"))
 }
 
-/// `cargo xtask run`: the lab in the foreground with the balancer, until Ctrl-C (or `duration`).
-pub fn run(duration: Option<Duration>) -> Result<()> {
+/// `cargo xtask run`: the lab in the foreground with its balancer(s), until Ctrl-C (or
+/// `duration`).
+pub fn run(duration: Option<Duration>, shape: Vec<String>) -> Result<()> {
     let lab = prepare()?;
     let mut command = std::process::Command::new(&lab);
-    command.arg("run");
+    command.arg("run").args(shape);
     if let Some(d) = duration {
         command.arg(d.as_secs().to_string());
     }

@@ -66,6 +66,14 @@ enum Command {
         /// What to do.
         #[arg(value_enum)]
         action: lab::Action,
+        /// With `up`: how many balancers; more than one builds the HA lab (each balancer runs
+        /// BIRD and announces the DSR VIPs by BGP to a router doing ECMP over them).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+        balancers: u8,
+        /// With `up`: the full-NAT pair instead (two balancers, keepalived moving the VIP and the
+        /// NAT address to the master).
+        #[arg(long, conflicts_with = "balancers")]
+        nat_pair: bool,
     },
     /// Boot Debian's kernels under QEMU and run the BPF packet fixtures and the namespace tests
     /// in each: loaded or rejected (with the verifier's message), tests passed/failed.
@@ -83,6 +91,14 @@ enum Command {
         /// Stop by itself after SECS seconds.
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
+        /// How many balancers; more than one builds the HA lab (each balancer runs BIRD and
+        /// announces the DSR VIPs by BGP to a router doing ECMP over them).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+        balancers: u8,
+        /// The full-NAT pair instead: two balancers, keepalived (VRRP) moving the VIP and the
+        /// NAT address to the master.
+        #[arg(long, conflicts_with = "balancers")]
+        nat_pair: bool,
     },
 }
 
@@ -95,8 +111,12 @@ fn main() -> ExitCode {
         }),
         Command::Test { quick } => test::test(quick),
         Command::VmTest { kernel, update_readme } => vm::run(kernel, update_readme),
-        Command::Run { duration } => lab::run(duration.map(std::time::Duration::from_secs)),
-        Command::Lab { action } => lab::lab(action),
+        Command::Run { duration, balancers, nat_pair } => {
+            lab::run(duration.map(std::time::Duration::from_secs), lab::shape(balancers, nat_pair))
+        }
+        Command::Lab { action, balancers, nat_pair } => {
+            lab::lab(action, lab::shape(balancers, nat_pair))
+        }
         Command::Bench { which, seconds } => bench::bench(which, seconds),
         Command::Fuzz { target, seconds, sanitizer } => fuzz::fuzz(&target, seconds, &sanitizer),
     };
@@ -131,7 +151,21 @@ mod tests {
     fn command_line_is_consistent_and_parses_options() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["xtask", "run", "--duration", "8"]).expect("valid");
-        assert!(matches!(cli.command, Command::Run { duration: Some(8) }), "{cli:?}");
+        assert!(
+            matches!(cli.command, Command::Run { duration: Some(8), balancers: 1, .. }),
+            "{cli:?}"
+        );
+        let cli = Cli::try_parse_from(["xtask", "run", "--balancers", "3"]).expect("valid");
+        assert!(
+            matches!(cli.command, Command::Run { duration: None, balancers: 3, .. }),
+            "{cli:?}"
+        );
+        let cli = Cli::try_parse_from(["xtask", "lab", "up", "--nat-pair"]).expect("valid");
+        assert!(matches!(cli.command, Command::Lab { nat_pair: true, .. }), "{cli:?}");
+        let both = ["xtask", "run", "--nat-pair", "--balancers", "3"];
+        assert!(Cli::try_parse_from(both).is_err(), "--nat-pair conflicts with --balancers");
+        let err = Cli::try_parse_from(["xtask", "run", "--balancers", "0"]).expect_err("0");
+        assert!(err.to_string().contains("--balancers"), "{err}");
         let cli = Cli::try_parse_from(["xtask", "test", "--quick"]).expect("valid");
         assert!(matches!(cli.command, Command::Test { quick: true }), "{cli:?}");
         let cli = Cli::try_parse_from(["xtask", "fuzz", "config_parse", "--seconds", "60"])
