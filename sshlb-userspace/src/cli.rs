@@ -135,6 +135,31 @@ pub enum Command {
         #[arg(long)]
         kill_established: bool,
     },
+    /// List the live flows of the connection table: client address and port, service, backend,
+    /// state, idle time, NAT port. Reads the pinned table itself, so it works while the agent is
+    /// down; names come from the running agent, else from the configuration file.
+    Flows {
+        /// Interface the data plane is attached to (default: the running agent's, else the only
+        /// one attached).
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+        /// Only flows of this service (by name).
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// Only flows to this backend (by name; with --service, of that service).
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<String>,
+        /// Only clients in this prefix ("198.18.8.0/24", "fd00:8::/48", or one address).
+        #[arg(long, value_name = "CIDR")]
+        client: Option<String>,
+        /// Where the names come from when the agent does not answer (default
+        /// /etc/sshlb/sshlb.toml, or $SSHLB_CONFIG).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The documented JSON schema (`sshlb::flowview::Flows`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the data plane's counters on IFACE.
     Stats {
         /// Interface the data plane is attached to.
@@ -204,6 +229,31 @@ mod tests {
             Cli::try_parse_from(["sshlb-agent", "drain", "git/b1", "--wait", "--timeout", "soon"])
                 .expect_err("bad duration");
         assert!(err.to_string().contains("90s"), "{err}");
+    }
+
+    #[test]
+    fn flows_takes_filters_and_json() {
+        let cli = Cli::try_parse_from([
+            "sshlb-agent",
+            "flows",
+            "--service",
+            "git",
+            "--backend",
+            "b1",
+            "--client",
+            "198.18.8.0/24",
+            "--json",
+        ])
+        .expect("valid");
+        let Command::Flows { iface, service, backend, client, json, .. } = cli.command else {
+            panic!("not flows")
+        };
+        assert_eq!(iface, None);
+        assert_eq!((service.as_deref(), backend.as_deref()), (Some("git"), Some("b1")));
+        assert_eq!(client.as_deref(), Some("198.18.8.0/24"));
+        assert!(json);
+        let err = Cli::try_parse_from(["sshlb-agent", "flows", "eth0"]).expect_err("positional");
+        assert!(err.to_string().contains("eth0"), "{err}");
     }
 
     #[test]

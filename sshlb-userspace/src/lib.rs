@@ -12,7 +12,7 @@
 //! 5. Daemon — [`daemon`]: the balancer state (one `BackendRef` and runtime record per backend),
 //!    the status view, health/host-key tasks, host setup, the run loop.
 //! 6. API — [`control`] (socket protocol, server, client), [`metrics`] (Prometheus rendering
-//!    and server), [`cli`].
+//!    and server), [`cli`], [`flowview`] (the `flows` command: pinned table → rows).
 
 pub mod announce;
 pub mod backend;
@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod defaults;
 pub mod expiry;
 pub mod flows;
+pub mod flowview;
 pub mod health;
 pub mod hostkeys;
 pub mod kill;
