@@ -244,7 +244,8 @@ pub struct Collector<'n> {
     /// Backend id → its address and port (`None`: an unused slot).
     slots: Vec<Option<SocketAddr>>,
     now_ns: u64,
-    rows: Vec<FlowRow>,
+    /// Each row with its client address, kept for sorting without re-parsing.
+    rows: Vec<(IpAddr, FlowRow)>,
 }
 
 impl<'n> Collector<'n> {
@@ -292,34 +293,41 @@ impl<'n> Collector<'n> {
             }
         }
         let nat = flow.flags & flow_flags::NAT != 0 || flow.nat_port_be != 0;
-        self.rows.push(FlowRow {
-            client: client.to_string(),
-            client_port: u16::from_be(key.sport_be),
-            service: service.map(|s| s.name.clone()),
-            vip: vip.ip().to_string(),
-            port: vip.port(),
-            backend,
-            backend_address: address.map(|a| a.ip().to_string()),
-            backend_port: address.map(|a| a.port()),
-            state: state_name(flow.state).to_owned(),
-            idle_seconds: self.now_ns.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
-            nat_port: nat.then(|| u16::from_be(flow.nat_port_be)),
-            recovered: flow.flags & flow_flags::RECOVERED != 0,
-            killing: flow.flags & flow_flags::KILL != 0,
-        });
+        self.rows.push((
+            client,
+            FlowRow {
+                client: client.to_string(),
+                client_port: u16::from_be(key.sport_be),
+                service: service.map(|s| s.name.clone()),
+                vip: vip.ip().to_string(),
+                port: vip.port(),
+                backend,
+                backend_address: address.map(|a| a.ip().to_string()),
+                backend_port: address.map(|a| a.port()),
+                state: state_name(flow.state).to_owned(),
+                idle_seconds: self.now_ns.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
+                nat_port: nat.then(|| u16::from_be(flow.nat_port_be)),
+                recovered: flow.flags & flow_flags::RECOVERED != 0,
+                killing: flow.flags & flow_flags::KILL != 0,
+            },
+        ));
     }
 
     /// The rows, sorted by service, backend, client address and port.
     pub fn finish(self, interface: &str) -> Flows {
-        let mut flows = self.rows;
-        flows.sort_by(|a, b| {
-            let client = |r: &FlowRow| (r.client.parse::<IpAddr>().ok(), r.client_port);
-            (&a.service, &a.backend, client(a)).cmp(&(&b.service, &b.backend, client(b)))
+        let mut rows = self.rows;
+        rows.sort_unstable_by(|(a_ip, a), (b_ip, b)| {
+            (&a.service, &a.backend, a_ip, a.client_port).cmp(&(
+                &b.service,
+                &b.backend,
+                b_ip,
+                b.client_port,
+            ))
         });
         Flows {
             interface: interface.to_owned(),
             names_from: self.names.map(|n| n.source.clone()),
-            flows,
+            flows: rows.into_iter().map(|(_, row)| row).collect(),
         }
     }
 }

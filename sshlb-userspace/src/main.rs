@@ -11,7 +11,7 @@ use sshlb::{
     control::{self, Request},
     daemon,
     defaults::{self, ConfigChoice},
-    loader, stats,
+    doctor, loader, stats,
 };
 
 fn main() -> ExitCode {
@@ -86,6 +86,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config_path = Some(choice.path().to_path_buf());
             if !sshlb::sys::is_root() {
                 return Err(loader::LoaderError::NotRoot.into());
+            }
+            // The doctor's checks first: refuse on a failed one, with its words.
+            let report = doctor::check(&doctor::facts(&iface, &cli.pin_root), xdp_mode);
+            if let Some(fatal) = report.fatal() {
+                anyhow::bail!(
+                    "refusing to attach to {iface} (`sshlb-agent doctor {iface}` shows every \
+                     check):\n{fatal}"
+                );
+            }
+            for warning in report.warnings() {
+                tracing::warn!("doctor: {warning}");
             }
             // The control socket first: a second agent for the same socket stops here, before
             // it touches the data plane.
@@ -207,6 +218,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let query = FlowsQuery { iface, service, backend, client, config, json };
             flows(&cli.pin_root, &cli.control, query)
         }
+        Command::Doctor { iface, config, xdp_mode, json } => {
+            let mut report = doctor::check(&doctor::facts(&iface, &cli.pin_root), xdp_mode);
+            let choice = defaults::choose_config(config);
+            if !matches!(choice, ConfigChoice::Missing(_)) {
+                let path = choice.path().display().to_string();
+                let parsed = load_config(choice.path()).map_err(|e| format!("{e:#}"));
+                let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                    .unwrap_or_default();
+                report.checks.extend(doctor::checks::config_checks(
+                    &path,
+                    parsed.as_ref().map_err(String::as_str),
+                    &range,
+                ));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if report.worst() == doctor::Level::Fail {
+                anyhow::bail!(
+                    "{iface}: {} check(s) failed",
+                    report.checks.iter().filter(|c| c.level == doctor::Level::Fail).count()
+                );
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            sshlb::cli::write_completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { dir } => sshlb::cli::write_man_pages(&dir)
+            .with_context(|| format!("writing the man pages into {}", dir.display())),
         Command::Stats { iface, all } => {
             let map = loader::pinned_stats(&cli.pin_root, &iface)?;
             print!("{}", stats::render(&stats::read(&map)?, all));
