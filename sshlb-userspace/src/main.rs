@@ -295,14 +295,13 @@ fn flows(
     };
     // The agent's names are those of its own interface only.
     let status = status.filter(|s| iface.as_ref().is_ok_and(|i| *i == s.interface));
-    let names = match &status {
-        Some(status) => Ok(Names::from_status(status)),
-        None => {
-            let file = defaults::choose_config(query.config).path().to_path_buf();
-            load_config(&file)
-                .map(|config| Names::from_config(&config, file.display().to_string()))
-                .map_err(|err| format!("{err:#}"))
-        }
+    let names = if let Some(status) = &status {
+        Ok(Names::from_status(status))
+    } else {
+        let file = defaults::choose_config(query.config).path().to_path_buf();
+        load_config(&file)
+            .map(|config| Names::from_config(&config, file.display().to_string()))
+            .map_err(|err| format!("{err:#}"))
     };
     let filter = Filter::new(
         query.service,

@@ -140,7 +140,7 @@ fn a_million_flows_each_seen_once_batched_and_iterating() {
             10 + id
         ));
     }
-    let config_path = pins.config();
+    let config_path = Pins::config();
     std::fs::write(&config_path, config).expect("config");
     // $SSHLB_FLOWS_BIN times another build (BENCHMARKS.md's figure is a release build's).
     let bin = std::env::var_os("SSHLB_FLOWS_BIN")
@@ -199,13 +199,13 @@ impl Drop for Pins {
         }
         let _ignored = std::fs::remove_dir(&dir);
         let _ignored = std::fs::remove_dir(&self.0);
-        let _ignored = std::fs::remove_file(self.config());
+        let _ignored = std::fs::remove_file(Self::config());
     }
 }
 
 impl Pins {
     /// The configuration naming the backends (not on the BPF filesystem: it takes no files).
-    fn config(&self) -> std::path::PathBuf {
+    fn config() -> std::path::PathBuf {
         std::env::temp_dir().join(format!("sshlb-flow-walk-{}.toml", std::process::id()))
     }
 }

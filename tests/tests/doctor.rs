@@ -10,12 +10,20 @@ use sshlb_tests::{agent_binary, root_or_skip, unique, veth, Detach, Netns};
 
 fn report(out: &Output) -> Report {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("doctor --json: {e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "doctor --json: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
 fn level(r: &Report, name: &str) -> Level {
-    r.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check {name}: {r:?}")).level
+    r.checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check {name}: {r:?}"))
+        .level
 }
 
 #[test]
@@ -47,17 +55,25 @@ fn doctor_fails_warns_and_up_refuses_on_broken_interfaces() {
     assert_eq!(level(&r, "interface"), Level::Pass);
     assert!(r.checks.iter().all(|c| c.name != "config"), "no configuration file: not checked");
     let veth_fix = r.checks.iter().find(|c| c.name == "veth").and_then(|c| c.fix.clone());
-    assert!(veth_fix.is_some_and(|f| f.contains("xdp-pass PEER") && f.contains("--xdp-mode generic")));
-    let mtu_line = r.checks.iter().find(|c| c.name == "mtu").map(sshlb::doctor::Check::line).expect("mtu");
+    assert!(
+        veth_fix.is_some_and(|f| f.contains("xdp-pass PEER") && f.contains("--xdp-mode generic"))
+    );
+    let mtu_line =
+        r.checks.iter().find(|c| c.name == "mtu").map(sshlb::doctor::Check::line).expect("mtu");
     assert!(mtu_line.contains("MTU 9000 is larger than native XDP takes"), "{mtu_line}");
 
     // The table for people says the same.
     let text = String::from_utf8_lossy(&run(&["doctor", &iface]).stdout).into_owned();
-    assert!(text.contains("FAIL  mtu") && text.contains(&format!("fix: `ip link set {iface} mtu 3498`")), "{text}");
+    assert!(
+        text.contains("FAIL  mtu")
+            && text.contains(&format!("fix: `ip link set {iface} mtu 3498`")),
+        "{text}"
+    );
 
     // `up` refuses with the same words, and nothing is attached or pinned.
     let config = files.join("ok.toml");
-    std::fs::write(&config, "[agent]\ncontrol = \"/run/sshlb/doctor-test.sock\"\n").expect("config");
+    std::fs::write(&config, "[agent]\ncontrol = \"/run/sshlb/doctor-test.sock\"\n")
+        .expect("config");
     let config_s = config.to_str().expect("utf-8");
     let out = run(&["up", &iface, "--detach", "--config", config_s]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -92,7 +108,8 @@ fn doctor_fails_warns_and_up_refuses_on_broken_interfaces() {
 
     // Configurations: one that does not parse fails, one whose NAT ports overlap warns.
     let bad = files.join("bad.toml");
-    std::fs::write(&bad, "[[service]]\nname = \"git\"\nvip = \"300.0.0.1\"\nport = 22\n").expect("write");
+    std::fs::write(&bad, "[[service]]\nname = \"git\"\nvip = \"300.0.0.1\"\nport = 22\n")
+        .expect("write");
     let out = run(&["doctor", &iface, "--config", bad.to_str().expect("utf-8"), "--json"]);
     assert!(!out.status.success());
     let r = report(&out);
@@ -100,7 +117,9 @@ fn doctor_fails_warns_and_up_refuses_on_broken_interfaces() {
     assert_eq!(c.level, Level::Fail);
     assert!(c.found.contains("bad.toml") && c.found.contains("300.0.0.1"), "{c:?}");
     let overlap = files.join("overlap.toml");
-    ns.command("sysctl", &["-qw", "net.ipv4.ip_local_port_range=32768 60999"]).status().expect("sysctl");
+    ns.command("sysctl", &["-qw", "net.ipv4.ip_local_port_range=32768 60999"])
+        .status()
+        .expect("sysctl");
     std::fs::write(&overlap, "[agent]\nnat-ports = \"40000-50000\"\n").expect("write");
     let out = run(&["doctor", &iface, "--config", overlap.to_str().expect("utf-8"), "--json"]);
     let r = report(&out);

@@ -224,9 +224,9 @@ pub fn test(quick: bool) -> Result<()> {
         let result = match &mut tier.step {
             Step::Setup => setup::setup().map(drop),
             Step::Commands(commands) => commands.iter_mut().try_for_each(cmd::run),
-            Step::Vm(_) if !root => Ok(()),
+            // Both need root (QEMU's install, the unit's private mount namespace).
+            Step::Vm(_) | Step::Deb if !root => Ok(()),
             Step::Vm(kernels) => crate::vm::matrix(kernels, false),
-            Step::Deb if !root => Ok(()),
             Step::Deb => crate::deb::deb(true).and_then(|deb| crate::deb::check(&deb)),
         };
         let elapsed = tier_started.elapsed();

@@ -363,7 +363,9 @@ mod tests {
 
     #[test]
     fn each_broken_fact_fails_or_warns_with_its_fix() {
-        let cases: [(&str, fn(&mut Facts), AttachMode, Level, &str); 9] = [
+        /// (check, how the facts are broken, mode, expected level, words of the fix).
+        type Case = (&'static str, fn(&mut Facts), AttachMode, Level, &'static str);
+        let cases: [Case; 9] = [
             (
                 "kernel",
                 |f| f.kernel = "4.19.0-27-amd64".into(),
