@@ -85,10 +85,6 @@ impl Names {
             .collect();
         Self { services, source: "the running agent".to_owned() }
     }
-
-    fn service_at(&self, vip: SocketAddr) -> Option<&ServiceNames> {
-        self.services.iter().find(|s| s.vip == vip)
-    }
 }
 
 /// A filter the command line gave that cannot be applied.
@@ -244,8 +240,24 @@ pub struct Collector<'n> {
     /// Backend id → its address and port (`None`: an unused slot).
     slots: Vec<Option<SocketAddr>>,
     now_ns: u64,
-    /// Each row with its client address, kept for sorting without re-parsing.
-    rows: Vec<(IpAddr, FlowRow)>,
+    /// Per service (in `names` order): its rank by name, and its backends' ranks by name —
+    /// so rows sort on integers, not by comparing their strings a million times.
+    ranks: Vec<(u32, Vec<u32>)>,
+    /// Each row with its sort key (service rank, backend rank, 0 = unnamed; client address and
+    /// port).
+    rows: Vec<(SortKey, FlowRow)>,
+}
+
+/// How rows sort: service name, backend name (unnamed first), client address, client port.
+type SortKey = (u32, u32, IpAddr, u16);
+
+/// 1-based ranks of `names` in sorted order (equal names share one).
+fn ranks_of<'a>(names: impl Iterator<Item = &'a str> + Clone) -> impl Fn(&str) -> u32 {
+    let mut sorted: Vec<&str> = names.collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let sorted: Vec<String> = sorted.into_iter().map(str::to_owned).collect();
+    move |name| sorted.binary_search_by(|n| n.as_str().cmp(name)).map_or(0, |i| i as u32 + 1)
 }
 
 impl<'n> Collector<'n> {
@@ -266,7 +278,17 @@ impl<'n> Collector<'n> {
                 })
             })
             .collect();
-        Self { names, filter, slots, now_ns, rows: Vec::new() }
+        let services = names.map_or(&[][..], |n| n.services.as_slice());
+        let service_rank = ranks_of(services.iter().map(|s| s.name.as_str()));
+        let backend_rank =
+            ranks_of(services.iter().flat_map(|s| &s.backends).map(|(n, _)| n.as_str()));
+        let ranks = services
+            .iter()
+            .map(|s| {
+                (service_rank(&s.name), s.backends.iter().map(|(n, _)| backend_rank(n)).collect())
+            })
+            .collect();
+        Self { names, filter, slots, now_ns, ranks, rows: Vec::new() }
     }
 
     /// Looks at one entry of the connection table.
@@ -276,25 +298,34 @@ impl<'n> Collector<'n> {
             return;
         }
         let vip = SocketAddr::new(addr::from16(key.family, &key.dst), u16::from_be(key.dport_be));
-        let service = self.names.and_then(|n| n.service_at(vip));
+        let at = self.names.and_then(|n| n.services.iter().position(|s| s.vip == vip));
+        let service = at.and_then(|i| self.names.map(|n| &n.services[i]));
         if let Some(want) = &self.filter.service {
             if service.is_none_or(|s| &s.name != want) {
                 return;
             }
         }
         let address = self.slots.get(flow.backend_id as usize).copied().flatten();
-        let backend = service.and_then(|s| {
+        let backend_at = service.and_then(|s| {
             let address = address?;
-            s.backends.iter().find(|(_, a)| *a == address).map(|(n, _)| n.clone())
+            s.backends.iter().position(|(_, a)| *a == address)
         });
+        let backend = service.zip(backend_at).map(|(s, b)| s.backends[b].0.clone());
         if let Some(want) = &self.filter.backend {
             if backend.as_ref() != Some(want) {
                 return;
             }
         }
         let nat = flow.flags & flow_flags::NAT != 0 || flow.nat_port_be != 0;
-        self.rows.push((
+        let rank = at.and_then(|s| self.ranks.get(s));
+        let sort_key = (
+            rank.map_or(0, |(r, _)| *r),
+            rank.zip(backend_at).and_then(|((_, b), i)| b.get(i).copied()).unwrap_or(0),
             client,
+            u16::from_be(key.sport_be),
+        );
+        self.rows.push((
+            sort_key,
             FlowRow {
                 client: client.to_string(),
                 client_port: u16::from_be(key.sport_be),
@@ -316,14 +347,7 @@ impl<'n> Collector<'n> {
     /// The rows, sorted by service, backend, client address and port.
     pub fn finish(self, interface: &str) -> Flows {
         let mut rows = self.rows;
-        rows.sort_unstable_by(|(a_ip, a), (b_ip, b)| {
-            (&a.service, &a.backend, a_ip, a.client_port).cmp(&(
-                &b.service,
-                &b.backend,
-                b_ip,
-                b.client_port,
-            ))
-        });
+        rows.sort_unstable_by_key(|(key, _)| *key);
         Flows {
             interface: interface.to_owned(),
             names_from: self.names.map(|n| n.source.clone()),
