@@ -410,24 +410,24 @@ pub fn render(flows: &Flows) -> String {
     let mut widths = HEADER.map(str::len);
     for row in &cells {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::with_capacity((cells.len() + 2) * 100);
+    // Padded by hand (push_str, not `{:<w$}`): a million rows of seven cells each.
     let mut line = |row: &[&str]| {
         for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                let _ = write!(out, "{cell}");
-            } else {
-                let _ = write!(out, "{cell:<w$}  ");
+            out.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = w.saturating_sub(cell.chars().count()) + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
         out.push('\n');
     };
     line(&HEADER);
     for row in &cells {
-        let row: Vec<&str> = row.iter().map(String::as_str).collect();
-        line(&row);
+        line(&row.each_ref().map(String::as_str));
     }
     let _ = writeln!(
         out,
