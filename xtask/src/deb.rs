@@ -50,9 +50,12 @@ pub fn deb(debug: bool) -> Result<PathBuf> {
     write(&stage.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
     write(&stage.join("DEBIAN/conffiles"), format!("/{CONFIG_PATH}\n").as_bytes(), 0o644)?;
     let deb = out_dir.join(format!("{PACKAGE}_{version}_{arch}.deb"));
+    // xz for the release package; the test's debug build (~120 MB unstripped) packs in
+    // seconds with gzip instead of a minute with xz.
+    let compression = if debug { "-Zgzip" } else { "-Zxz" };
     cmd::run(
         Command::new("dpkg-deb")
-            .args(["--build", "--root-owner-group", "-Zxz"])
+            .args(["--build", "--root-owner-group", compression])
             .arg(&stage)
             .arg(&deb),
     )?;
