@@ -135,6 +135,60 @@ pub enum Command {
         #[arg(long)]
         kill_established: bool,
     },
+    /// List the live flows of the connection table: client address and port, service, backend,
+    /// state, idle time, NAT port. Reads the pinned table itself, so it works while the agent is
+    /// down; names come from the running agent, else from the configuration file.
+    Flows {
+        /// Interface the data plane is attached to (default: the running agent's, else the only
+        /// one attached).
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+        /// Only flows of this service (by name).
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// Only flows to this backend (by name; with --service, of that service).
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<String>,
+        /// Only clients in this prefix ("198.18.8.0/24", "fd00:8::/48", or one address).
+        #[arg(long, value_name = "CIDR")]
+        client: Option<String>,
+        /// Where the names come from when the agent does not answer (default
+        /// /etc/sshlb/sshlb.toml, or $SSHLB_CONFIG).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The documented JSON schema (`sshlb::flowview::Flows`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this host and IFACE for what breaks XDP balancing (kernel, BTF, bpffs, veth peers,
+    /// MTU, LRO, the configuration), each pass/warn/fail with the fix. Exits non-zero when a
+    /// check fails; `up` runs the same checks first and refuses on a failed one.
+    Doctor {
+        /// Interface to check.
+        iface: String,
+        /// Configuration file to check too (default /etc/sshlb/sshlb.toml, or $SSHLB_CONFIG,
+        /// when it exists).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The attach mode to check for.
+        #[arg(long, value_enum, default_value_t = AttachMode::Native)]
+        xdp_mode: AttachMode,
+        /// The checks as JSON (`sshlb::doctor::Report`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the shell completion script for SHELL on stdout (packages install them).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (sshlb-agent.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
     /// Print the data plane's counters on IFACE.
     Stats {
         /// Interface the data plane is attached to.
@@ -143,6 +197,25 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// The man pages of the command line, generated from its definitions: `sshlb-agent.1` and
+/// `sshlb-agent-<subcommand>.1` for every visible subcommand, written into `dir`.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)?;
+    // Hidden subcommands (lab and packaging helpers) get no page.
+    for sub in Cli::command().get_subcommands().filter(|c| c.is_hide_set()) {
+        let _ignored = std::fs::remove_file(dir.join(format!("sshlb-agent-{}.1", sub.get_name())));
+    }
+    Ok(())
+}
+
+/// The completion script for `shell`, generated from the command line's definitions.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory as _;
+    clap_complete::generate(shell, &mut Cli::command(), "sshlb-agent", out);
 }
 
 fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
@@ -204,6 +277,59 @@ mod tests {
             Cli::try_parse_from(["sshlb-agent", "drain", "git/b1", "--wait", "--timeout", "soon"])
                 .expect_err("bad duration");
         assert!(err.to_string().contains("90s"), "{err}");
+    }
+
+    #[test]
+    fn man_pages_and_completions_come_from_the_definitions() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let dir = std::env::temp_dir().join(format!("sshlb-man-{}", std::process::id()));
+        write_man_pages(&dir).expect("man pages");
+        let page = std::fs::read_to_string(dir.join("sshlb-agent.1")).expect("main page");
+        assert!(
+            page.starts_with(".ie \\n(.g .ds Aq") || page.contains(".TH sshlb-agent"),
+            "{page}"
+        );
+        assert!(page.contains("flows") && page.contains("\\-\\-pin\\-root"), "{page}");
+        let flows = std::fs::read_to_string(dir.join("sshlb-agent-flows.1")).expect("flows page");
+        assert!(flows.contains("\\-\\-client"), "{flows}");
+        assert!(!dir.join("sshlb-agent-xdp-pass.1").exists(), "hidden commands get no page");
+        assert!(!dir.join("sshlb-agent-man.1").exists(), "hidden commands get no page");
+        let _ignored = std::fs::remove_dir_all(&dir);
+        for shell in
+            [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
+        {
+            let mut out = Vec::new();
+            write_completions(shell, &mut out);
+            let text = String::from_utf8(out).expect("utf-8");
+            let client = text.contains("--client") || text.contains("-l client");
+            assert!(text.contains("check-config") && client, "{shell}: {text}");
+        }
+    }
+
+    #[test]
+    fn flows_takes_filters_and_json() {
+        let cli = Cli::try_parse_from([
+            "sshlb-agent",
+            "flows",
+            "--service",
+            "git",
+            "--backend",
+            "b1",
+            "--client",
+            "198.18.8.0/24",
+            "--json",
+        ])
+        .expect("valid");
+        let Command::Flows { iface, service, backend, client, json, .. } = cli.command else {
+            panic!("not flows")
+        };
+        assert_eq!(iface, None);
+        assert_eq!((service.as_deref(), backend.as_deref()), (Some("git"), Some("b1")));
+        assert_eq!(client.as_deref(), Some("198.18.8.0/24"));
+        assert!(json);
+        let err = Cli::try_parse_from(["sshlb-agent", "flows", "eth0"]).expect_err("positional");
+        assert!(err.to_string().contains("eth0"), "{err}");
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //! 4. Data-plane IO — [`loader`] (load/attach/pin), [`maps`] (typed accessors, the `MapOp`
 //!    executor), [`stats`] (per-CPU counters), [`expiry`] (idle flows), [`sys`] (host facts).
 //! 5. Daemon — [`daemon`]: the balancer state (one `BackendRef` and runtime record per backend),
-//!    the status view, health/host-key tasks, host setup, the run loop.
+//!    the status view, health/host-key tasks, host setup, the run loop; [`doctor`] (host and
+//!    interface checks `doctor` prints and `up` runs first).
 //! 6. API — [`control`] (socket protocol, server, client), [`metrics`] (Prometheus rendering
-//!    and server), [`cli`].
+//!    and server), [`cli`], [`flowview`] (the `flows` command: pinned table → rows).
 
 pub mod announce;
 pub mod backend;
@@ -21,8 +22,10 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod defaults;
+pub mod doctor;
 pub mod expiry;
 pub mod flows;
+pub mod flowview;
 pub mod health;
 pub mod hostkeys;
 pub mod kill;

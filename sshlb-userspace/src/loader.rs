@@ -18,7 +18,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use sshlb_common::map_names;
+use sshlb_common::{map_names, Backend};
 
 use crate::sys;
 
@@ -599,6 +599,56 @@ pub fn pinned_stats(
     };
     let data = MapData::from_pin(&path).map_err(|e| open_err(Box::new(e)))?;
     PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(|e| open_err(Box::new(e)))
+}
+
+/// The pinned connection table (`FLOWS`) of the data plane on `iface`, for [`crate::flows::walk`].
+pub fn pinned_flows(pin_root: &Path, iface: &str) -> Result<aya::maps::Map, LoaderError> {
+    let path = pinned_path(pin_root, iface, map_names::FLOWS)?;
+    let data = MapData::from_pin(&path).map_err(|e| LoaderError::OpenPinned {
+        what: "FLOWS map",
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    Ok(aya::maps::Map::HashMap(data))
+}
+
+/// The pinned backend table (`BACKENDS`) of the data plane on `iface`, indexed by backend id.
+pub fn pinned_backends(pin_root: &Path, iface: &str) -> Result<Vec<Backend>, LoaderError> {
+    let path = pinned_path(pin_root, iface, map_names::BACKENDS)?;
+    let open_err = |source: Box<dyn std::error::Error + Send + Sync>| LoaderError::OpenPinned {
+        what: "BACKENDS map",
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(|e| open_err(Box::new(e)))?;
+    let table: aya::maps::Array<MapData, Backend> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data))
+            .map_err(|e| open_err(Box::new(e)))?;
+    (0..table.len()).map(|id| table.get(&id, 0).map_err(|e| open_err(Box::new(e)))).collect()
+}
+
+/// The interfaces sshlb is attached to: the pin directories under `pin_root` holding a `FLOWS`
+/// map, sorted.
+pub fn attached_interfaces(pin_root: &Path) -> Vec<String> {
+    let mut found: Vec<String> = fs::read_dir(pin_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(map_names::FLOWS).exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    found.sort();
+    found
+}
+
+fn pinned_path(pin_root: &Path, iface: &str, map: &str) -> Result<PathBuf, LoaderError> {
+    let pin_dir = pin_dir(pin_root, iface);
+    let path = pin_dir.join(map);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(LoaderError::NotAttached { iface: iface.to_owned(), pin_dir })
+    }
 }
 
 /// Pin path of the XDP_PASS program's link on `iface`.

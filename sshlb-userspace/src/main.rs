@@ -1,6 +1,6 @@
 //! `sshlb-agent`: thin entry point; everything lives in the `sshlb` library.
 
-use std::{process::ExitCode, time::Duration};
+use std::{io::Write as _, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -11,7 +11,7 @@ use sshlb::{
     control::{self, Request},
     daemon,
     defaults::{self, ConfigChoice},
-    loader, stats,
+    doctor, loader, stats,
 };
 
 fn main() -> ExitCode {
@@ -86,6 +86,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config_path = Some(choice.path().to_path_buf());
             if !sshlb::sys::is_root() {
                 return Err(loader::LoaderError::NotRoot.into());
+            }
+            // The doctor's checks first: refuse on a failed one, with its words.
+            let report = doctor::check(&doctor::facts(&iface, &cli.pin_root), xdp_mode);
+            if let Some(fatal) = report.fatal() {
+                anyhow::bail!(
+                    "refusing to attach to {iface} (`sshlb-agent doctor {iface}` shows every \
+                     check):\n{fatal}"
+                );
+            }
+            for warning in report.warnings() {
+                tracing::warn!("doctor: {warning}");
             }
             // The control socket first: a second agent for the same socket stops here, before
             // it touches the data plane.
@@ -203,12 +214,121 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Flows { iface, service, backend, client, config, json } => {
+            let query = FlowsQuery { iface, service, backend, client, config, json };
+            flows(&cli.pin_root, &cli.control, query)
+        }
+        Command::Doctor { iface, config, xdp_mode, json } => {
+            let mut report = doctor::check(&doctor::facts(&iface, &cli.pin_root), xdp_mode);
+            let choice = defaults::choose_config(config);
+            if !matches!(choice, ConfigChoice::Missing(_)) {
+                let path = choice.path().display().to_string();
+                let parsed = load_config(choice.path()).map_err(|e| format!("{e:#}"));
+                let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                    .unwrap_or_default();
+                report.checks.extend(doctor::checks::config_checks(
+                    &path,
+                    parsed.as_ref().map_err(String::as_str),
+                    &range,
+                ));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if report.worst() == doctor::Level::Fail {
+                anyhow::bail!(
+                    "{iface}: {} check(s) failed",
+                    report.checks.iter().filter(|c| c.level == doctor::Level::Fail).count()
+                );
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            sshlb::cli::write_completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { dir } => sshlb::cli::write_man_pages(&dir)
+            .with_context(|| format!("writing the man pages into {}", dir.display())),
         Command::Stats { iface, all } => {
             let map = loader::pinned_stats(&cli.pin_root, &iface)?;
             print!("{}", stats::render(&stats::read(&map)?, all));
             Ok(())
         }
     }
+}
+
+/// The arguments of `flows`.
+struct FlowsQuery {
+    iface: Option<String>,
+    service: Option<String>,
+    backend: Option<String>,
+    client: Option<String>,
+    config: Option<std::path::PathBuf>,
+    json: bool,
+}
+
+/// `flows`: walks the pinned connection table (batched) and prints the rows that pass the
+/// filters, named by the running agent or, when it does not answer, by the configuration file.
+fn flows(
+    pin_root: &std::path::Path,
+    socket: &std::path::Path,
+    query: FlowsQuery,
+) -> anyhow::Result<()> {
+    use sshlb::flowview::{self, Collector, Filter, Names};
+    let status = control::call(socket, &Request::Status).ok().and_then(|r| r.status);
+    let iface = match (query.iface, &status) {
+        (Some(iface), _) => Ok(iface),
+        (None, Some(status)) => Ok(status.interface.clone()),
+        (None, None) => match loader::attached_interfaces(pin_root).as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(anyhow::anyhow!(
+                "sshlb is attached to no interface (nothing pinned under {})",
+                pin_root.display()
+            )),
+            many => Err(anyhow::anyhow!(
+                "sshlb is attached to {}: say which with --iface",
+                many.join(", ")
+            )),
+        },
+    };
+    // The agent's names are those of its own interface only.
+    let status = status.filter(|s| iface.as_ref().is_ok_and(|i| *i == s.interface));
+    let names = if let Some(status) = &status {
+        Ok(Names::from_status(status))
+    } else {
+        let file = defaults::choose_config(query.config).path().to_path_buf();
+        load_config(&file)
+            .map(|config| Names::from_config(&config, file.display().to_string()))
+            .map_err(|err| format!("{err:#}"))
+    };
+    let filter = Filter::new(
+        query.service,
+        query.backend,
+        query.client.as_deref(),
+        names.as_ref().map_err(String::as_str),
+    )?;
+    let iface = iface?;
+    if let Err(why) = &names {
+        eprintln!("sshlb-agent: the agent does not answer and {why}: showing addresses only");
+    }
+    let table = loader::pinned_flows(pin_root, &iface)?;
+    let backends = loader::pinned_backends(pin_root, &iface)?;
+    let mut collector =
+        Collector::new(&backends, names.as_ref().ok(), filter, sshlb::sys::monotonic_ns());
+    sshlb::flows::walk(&table, |key, flow| collector.visit(key, flow))
+        .context("reading the connection table")?;
+    let flows = collector.finish(&iface);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if query.json {
+        serde_json::to_writer(&mut out, &flows)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(flowview::render(&flows).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// `drain --wait`: prints the backend's live sessions as they fall, until none are left.

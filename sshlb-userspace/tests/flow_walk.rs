@@ -2,12 +2,19 @@
 //! not attached: a million entries, each seen exactly once by the batched walk and by the
 //! per-entry fallback, and the per-backend counts `status` and `drain --wait` use.
 //!
-//! Prints the walk's duration (the figure in BENCHMARKS.md); asserts nothing about speed.
+//! The maps are pinned (in a directory of this test's own, removed at the end) so that the real
+//! `sshlb-agent flows` reads the same million entries from their pins, as an operator runs it.
+//!
+//! Prints the walk's and the command's durations (the figures in BENCHMARKS.md); asserts
+//! nothing about speed.
 
 use std::time::Instant;
 
-use sshlb::loader::{Dataplane, LoadOptions, LoaderError};
-use sshlb_common::{flow_state, Flow, FlowKey};
+use sshlb::{
+    loader::{Dataplane, LoadOptions, LoaderError},
+    plan::MapOp,
+};
+use sshlb_common::{flow_state, Backend, Flow, FlowKey};
 
 /// Entries written: 2^20, the largest table `agent.max-flows` is tested with here.
 const FLOWS: u32 = 1 << 20;
@@ -43,8 +50,13 @@ fn a_million_flows_each_seen_once_batched_and_iterating() {
         eprintln!("SKIP: the flow walk needs root (BPF maps)");
         return;
     }
-    let mut dp = match Dataplane::load_with(&LoadOptions { max_flows: FLOWS, ..Default::default() })
-    {
+    let pins = Pins(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/sshlb-flow-walk-{}",
+        std::process::id()
+    )));
+    let options = LoadOptions { max_flows: FLOWS, pin_dir: Some(pins.0.join(IFACE)) };
+    std::fs::create_dir_all(pins.0.join(IFACE)).expect("pin directory");
+    let mut dp = match Dataplane::load_with(&options) {
         Ok(dp) => dp,
         Err(err @ LoaderError::ObjectMissing) => {
             assert!(!required, "{err}");
@@ -110,4 +122,90 @@ fn a_million_flows_each_seen_once_batched_and_iterating() {
         "walked {FLOWS} flows: batched {batched_time:?}, one at a time {iterating_time:?}; \
          active_flows (status, drain --wait) {counting_time:?}"
     );
+
+    // `sshlb-agent flows` on the pinned table: backends 0-6 are b0-b6 of one service.
+    let ops: Vec<MapOp> = (0..7u32)
+        .map(|id| {
+            let (addr, family) = sshlb_common::addr::to16([198, 18, 1, 10 + id as u8].into());
+            let backend = Backend { addr, port_be: 22u16.to_be(), family, service_id: 0 };
+            MapOp::SetBackend { id, backend }
+        })
+        .collect();
+    dp.execute(&ops).expect("writing BACKENDS");
+    let mut config =
+        String::from("[[service]]\nname = \"git\"\nvip = \"198.18.0.100\"\nport = 22\n");
+    for id in 0..7 {
+        config.push_str(&format!(
+            "[[service.backend]]\nname = \"b{id}\"\naddress = \"198.18.1.{}\"\n",
+            10 + id
+        ));
+    }
+    let config_path = Pins::config();
+    std::fs::write(&config_path, config).expect("config");
+    // $SSHLB_FLOWS_BIN times another build (BENCHMARKS.md's figure is a release build's).
+    let bin = std::env::var_os("SSHLB_FLOWS_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_sshlb-agent").into(), std::path::PathBuf::from);
+    eprintln!("timing {}", bin.display());
+    let flows = |args: &[&str]| {
+        let started = Instant::now();
+        let out = std::process::Command::new(&bin)
+            .args(["--pin-root", pins.0.to_str().expect("utf-8"), "--control", "/nonexistent"])
+            .args(["flows", "--iface", IFACE, "--config", config_path.to_str().expect("utf-8")])
+            .args(args)
+            .output()
+            .expect("sshlb-agent flows");
+        let took = started.elapsed();
+        assert!(out.status.success(), "flows {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (out.stdout, took)
+    };
+    let (json, json_time) = flows(&["--json"]);
+    let parsed: sshlb::flowview::Flows = serde_json::from_slice(&json).expect("flows --json");
+    assert_eq!(parsed.flows.len(), FLOWS as usize);
+    let b3 = parsed.flows.iter().filter(|r| r.backend.as_deref() == Some("b3")).count();
+    assert_eq!(b3 as u64, expect(3, false), "rows named b3");
+    drop(parsed);
+    let (table, table_time) = flows(&[]);
+    #[expect(clippy::naive_bytecount, reason = "a test over one output, once")]
+    let lines = table.iter().filter(|&&c| c == b'\n').count();
+    assert_eq!(lines, FLOWS as usize + 2, "header, one line per flow, the count");
+    let (one, filtered_time) = flows(&["--json", "--backend", "b3", "--client", "198.18.0.0/24"]);
+    let one: sshlb::flowview::Flows = serde_json::from_slice(&one).expect("filtered");
+    // 198.18.0.0/24 holds hosts 0-255, i.e. flows 0..2048.
+    let want = (0..2048u32).filter(|i| i % 7 == 3).count();
+    assert_eq!(one.flows.len(), want, "filtered rows");
+    eprintln!(
+        "sshlb-agent flows over {FLOWS} pinned flows: --json {json_time:?} ({} MB), table \
+         {table_time:?} ({} MB), --backend b3 --client 198.18.0.0/24 --json {filtered_time:?} \
+         ({} rows)",
+        json.len() >> 20,
+        table.len() >> 20,
+        one.flows.len()
+    );
+}
+
+/// The interface name the pins are filed under (nothing is attached).
+const IFACE: &str = "walk0";
+
+/// This test's pin root; removed (pins and directories) when dropped, also on failure.
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let dir = self.0.join(IFACE);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let _ignored = std::fs::remove_file(entry.path());
+            }
+        }
+        let _ignored = std::fs::remove_dir(&dir);
+        let _ignored = std::fs::remove_dir(&self.0);
+        let _ignored = std::fs::remove_file(Self::config());
+    }
+}
+
+impl Pins {
+    /// The configuration naming the backends (not on the BPF filesystem: it takes no files).
+    fn config() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("sshlb-flow-walk-{}.toml", std::process::id()))
+    }
 }

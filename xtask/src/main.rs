@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod deb;
 mod fuzz;
 mod lab;
 mod setup;
@@ -33,6 +34,16 @@ enum Command {
         /// Build with the release profile.
         #[arg(long)]
         release: bool,
+    },
+    /// Build the Debian package target/deb/sshlb_<version>_<arch>.deb (release build): the agent,
+    /// sshlb@.service, /etc/sshlb/sshlb.toml, man pages and bash/zsh/fish completions.
+    Deb {
+        /// Package the debug build instead (what `cargo xtask test` checks; no release build).
+        #[arg(long)]
+        debug: bool,
+        /// Then unpack it into a scratch root and check it, as `cargo xtask test` does (root).
+        #[arg(long)]
+        check: bool,
     },
     /// Run every check and test tier: the one command that proves the project works (CI runs it).
     Test {
@@ -110,6 +121,9 @@ fn main() -> ExitCode {
             println!("{}", agent.display());
         }),
         Command::Test { quick } => test::test(quick),
+        Command::Deb { debug, check } => {
+            deb::deb(debug).and_then(|path| if check { deb::check(&path) } else { Ok(()) })
+        }
         Command::VmTest { kernel, update_readme } => vm::run(kernel, update_readme),
         Command::Run { duration, balancers, nat_pair } => {
             lab::run(duration.map(std::time::Duration::from_secs), lab::shape(balancers, nat_pair))
@@ -175,6 +189,8 @@ mod tests {
                 if target == "config_parse" && sanitizer == "none"),
             "{cli:?}"
         );
+        let cli = Cli::try_parse_from(["xtask", "deb", "--check"]).expect("valid");
+        assert!(matches!(cli.command, Command::Deb { debug: false, check: true }), "{cli:?}");
         let cli = Cli::try_parse_from(["xtask", "build", "--release"]).expect("valid");
         assert!(matches!(cli.command, Command::Build { release: true }), "{cli:?}");
     }

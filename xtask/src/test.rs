@@ -52,6 +52,9 @@ enum Step {
     Commands(Vec<Command>),
     /// `cargo xtask vm-test` for these kernels, in process (root only: it may install QEMU).
     Vm(Vec<crate::vm::Kernel>),
+    /// `cargo xtask deb` (debug build) and its check, in process (root only: the unit is
+    /// verified in a private mount namespace).
+    Deb,
 }
 
 /// One line of the summary table.
@@ -142,6 +145,13 @@ fn tiers(root: bool) -> Vec<Tier> {
             ])]),
         },
         Tier {
+            name: "alert rules (promtool)",
+            needs_root: false,
+            lint_or_setup: false,
+            step: Step::Commands(promtool()),
+        },
+        Tier { name: "package (deb)", needs_root: true, lint_or_setup: false, step: Step::Deb },
+        Tier {
             name: "namespace/e2e",
             needs_root: true,
             lint_or_setup: false,
@@ -160,6 +170,20 @@ fn tiers(root: bool) -> Vec<Tier> {
             step: Step::Vm(vec![crate::vm::Kernel::K5_10, crate::vm::Kernel::K7]),
         },
     ]
+}
+
+/// `promtool check rules` and `promtool test rules` on contrib/prometheus (the rules' unit tests
+/// use the agent's real metric names; `tests/tests/contrib.rs` checks those against a scrape).
+fn promtool() -> Vec<Command> {
+    let dir = crate::workspace_root().join("contrib").join("prometheus");
+    [["check", "rules", "sshlb.rules.yml"], ["test", "rules", "sshlb.rules.test.yml"]]
+        .into_iter()
+        .map(|args| {
+            let mut command = Command::new("promtool");
+            command.args(args).current_dir(&dir);
+            command
+        })
+        .collect()
 }
 
 /// Clippy for the BPF crate on its own target with nightly, as aya-build builds it. The outer
@@ -200,8 +224,10 @@ pub fn test(quick: bool) -> Result<()> {
         let result = match &mut tier.step {
             Step::Setup => setup::setup().map(drop),
             Step::Commands(commands) => commands.iter_mut().try_for_each(cmd::run),
-            Step::Vm(_) if !root => Ok(()),
+            // Both need root (QEMU's install, the unit's private mount namespace).
+            Step::Vm(_) | Step::Deb if !root => Ok(()),
             Step::Vm(kernels) => crate::vm::matrix(kernels, false),
+            Step::Deb => crate::deb::deb(true).and_then(|deb| crate::deb::check(&deb)),
         };
         let elapsed = tier_started.elapsed();
         let outcome = match &result {
@@ -265,6 +291,7 @@ mod tests {
                         Step::Setup => vec!["setup".to_owned()],
                         Step::Commands(commands) => commands.iter().map(cmd::display).collect(),
                         Step::Vm(kernels) => vec![format!("vm-test {kernels:?}")],
+                        Step::Deb => vec!["deb --debug --check".to_owned()],
                     };
                     (tier.name, commands)
                 })
@@ -282,6 +309,8 @@ mod tests {
                 "unit tests",
                 "fuzz (config, control protocol)",
                 "bpf fixtures",
+                "alert rules (promtool)",
+                "package (deb)",
                 "namespace/e2e",
                 "kernel matrix (5.10, newest)"
             ]
@@ -303,6 +332,9 @@ mod tests {
             "test --package sshlb-userspace --test fixtures",
             "test --package sshlb-tests -- --test-threads=2",
             "vm-test [K5_10, K7]",
+            "promtool check rules sshlb.rules.yml",
+            "promtool test rules sshlb.rules.test.yml",
+            "deb --debug --check",
         ] {
             assert!(all.contains(needle), "no {needle:?} in:\n{all}");
         }
@@ -318,7 +350,10 @@ mod tests {
                 tier.needs_root,
                 matches!(
                     tier.name,
-                    "bpf fixtures" | "namespace/e2e" | "kernel matrix (5.10, newest)"
+                    "bpf fixtures"
+                        | "package (deb)"
+                        | "namespace/e2e"
+                        | "kernel matrix (5.10, newest)"
                 ),
                 "{}",
                 tier.name

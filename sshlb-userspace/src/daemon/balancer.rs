@@ -353,7 +353,14 @@ impl Balancer {
     pub fn metrics(&mut self) -> String {
         let status = self.status();
         let counters = stats::read(&self.attached.dataplane.stats()).unwrap_or_default();
+        let (first, last) = self.config.agent.nat_ports;
+        let limits = metrics::Limits {
+            max_flows: self.config.agent.max_flows,
+            nat_ports: u32::from(last) - u32::from(first) + 1,
+            announce_enabled: self.config.announce.mode != crate::config::AnnounceMode::None,
+        };
         metrics::render(&metrics::Snapshot {
+            limits,
             status: &status,
             counters: &counters,
             latency: &self.latency,

@@ -4,5 +4,5 @@
 pub mod render;
 pub mod server;
 
-pub use render::{render, CheckLatency, ConfigState, Snapshot, CHECK_BUCKETS};
+pub use render::{render, CheckLatency, ConfigState, Limits, Snapshot, CHECK_BUCKETS};
 pub use server::respond;

@@ -43,8 +43,23 @@ pub struct ConfigState {
     pub last_reload_unix: u64,
 }
 
+/// The balancer's sizes and switches, for `sshlb_flow_table_capacity`, `sshlb_nat_ports` and
+/// `sshlb_announce_enabled` (what the alert rules divide by and condition on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Connection-table entries (`agent.max-flows`).
+    pub max_flows: u32,
+    /// Full-NAT source ports in `agent.nat-ports` (one backend's full-NAT flows can use at most
+    /// this many at once).
+    pub nat_ports: u32,
+    /// Whether VIPs are announced at all (`announce.mode` is not `none`).
+    pub announce_enabled: bool,
+}
+
 /// Everything one scrape shows.
 pub struct Snapshot<'a> {
+    /// Sizes and switches of the configuration.
+    pub limits: Limits,
     /// Services and backends.
     pub status: &'a Status,
     /// Global per-outcome counters.
@@ -112,6 +127,36 @@ pub fn render(s: &Snapshot<'_>) -> String {
          # TYPE sshlb_announce_bird_ok gauge\nsshlb_announce_bird_ok {}",
         u64::from(s.status.maintenance),
         u64::from(s.status.bird_error.is_none())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sshlb_service_info The service's VIP, port and mode (always 1).\n\
+         # TYPE sshlb_service_info gauge"
+    );
+    for svc in &s.status.services {
+        let _ = writeln!(
+            out,
+            "sshlb_service_info{{service=\"{}\",vip=\"{}\",port=\"{}\",mode=\"{}\"}} 1",
+            escape(&svc.name),
+            escape(&svc.vip),
+            svc.port,
+            escape(&svc.mode)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sshlb_flow_table_capacity Connection-table entries (agent.max-flows).\n\
+         # TYPE sshlb_flow_table_capacity gauge\nsshlb_flow_table_capacity {}\n\
+         # HELP sshlb_flow_table_flows Flows in the connection table (RST-closed ones left out).\n\
+         # TYPE sshlb_flow_table_flows gauge\nsshlb_flow_table_flows {}\n\
+         # HELP sshlb_nat_ports Full-NAT source ports (agent.nat-ports) one backend can use.\n\
+         # TYPE sshlb_nat_ports gauge\nsshlb_nat_ports {}\n\
+         # HELP sshlb_announce_enabled 1 when VIPs are announced to routers (announce.mode).\n\
+         # TYPE sshlb_announce_enabled gauge\nsshlb_announce_enabled {}",
+        s.limits.max_flows,
+        s.status.active_flows,
+        s.limits.nat_ports,
+        u8::from(s.limits.announce_enabled)
     );
     let backend_metrics: [BackendFamily; 8] = [
         ("sshlb_backend_health_changes_total", "counter", "Health state changes.", |b| {
@@ -228,6 +273,9 @@ mod tests {
             interface: "eth0".into(),
             services: vec![ServiceStatus {
                 name: "git".into(),
+                vip: "198.18.0.100".into(),
+                port: 22,
+                mode: "nat".into(),
                 packets: 10,
                 backends: vec![BackendStatus {
                     name: "b\"1".into(),
@@ -247,6 +295,7 @@ mod tests {
                 ..Default::default()
             }],
             maintenance: true,
+            active_flows: 6,
             ..Default::default()
         }
     }
@@ -259,6 +308,7 @@ mod tests {
         }
         let counters = [Counter { name: "fwd_nat", value: 5 }];
         let text = render(&Snapshot {
+            limits: Limits { max_flows: 1024, nat_ports: 500, announce_enabled: true },
             status: &status(),
             counters: &counters,
             latency: &latency,
@@ -289,6 +339,11 @@ mod tests {
             "sshlb_vip_announced{service=\"git\"} 1",
             "sshlb_maintenance 1",
             "sshlb_announce_bird_ok 1",
+            "sshlb_service_info{service=\"git\",vip=\"198.18.0.100\",port=\"22\",mode=\"nat\"} 1",
+            "sshlb_flow_table_capacity 1024",
+            "sshlb_flow_table_flows 6",
+            "sshlb_nat_ports 500",
+            "sshlb_announce_enabled 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
