@@ -176,7 +176,7 @@ fn apply(
 #[inline(always)]
 fn zero_params(params: &mut core::mem::MaybeUninit<FibParams>) -> &mut FibParams {
     const WORDS: usize = size_of::<FibParams>() / 8;
-    const _: () = assert!(size_of::<FibParams>() % 8 == 0);
+    const _: () = assert!(size_of::<FibParams>().is_multiple_of(8));
     let words = params.as_mut_ptr().cast::<u64>();
     for i in 0..WORDS {
         // SAFETY: `i` < WORDS, so every store is inside the struct; volatile keeps LLVM from

@@ -203,7 +203,7 @@ fn clear_errors_for_bad_interface_mode_and_state() {
     assert!(
         !out.status.success()
             && msg.contains(":5: service[0].mode")
-            && msg.contains("\"nat\" or \"dsr\""),
+            && msg.contains("\"nat\", \"dsr\" or \"tunnel\""),
         "{msg}"
     );
     let out = as_nobody(&good);
