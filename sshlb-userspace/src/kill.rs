@@ -270,6 +270,22 @@ pub(crate) fn raw_socket(domain: libc::c_int, protocol: libc::c_int) -> io::Resu
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Further probes after the first, [`REPROBE_EVERY`] apart: Linux answers out-of-window segments
+/// at most once per `tcp_invalid_ratelimit` (500 ms by default) per connection, and a probe can be
+/// lost; the repeats end well inside [`KILL_GRACE`]. A repeat that reaches an end already reset
+/// earns a RST from it (or nothing), which ends nothing else.
+pub const REPROBES: u32 = 4;
+/// The pause between probes of one kill.
+pub const REPROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(550);
+
+/// Probes `targets` [`REPROBES`] more times (see [`REPROBES`]).
+pub async fn reprobe(sender: RawSender, targets: Vec<Target>, near: u32) {
+    for _ in 0..REPROBES {
+        tokio::time::sleep(REPROBE_EVERY).await;
+        probe(&sender, &targets, near);
+    }
+}
+
 /// Probes both ends of every target (see the module's steps); returns how many probes could not
 /// be sent.
 pub fn probe(sender: &RawSender, targets: &[Target], near: u32) -> usize {

@@ -341,6 +341,11 @@ impl Balancer {
                 // is half the sequence space away from it.
                 let near = sys::monotonic_ns() as u32;
                 kill::probe(&sender, &targets, near);
+                if let (false, Ok(runtime)) =
+                    (targets.is_empty(), tokio::runtime::Handle::try_current())
+                {
+                    runtime.spawn(kill::reprobe(sender, targets.clone(), near));
+                }
             }
             Err(err) => tracing::warn!(
                 "--kill-established: no raw socket ({err}); the flows end on their next segment"
