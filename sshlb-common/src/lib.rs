@@ -353,8 +353,16 @@ pub struct Flow {
     pub state: u8,
     /// Bit set of `flow_flags::*`.
     pub flags: u8,
-    /// Explicit padding, zero.
-    pub pad: u32,
+    /// CLOCK_MONOTONIC whole seconds when the data plane made the entry ([`started_s`]): from
+    /// the SYN, or from the first packet seen mid-flow for a recovered one. 0: unknown (an
+    /// entry made by a data plane older than this field).
+    pub started_s: u32,
+}
+
+/// The [`Flow::started_s`] value for a flow made at `now_ns` (`bpf_ktime_get_ns()`); a
+/// monotonic clock in seconds needs 136 years to wrap a `u32`.
+pub const fn started_s(now_ns: u64) -> u32 {
+    (now_ns / 1_000_000_000) as u32
 }
 
 /// How often (at most) the data plane rewrites `Flow::last_seen_ns`.
@@ -554,6 +562,12 @@ mod layout_tests {
     }
 
     #[test]
+    fn started_seconds_are_whole_monotonic_seconds() {
+        assert_eq!((started_s(0), started_s(999_999_999), started_s(1_000_000_000)), (0, 0, 1));
+        assert_eq!(started_s(86_400 * 1_000_000_000 + 5), 86_400);
+    }
+
+    #[test]
     fn flow_layout_is_stable() {
         assert_eq!(size_of::<Flow>(), 24);
         assert_eq!(align_of::<Flow>(), 8);
@@ -562,7 +576,7 @@ mod layout_tests {
         assert_eq!(offset_of!(Flow, nat_port_be), 16);
         assert_eq!(offset_of!(Flow, state), 18);
         assert_eq!(offset_of!(Flow, flags), 19);
-        assert_eq!(offset_of!(Flow, pad), 20);
+        assert_eq!(offset_of!(Flow, started_s), 20);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! and backend → balancer (full-NAT replies back to the client).
 
 use aya_ebpf::programs::XdpContext;
-use sshlb_common::{flow_flags, flow_state, service_flags, stats, Flow, NatKey, Service};
+use sshlb_common::{
+    flow_flags, flow_state, service_flags, started_s, stats, Flow, NatKey, Service,
+};
 
 use crate::{
     clock,
@@ -209,7 +211,7 @@ fn create(
         nat_port_be: 0,
         state: flow_state::SYN,
         flags: 0,
-        pad: 0,
+        started_s: started_s(now),
     };
     if !syn {
         // Mid-flow with no entry (balancer restarted, or a failover peer took over): the ring

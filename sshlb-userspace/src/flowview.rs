@@ -8,8 +8,9 @@
 //! address and port the data plane's `BACKENDS[backend_id]` holds. A flow nothing names (the
 //! file was edited since the last reload, say) keeps its addresses and shows no name.
 //!
-//! The connection table keeps no start time (only `last_seen_ns`), so a flow's age cannot be
-//! shown; its idle time can (1 s granularity, `LAST_SEEN_GRANULARITY_NS`).
+//! Age and idle time come from the entry's `started_s` and `last_seen_ns` (CLOCK_MONOTONIC;
+//! idle has 1 s granularity, `LAST_SEEN_GRANULARITY_NS`). A recovered flow's age counts from the
+//! packet that recovered it; an entry made by a data plane older than `started_s` has no age.
 
 use std::{
     fmt::Write as _,
@@ -200,6 +201,8 @@ pub struct FlowRow {
     pub backend_port: Option<u16>,
     /// `"syn"`, `"established"`, `"fin"` or `"closed"` (RST seen).
     pub state: String,
+    /// Seconds since the entry was made (`None`: made by an older data plane).
+    pub age_seconds: Option<u64>,
     /// Seconds since the flow last carried a packet (1 s granularity).
     pub idle_seconds: u64,
     /// Full NAT: the balancer's source port towards the backend; `None` for DSR.
@@ -336,6 +339,9 @@ impl<'n> Collector<'n> {
                 backend_address: address.map(|a| a.ip().to_string()),
                 backend_port: address.map(|a| a.port()),
                 state: state_name(flow.state).to_owned(),
+                age_seconds: (flow.started_s != 0).then(|| {
+                    (self.now_ns / 1_000_000_000).saturating_sub(u64::from(flow.started_s))
+                }),
                 idle_seconds: self.now_ns.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
                 nat_port: nat.then(|| u16::from_be(flow.nat_port_be)),
                 recovered: flow.flags & flow_flags::RECOVERED != 0,
@@ -356,7 +362,7 @@ impl<'n> Collector<'n> {
     }
 }
 
-/// `3s`, `4m05s`, `2h07m`, `5d03h`.
+/// `3s`, `4m05s`, `2h07m`, `5d03h` (idle times and ages).
 pub fn format_idle(seconds: u64) -> String {
     match seconds {
         0..60 => format!("{seconds}s"),
@@ -378,8 +384,9 @@ fn endpoint(address: &str, port: u16) -> String {
 /// The table for people: one header line, one line per flow, columns aligned; a last line
 /// counts them.
 pub fn render(flows: &Flows) -> String {
-    const HEADER: [&str; 7] = ["CLIENT", "SERVICE", "VIP", "BACKEND", "STATE", "IDLE", "NAT-PORT"];
-    let cells: Vec<[String; 7]> = flows
+    const HEADER: [&str; 8] =
+        ["CLIENT", "SERVICE", "VIP", "BACKEND", "STATE", "AGE", "IDLE", "NAT-PORT"];
+    let cells: Vec<[String; 8]> = flows
         .flows
         .iter()
         .map(|r| {
@@ -402,6 +409,7 @@ pub fn render(flows: &Flows) -> String {
                 endpoint(&r.vip, r.port),
                 backend,
                 state,
+                r.age_seconds.map_or_else(|| "-".to_owned(), format_idle),
                 format_idle(r.idle_seconds),
                 r.nat_port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             ]
@@ -513,7 +521,7 @@ address = "fd00:18:1::13"
             nat_port_be: if nat { (10_000 + sport).to_be() } else { 0 },
             state: flow_state::ESTABLISHED,
             flags: if nat { flow_flags::NAT } else { 0 },
-            pad: 0,
+            started_s: 40,
         };
         (key, flow)
     }
@@ -528,6 +536,7 @@ address = "fd00:18:1::13"
         e[2].1.state = flow_state::FIN;
         e[2].1.flags |= flow_flags::RECOVERED;
         e[2].1.last_seen_ns = 75 * SECOND;
+        e[2].1.started_s = 0;
         e
     }
 
@@ -568,8 +577,11 @@ address = "fd00:18:1::13"
             ]
         );
         let fin = &flows.flows[0];
-        assert_eq!((fin.state.as_str(), fin.recovered, fin.idle_seconds), ("fin", true, 225));
-        assert_eq!(flows.flows[2].idle_seconds, 100);
+        assert_eq!(
+            (fin.state.as_str(), fin.recovered, fin.age_seconds, fin.idle_seconds),
+            ("fin", true, None, 225)
+        );
+        assert_eq!((flows.flows[2].age_seconds, flows.flows[2].idle_seconds), (Some(260), 100));
         assert_eq!(flows.names_from.as_deref(), Some("t.toml"));
     }
 
@@ -651,7 +663,7 @@ address = "fd00:18:1::13"
         let text = render(&collect(Filter::default(), Some(&names)));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 6, "{text}");
-        for column in ["SERVICE", "VIP", "BACKEND", "STATE", "IDLE", "NAT-PORT"] {
+        for column in ["SERVICE", "VIP", "BACKEND", "STATE", "AGE", "IDLE", "NAT-PORT"] {
             let at = lines[0].find(column).expect("header");
             for row in &lines[1..5] {
                 let before = &row[..at];
@@ -665,6 +677,8 @@ address = "fd00:18:1::13"
         assert!(lines[1].contains("b3 [fd00:18:1::13]:22") && lines[1].contains("fin,recovered"));
         assert!(lines[2].contains("  git ") && lines[2].contains("  -  "), "{text}");
         assert!(lines[3].contains("b1 198.18.1.11:22") && lines[3].ends_with("50001"), "{text}");
+        assert!(lines[3].contains("  4m20s  1m40s  "), "age then idle: {text}");
+        assert!(lines[1].contains("fin,recovered  -      3m45s"), "no age: {text}");
         assert_eq!(lines[5], "4 flow(s) on eth0, names from t.toml");
     }
 
@@ -680,7 +694,7 @@ address = "fd00:18:1::13"
                 "client": "198.18.8.1", "client_port": 40001, "service": "git",
                 "vip": "198.18.0.100", "port": 22, "backend": "b1",
                 "backend_address": "198.18.1.11", "backend_port": 22, "state": "established",
-                "idle_seconds": 100, "nat_port": 50001, "recovered": false, "killing": false,
+                "age_seconds": 260, "idle_seconds": 100, "nat_port": 50001, "recovered": false, "killing": false,
             })
         );
         assert_eq!(value["interface"], "eth0");

@@ -123,6 +123,10 @@ fn flows_show_real_ssh_sessions_with_their_ports_and_backends() {
             .find(|r| r.client_port == *port)
             .unwrap_or_else(|| panic!("no row for client port {port}: {rows:#?}"));
         assert_eq!(row.client, sshlb_tests::topo::CLIENT4, "{row:?}");
+        // Made by this data plane during this test: an age, no older than the test, and never
+        // shorter than the time the flow has been idle.
+        let age = row.age_seconds.expect("a flow this data plane made has an age");
+        assert!(age <= 300 && age >= row.idle_seconds, "{row:?}");
         assert_eq!(row.service.as_deref(), Some(*service), "{row:?}");
         let name = row.backend.as_deref().expect("backend named");
         let i = BACKENDS.iter().position(|(n, _, _)| *n == name).expect("a lab backend");
