@@ -235,7 +235,7 @@ impl Decap {
         let mut ebpf = loader.load(OBJECT).map_err(loader::LoaderError::from)?;
         write_maps(&mut ebpf, setup)?;
         let mut decap = Self { ebpf };
-        decap.program().load().map_err(loader::LoaderError::Load)?;
+        loader::load_xdp(decap.program()).map_err(loader::LoaderError::Load)?;
         Ok(decap)
     }
 

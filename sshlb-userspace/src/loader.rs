@@ -327,7 +327,7 @@ impl Dataplane {
             .expect("the object defines the sshlb program")
             .try_into()
             .expect("sshlb is an XDP program");
-        program.load().map_err(LoaderError::Load)?;
+        load_xdp(program).map_err(LoaderError::Load)?;
         Ok(Self { ebpf, ring_cache: std::collections::HashMap::new() })
     }
 
@@ -349,7 +349,7 @@ impl Dataplane {
             .try_into()
             .expect("an XDP program");
         if program.fd().is_err() {
-            program.load().map_err(LoaderError::Load)?;
+            load_xdp(program).map_err(LoaderError::Load)?;
         }
         Ok(program)
     }
@@ -677,9 +677,30 @@ pub fn attach_pass(pin_root: &Path, iface: &str) -> Result<PathBuf, LoaderError>
         .expect("the object defines sshlb_pass")
         .try_into()
         .expect("sshlb_pass is an XDP program");
-    program.load().map_err(LoaderError::Load)?;
+    load_xdp(program).map_err(LoaderError::Load)?;
     attach_pinned(program, iface, ifindex, AttachMode::Native, &path)?;
     Ok(path)
+}
+
+/// How many times `BPF_PROG_LOAD` is tried while it fails with `EAGAIN` (libbpf's count).
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Loads `program` into the kernel, trying again while the verifier was interrupted: it
+/// returns `EAGAIN` when a signal is pending on the loading thread (any thread of a process
+/// with a SIGCHLD handler, as tokio's process support installs, can take one) — more likely the
+/// longer verification takes on a loaded machine. libbpf retries the same way.
+pub(crate) fn load_xdp(program: &mut Xdp) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Detaches the XDP_PASS program from `iface` (see [`attach_pass`]).
