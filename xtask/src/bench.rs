@@ -25,7 +25,8 @@ pub enum Bench {
     /// during / after with drops and retransmits.
     Flood,
     /// sshlb vs direct, HAProxy and netfilter DNAT in the lab, offloads off, interleaved rounds:
-    /// logins/s, latency, throughput beside drops and retransmits, CPU per GB, failover time.
+    /// logins/s, latency, throughput beside drops and retransmits, CPU per GB, failover time;
+    /// sshlb's tunnel mode beside the direct path to its far backend.
     Lab,
 }
 
@@ -38,7 +39,8 @@ pub fn bench(which: Bench, seconds: u64) -> Result<()> {
         Bench::Agent => ("agent-bench", vec![]),
         Bench::Flood => ("flood-bench", vec![]),
         Bench::Lab => {
-            // It drives the real agent binary's library in-process; the lab needs nothing else.
+            // It drives the agent's library in-process; the far backend's `sshlb-agent backend
+            // up` is the binary, built on demand by the test kit (`agent_binary`).
             ("lab-bench", vec![])
         }
     };

@@ -1,8 +1,9 @@
 //! `cargo xtask bench lab`: sshlb against the tools operators use instead, in one run, in the
 //! same lab (same client, router, three OpenSSH backends): direct to one backend, sshlb full NAT,
 //! sshlb DSR, HAProxy `mode tcp` (with `tcp-check expect string SSH-2.0-`, weights), and kernel
-//! netfilter DNAT. Figures and ratios to HAProxy (and, for iperf3, netfilter), printed and
-//! written as JSON; never asserted.
+//! netfilter DNAT; and sshlb's IP-in-IP tunnel mode to a backend in another subnet beside the
+//! direct path to that backend. Figures and ratios to HAProxy (and, for iperf3, netfilter; for
+//! the tunnel, its direct path), printed and written as JSON; never asserted.
 //!
 //! Offloads are off on every veth of every hop (TSO, GSO, GRO, TX checksum), so frames are
 //! MTU-sized everywhere, as on a real NIC without them. The peers take turns in interleaved
@@ -20,10 +21,10 @@ mod report;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use peers::{dnat, failover, Haproxy, Peer, Sshlb, DNAT_VIP, HAPROXY_VIP};
+use peers::{dnat, failover, FarBackend, Haproxy, Peer, Sshlb, DNAT_VIP, HAPROXY_VIP};
 use sshlb_tests::{
     lab::Lab,
-    topo::{BACKENDS, VIP4},
+    topo::{BACKENDS, FAR4, VIP4},
     unique, Detach,
 };
 
@@ -34,9 +35,14 @@ const ROUNDS: usize = 2;
 /// run at the same interval during the throughput turns.
 const HAPROXY_CHECK_INTERVAL: &str = "2s";
 
-/// A turn: one peer, or sshlb's two modes back to back (one agent start for both).
-const TURNS: [&[Peer]; 4] =
-    [&[Peer::Direct], &[Peer::SshlbNat, Peer::SshlbDsr], &[Peer::Haproxy], &[Peer::Dnat]];
+/// A turn: one peer, or sshlb's three modes back to back (one agent start for all).
+const TURNS: [&[Peer]; 5] = [
+    &[Peer::Direct],
+    &[Peer::SshlbNat, Peer::SshlbDsr, Peer::SshlbTunnel],
+    &[Peer::Haproxy],
+    &[Peer::Dnat],
+    &[Peer::DirectFar],
+];
 
 fn main() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -48,13 +54,14 @@ fn main() -> Result<()> {
     for ns in &mut lab.topo.backends {
         ns.spawn("iperf3", &["-s", "-p", "5201"]);
     }
+    let _far = FarBackend::start(&mut lab)?;
     for vip in [HAPROXY_VIP, DNAT_VIP] {
         lab.topo.lb.ip(&["addr", "add", &format!("{vip}/32"), "dev", &lab.topo.lb_if]);
     }
     // Every peer presents the backends' one host key: known_hosts names them all.
     let host_pub = std::fs::read_to_string(lab.files.path("host_key.pub"))?;
     let mut known = std::fs::read_to_string(lab.files.path("known_hosts"))?;
-    for addr in BACKENDS.iter().map(|(_, v4, _)| *v4).chain([HAPROXY_VIP, DNAT_VIP]) {
+    for addr in BACKENDS.iter().map(|(_, v4, _)| *v4).chain([HAPROXY_VIP, DNAT_VIP, FAR4]) {
         known += &format!("{addr} {host_pub}");
     }
     std::fs::write(lab.files.path("known_hosts"), known)?;
@@ -70,7 +77,7 @@ fn main() -> Result<()> {
             let turn = TURNS[(i + round - 1) % TURNS.len()];
             match turn[0] {
                 Peer::SshlbNat => {
-                    let sshlb = Sshlb::start(&lab, HAPROXY_CHECK_INTERVAL, true)?;
+                    let sshlb = Sshlb::start(&lab, HAPROXY_CHECK_INTERVAL, true, true)?;
                     // Alternate which mode goes first, too.
                     let mut modes = turn.to_vec();
                     if round % 2 == 0 {
@@ -97,7 +104,7 @@ fn main() -> Result<()> {
     // Failover, once: sshlb (interval 250ms, fall 3), HAProxy as configured (2s) and tuned.
     eprintln!("failover...");
     // A failover that cannot be measured is reported as such: the rounds' figures stand.
-    let sshlb_failover = match Sshlb::start(&lab, "250ms", false) {
+    let sshlb_failover = match Sshlb::start(&lab, "250ms", false, false) {
         Ok(sshlb) => {
             let after = failover(&mut lab, VIP4, 1);
             sshlb.stop()?;

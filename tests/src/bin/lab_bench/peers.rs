@@ -1,6 +1,7 @@
 //! The peers in the lab and how each is brought up and taken down: sshlb (the agent in-process,
-//! full NAT and DSR services), HAProxy `mode tcp` as operators configure it, and netfilter DNAT.
-//! Direct (no balancer) needs nothing.
+//! full NAT, DSR and IP-in-IP tunnel services), HAProxy `mode tcp` as operators configure it, and
+//! netfilter DNAT. Direct (no balancer) needs nothing; the tunnel's backend sits in another
+//! subnet behind the router and runs `sshlb-agent backend up` ([`FarBackend`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -11,15 +12,17 @@ use anyhow::{bail, Context as _, Result};
 use sshlb::{config, loader};
 use sshlb_tests::{
     agent::AgentThread,
+    agent_binary,
     config::{BackendBuilder, ConfigBuilder, ServiceBuilder},
-    lab::Lab,
-    topo::{Conn, BACKENDS, DSR4, VIP4},
-    wait_for, Netns, PIN_ROOT,
+    lab::{sshd_options, Lab},
+    sshd::Sshd,
+    topo::{Conn, BACKENDS, DSR4, FAR4, LB4, TUN4, VIP4},
+    unique, wait_for, Netns, PIN_ROOT,
 };
 
 /// HAProxy's and netfilter's VIPs (on the balancer's interface, next to sshlb's).
-pub const HAPROXY_VIP: &str = "198.18.0.102";
-pub const DNAT_VIP: &str = "198.18.0.103";
+pub const HAPROXY_VIP: &str = "198.18.0.104";
+pub const DNAT_VIP: &str = "198.18.0.105";
 
 /// One way from the client to the backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +33,10 @@ pub enum Peer {
     SshlbNat,
     /// sshlb, direct server return.
     SshlbDsr,
+    /// Straight to the far backend (the tunnel's), no balancer.
+    DirectFar,
+    /// sshlb, IP-in-IP tunnel to the far backend.
+    SshlbTunnel,
     /// HAProxy `mode tcp`.
     Haproxy,
     /// netfilter DNAT + SNAT in the balancer's namespace.
@@ -43,6 +50,8 @@ impl Peer {
             Self::Direct => "direct (b1)",
             Self::SshlbNat => "sshlb nat",
             Self::SshlbDsr => "sshlb dsr",
+            Self::DirectFar => "direct (far)",
+            Self::SshlbTunnel => "sshlb tunnel",
             Self::Haproxy => "haproxy",
             Self::Dnat => "netfilter DNAT",
         }
@@ -54,6 +63,8 @@ impl Peer {
             Self::Direct => BACKENDS[0].1,
             Self::SshlbNat => VIP4,
             Self::SshlbDsr => DSR4,
+            Self::DirectFar => FAR4,
+            Self::SshlbTunnel => TUN4,
             Self::Haproxy => HAPROXY_VIP,
             Self::Dnat => DNAT_VIP,
         }
@@ -61,7 +72,8 @@ impl Peer {
 }
 
 /// sshlb on the lab's balancer: the measured IPv4 SSH services (full NAT and DSR, the lab's,
-/// with health checks every `interval`), optionally iperf3 ones, all backends up. Stopped and
+/// with health checks every `interval`; IP-in-IP to the far backend when `tunnel`), optionally
+/// iperf3 ones, all backends up. Stopped and
 /// detached by [`Self::stop`], so no XDP program sits on the balancer's interface while another
 /// peer is measured.
 pub struct Sshlb {
@@ -76,27 +88,45 @@ impl Sshlb {
     ///
     /// `iperf` adds the iperf3 services (unchecked after the first probe: an iperf3 server
     /// serves one client at a time, and a probe is one).
-    pub fn start(lab: &Lab, interval: &str, iperf: bool) -> Result<Self> {
+    pub fn start(lab: &Lab, interval: &str, iperf: bool, tunnel: bool) -> Result<Self> {
         let control = PathBuf::from(format!("/run/sshlb/bench-{}.sock", lab.topo.lb_if));
         let mut built = ConfigBuilder::new().control(&control);
         for (name, vip, mode) in [("nat4", VIP4, "nat"), ("dsr4", DSR4, "dsr")] {
             built = built
                 .service(Lab::ssh_service(name, vip, mode, false).health("interval", interval));
         }
-        let iperf_services: &[_] =
-            if iperf { &[("nat4-iperf", VIP4, "nat"), ("dsr4-iperf", DSR4, "dsr")] } else { &[] };
-        for &(name, vip, mode) in iperf_services {
-            // iperf3 opens a control and a data connection that must meet the same server:
-            // every peer sends iperf3 to b1 only (the path is what is measured, not the spread).
-            let (b, v4, _) = BACKENDS[0];
+        if tunnel {
             built = built.service(
-                ServiceBuilder::new(name, vip, 5201)
-                    .mode(mode)
-                    .ring_size(4093)
-                    .health("expect", "")
-                    .health("interval", "1h")
-                    .backend(BackendBuilder::new(b, v4).port(5201)),
+                ServiceBuilder::new("tun4", TUN4, 22)
+                    .mode("tunnel")
+                    .raw("encap = \"ipip\"")
+                    .health("interval", interval)
+                    .backend(BackendBuilder::new("far1", FAR4)),
             );
+        }
+        let (b1, b1_v4, _) = BACKENDS[0];
+        let mut iperf_services = Vec::new();
+        if iperf {
+            iperf_services.push(("nat4-iperf", VIP4, "nat", b1, b1_v4));
+            iperf_services.push(("dsr4-iperf", DSR4, "dsr", b1, b1_v4));
+            if tunnel {
+                iperf_services.push(("tun4-iperf", TUN4, "tunnel", "far1", FAR4));
+            }
+        }
+        for (name, vip, mode, b, addr) in iperf_services {
+            // iperf3 opens a control and a data connection that must meet the same server:
+            // every peer sends iperf3 to one backend only (the path is what is measured, not
+            // the spread): b1, or the far backend through the tunnel.
+            let mut service = ServiceBuilder::new(name, vip, 5201)
+                .mode(mode)
+                .ring_size(4093)
+                .health("expect", "")
+                .health("interval", "1h")
+                .backend(BackendBuilder::new(b, addr).port(5201));
+            if mode == "tunnel" {
+                service = service.raw("encap = \"ipip\"");
+            }
+            built = built.service(service);
         }
         let cfg = config::parse("bench.toml", &built.to_toml()).context("bench config")?;
         let agent = AgentThread::spawn(&lab.topo, &cfg, &control, None);
@@ -138,6 +168,54 @@ impl Sshlb {
         self.agent.stop();
         loader::down(Path::new(PIN_ROOT), &self.iface).context("down")?;
         Ok(())
+    }
+}
+
+/// The tunnel's backend: a namespace behind the router (not on the balancer's segment; it stays
+/// in the lab's topology, so its veths count towards the path's drops) with an sshd holding the
+/// lab's host key, an iperf3 server, and `sshlb-agent backend up` accepting IP-in-IP from the
+/// balancer's address only; [`Drop`] runs `backend down` (the namespace goes with the lab).
+pub struct FarBackend {
+    netns: String,
+    iface: String,
+    pins: PathBuf,
+    _sshd: Sshd,
+}
+
+impl FarBackend {
+    /// Adds the far backend to the lab's topology and sets it up (offloads are turned off by
+    /// the caller with the rest of the lab's).
+    pub fn start(lab: &mut Lab) -> Result<Self> {
+        let iface = unique("tb");
+        lab.topo.add_far_backend("far", &iface);
+        let ns = lab.topo.far.last_mut().context("the far backend")?;
+        let sshd = Sshd::start_with(ns, &sshd_options(&lab.files, "far1"));
+        ns.spawn("iperf3", &["-s", "-p", "5201"]);
+        let pins = PathBuf::from(PIN_ROOT).with_file_name(unique("sshlb-backend"));
+        let this = Self { netns: ns.name.clone(), iface, pins, _sshd: sshd };
+        let lb = format!("{LB4}/32");
+        let out = this.backend(&["up", &this.iface, "--vip", TUN4, "--balancer", &lb])?;
+        if !out.status.success() {
+            bail!("backend up: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(this)
+    }
+
+    /// `sshlb-agent backend ARGS --backend-pins PINS` in the far backend's namespace.
+    fn backend(&self, args: &[&str]) -> Result<std::process::Output> {
+        let agent = agent_binary();
+        let pins = self.pins.to_str().context("pin path")?;
+        let mut command = std::process::Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{}", self.netns)).arg("--").arg(agent);
+        command.arg("backend").args(args).args(["--backend-pins", pins]);
+        Ok(command.output()?)
+    }
+}
+
+impl Drop for FarBackend {
+    fn drop(&mut self) {
+        let _ = self.backend(&["down", &self.iface]);
+        let _ = std::fs::remove_dir(&self.pins);
     }
 }
 

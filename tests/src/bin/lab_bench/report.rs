@@ -11,7 +11,15 @@ use crate::{
     peers::Peer,
 };
 
-const ALL: [Peer; 5] = [Peer::Direct, Peer::SshlbNat, Peer::SshlbDsr, Peer::Haproxy, Peer::Dnat];
+const ALL: [Peer; 7] = [
+    Peer::Direct,
+    Peer::SshlbNat,
+    Peer::SshlbDsr,
+    Peer::Haproxy,
+    Peer::Dnat,
+    Peer::DirectFar,
+    Peer::SshlbTunnel,
+];
 
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a.is_finite() {
@@ -259,6 +267,17 @@ fn targets(out: &mut String, means: &[Line<'_>]) -> Result<()> {
         let sign = if at_least { '≥' } else { '≤' };
         format!("{value:.2}x ({sign} {goal:.1}{})", if met { "" } else { " !" })
     };
+    if let (Some(l), Some(direct)) = (find(Peer::SshlbTunnel), find(Peer::DirectFar)) {
+        // No target: the tunnel's cost, against its own path without a balancer.
+        writeln!(
+            out,
+            "  sshlb tunnel (no target; to direct (far)): logins {} · ssh bulk {} · iperf3 {} · CPU s per GB {}",
+            ratio(l.logins_per_s, direct.logins_per_s),
+            ratio(l.ssh, direct.ssh),
+            ratio(l.iperf, direct.iperf),
+            ratio(l.cpu_s_per_gb, direct.cpu_s_per_gb),
+        )?;
+    }
     for peer in [Peer::SshlbNat, Peer::SshlbDsr] {
         let Some(l) = find(peer) else { continue };
         writeln!(
