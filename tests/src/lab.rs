@@ -53,16 +53,8 @@ impl Files {
         for i in 0..4 {
             std::fs::write(work.join(format!("blob{i}.bin")), payload(1 << 20, i)).expect("blob");
             run(Command::new("git").arg("-C").arg(&work).args(["add", "."]));
-            run(Command::new("git").arg("-C").arg(&work).args([
-                "-c",
-                "user.name=lab",
-                "-c",
-                "user.email=lab@example.invalid",
-                "commit",
-                "-q",
-                "-m",
-                &format!("commit {i}"),
-            ]));
+            let message = format!("commit {i}");
+            run(Command::new("git").arg("-C").arg(&work).args(commit_args(&message)));
         }
         run(Command::new("git").args(["clone", "-q", "--bare"]).arg(&work).arg(f.path("repo.git")));
         f
@@ -132,6 +124,11 @@ impl Drop for Files {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `git` arguments committing what is staged, as the lab's author, with `message`.
+pub fn commit_args(message: &str) -> [&str; 8] {
+    ["-c", "user.name=lab", "-c", "user.email=lab@example.invalid", "commit", "-q", "-m", message]
 }
 
 /// A lab backend's sshd: port 22 on every address, named `name` in its banner, the lab's shared

@@ -67,16 +67,7 @@ fn ssh_git_and_tunnels_through_every_vip() {
     ok(&git(&topo.client, f, &["fsck", "--strict"], &work.join("a")), "git fsck");
     std::fs::write(work.join("a/pushed.txt"), "through the balancer\n").expect("write");
     ok(&git(&topo.client, f, &["add", "pushed.txt"], &work.join("a")), "git add");
-    let commit = [
-        "-c",
-        "user.name=e2e",
-        "-c",
-        "user.email=e2e@example.invalid",
-        "commit",
-        "-q",
-        "-m",
-        "push via dsr6",
-    ];
+    let commit = sshlb_tests::lab::commit_args("push via dsr6");
     ok(&git(&topo.client, f, &commit, &work.join("a")), "git commit");
     ok(
         &git(&topo.client, f, &["push", "-q", &url(DSR6), "main"], &work.join("a")),

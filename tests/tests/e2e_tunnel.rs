@@ -198,16 +198,7 @@ fn ssh_and_git_through_tunnels_to_a_backend_in_another_subnet() {
     ok(&git(&["fsck", "--strict"], &work), "git fsck");
     std::fs::write(work.join("tunnelled.txt"), "through a tunnel\n").expect("write");
     ok(&git(&["add", "tunnelled.txt"], &work), "git add");
-    let commit = [
-        "-c",
-        "user.name=e2e",
-        "-c",
-        "user.email=e2e@example.invalid",
-        "commit",
-        "-q",
-        "-m",
-        "push via gue4",
-    ];
+    let commit = sshlb_tests::lab::commit_args("push via gue4");
     ok(&git(&commit, &work), "git commit");
     ok(&git(&["push", "-q", &f.repo_url(GUE4), "main"], &work), "git push via gue4");
     let head = |dir: &Path| {

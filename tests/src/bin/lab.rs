@@ -131,16 +131,22 @@ fn shape_arg(args: &[String]) -> Result<(Shape, Vec<String>)> {
     }
 }
 
-/// Builds the lab, starts the agent, prints how to use it, waits for Ctrl-C/SIGTERM (or
-/// `duration`), and tears everything down.
-fn run(duration: Option<Duration>) -> Result<()> {
+/// Claims the state directory for this process (refused while another lab is up): its guard,
+/// which removes it, and the agent binary to run.
+fn claim() -> Result<(RemoveOnDrop, PathBuf)> {
     if state("pid").exists() {
         bail!("a lab is already up (or was not taken down): run `cargo xtask lab down` first");
     }
     std::fs::create_dir_all(STATE)?;
     std::fs::write(state("pid"), std::process::id().to_string())?;
-    let _state = RemoveOnDrop(PathBuf::from(STATE));
-    let agent = agent_path()?;
+    let guard = RemoveOnDrop(PathBuf::from(STATE));
+    Ok((guard, agent_path()?))
+}
+
+/// Builds the lab, starts the agent, prints how to use it, waits for Ctrl-C/SIGTERM (or
+/// `duration`), and tears everything down.
+fn run(duration: Option<Duration>) -> Result<()> {
+    let (_state, agent) = claim()?;
     println!("sshlb lab: building namespaces {PREFIX}-*, three OpenSSH backends, keys and a git repository...");
     let mut lab = with_name_prefix(PREFIX, || Lab::build(&state("files"), false));
     std::fs::write(state("iface"), &lab.topo.lb_if)?;
@@ -206,13 +212,7 @@ fn usage(lab: &Lab, agent: &Path, iface: &str) -> String {
 /// The HA lab: `balancers` balancers with their agents and BIRDs behind the ECMP router; the
 /// same life cycle as [`run`].
 fn run_ha(duration: Option<Duration>, balancers: u8) -> Result<()> {
-    if state("pid").exists() {
-        bail!("a lab is already up (or was not taken down): run `cargo xtask lab down` first");
-    }
-    std::fs::create_dir_all(STATE)?;
-    std::fs::write(state("pid"), std::process::id().to_string())?;
-    let _state = RemoveOnDrop(PathBuf::from(STATE));
-    let agent = agent_path()?;
+    let (_state, agent) = claim()?;
     // AgentHandle runs the binary the tests build; the lab's own is the one xtask just built.
     std::env::set_var("SSHLB_AGENT", &agent);
     println!(
@@ -319,13 +319,7 @@ fn usage_ha(ha: &HaLab, agents: &[AgentHandle<'_>], pids: &[u32], agent: &Path) 
 /// The full-NAT pair: two balancers with their agents, keepalived moving the NAT VIP and the
 /// NAT address to the master; the same life cycle as [`run`].
 fn run_nat_pair(duration: Option<Duration>) -> Result<()> {
-    if state("pid").exists() {
-        bail!("a lab is already up (or was not taken down): run `cargo xtask lab down` first");
-    }
-    std::fs::create_dir_all(STATE)?;
-    std::fs::write(state("pid"), std::process::id().to_string())?;
-    let _state = RemoveOnDrop(PathBuf::from(STATE));
-    let agent = agent_path()?;
+    let (_state, agent) = claim()?;
     std::env::set_var("SSHLB_AGENT", &agent);
     println!(
         "sshlb lab: building namespaces {PREFIX}-*, two full-NAT balancers with keepalived, three \
