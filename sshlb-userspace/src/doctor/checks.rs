@@ -418,11 +418,9 @@ const GRO_HW_SELF_OFF: &[&str] = &["virtio_net", "bnxt_en", "qede"];
 fn gro_hw(iface: &str, dev: &IfaceFacts, native: bool) -> Check {
     let driver = dev.driver.as_deref().unwrap_or("unknown");
     let off_fix = format!("`ethtool -K {iface} rx-gro-hw off`");
-    let host_side_fix = format!(
-        "turn the guest offloads off on the hypervisor (QEMU: `-device virtio-net-pci,…,\
-         guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off`, or offer \
-         ctrl_guest_offloads so the guest can), or run `up {iface} --xdp-mode generic`"
-    );
+    let host_side = "turn the guest offloads off on the hypervisor (QEMU: `-device \
+         virtio-net-pci,…,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off`, or offer \
+         ctrl_guest_offloads so the guest can; Firecracker has no such switch)";
     let Some(gro) = dev.gro_hw.filter(|g| g.on) else {
         let found = if dev.gro_hw.is_some() {
             "hardware GRO (rx-gro-hw) off"
@@ -440,7 +438,7 @@ fn gro_hw(iface: &str, dev: &IfaceFacts, native: bool) -> Check {
                  guest TSO/ECN/UFO without letting the guest turn them off, and virtio_net \
                  refuses native XDP (\"Can't set XDP while host is implementing GRO_HW/CSUM\")"
             ),
-            Some(host_side_fix),
+            Some(format!("{host_side}, or run `up {iface} --xdp-mode generic`")),
         ),
         (true, true) => Check::new(
             "gro-hw",
@@ -486,9 +484,10 @@ fn gro_hw(iface: &str, dev: &IfaceFacts, native: bool) -> Check {
             Level::Warn,
             format!(
                 "hardware GRO (rx-gro-hw) is on and fixed on {iface}: generic XDP cannot turn \
-                 it off and runs on the merged frames, larger than the MTU"
+                 it off, so the program sees merged frames larger than the MTU (it takes each \
+                 as one packet; sshlb's tests run without hardware GRO)"
             ),
-            Some(host_side_fix),
+            Some(host_side.to_owned()),
         ),
     }
 }
@@ -529,7 +528,10 @@ fn virtio_queues(iface: &str, dev: &IfaceFacts, facts: &Facts, native: bool) -> 
         );
     }
     let fix = if ch.max_combined > cpus {
-        format!("`ethtool -L {iface} combined {}`, leaving a queue per CPU to XDP_TX", ch.max_combined - cpus)
+        format!(
+            "`ethtool -L {iface} combined {}`, leaving a queue per CPU to XDP_TX",
+            ch.max_combined - cpus
+        )
     } else {
         format!(
             "give the VM at least {} queue pairs on the hypervisor, {} to keep one per CPU for \
@@ -725,7 +727,10 @@ mod tests {
         let c = queues(&virtio(4, 4, 2, "6.1.0"), AttachMode::Native);
         assert_eq!(c.level, Level::Warn, "{c:?}");
         assert!(c.found.contains("needs 6") && c.found.contains("under a lock"), "{c:?}");
-        assert_eq!(c.fix.as_deref(), Some("`ethtool -L eth0 combined 2`, leaving a queue per CPU to XDP_TX"));
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("`ethtool -L eth0 combined 2`, leaving a queue per CPU to XDP_TX")
+        );
         // One queue for two CPUs (this machine's own NIC): only the hypervisor can help.
         let c = queues(&virtio(1, 1, 2, "6.18.0"), AttachMode::Native);
         assert_eq!(c.level, Level::Warn);

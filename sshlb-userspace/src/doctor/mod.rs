@@ -37,10 +37,13 @@ pub fn local_report(
     };
     let nat: Vec<std::net::IpAddr> = crate::daemon::dataplane_config(config, iface)
         .map(|d| {
-            [crate::daemon::host::check_source(Some(&d), false), crate::daemon::host::check_source(Some(&d), true)]
-                .into_iter()
-                .flatten()
-                .collect()
+            [
+                crate::daemon::host::check_source(Some(&d), false),
+                crate::daemon::host::check_source(Some(&d), true),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
         })
         .unwrap_or_default();
     let sources = network::own_sources(config, &nat);

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use super::checks::{AddrFacts, Check, Level};
+use super::checks::{AddrFacts, Check, Level, Route};
 use crate::{
     config::{AnnounceMode, Config, HostKeyPolicy, Mode},
     hostkeys::{self, HostKey, Verdict},
@@ -78,7 +78,12 @@ pub fn rp_filter_check(
     };
     let (all, dev) = (read("all"), read(iface));
     let Some(effective) = all.max(dev) else {
-        return check("rp_filter", Level::Pass, "no IPv4 reverse-path filter here".to_owned(), None);
+        return check(
+            "rp_filter",
+            Level::Pass,
+            "no IPv4 reverse-path filter here".to_owned(),
+            None,
+        );
     };
     let values = format!(
         "rp_filter {effective} (all {}, {iface} {})",
@@ -144,12 +149,8 @@ pub fn vip_checks(
     vips.iter()
         .map(|facts| {
             let vip = facts.addr;
-            let services: Vec<&str> = config
-                .services
-                .iter()
-                .filter(|s| s.vip == vip)
-                .map(|s| s.name.as_str())
-                .collect();
+            let services: Vec<&str> =
+                config.services.iter().filter(|s| s.vip == vip).map(|s| s.name.as_str()).collect();
             let name = format!("vip {vip}");
             let what = format!("{vip} ({})", services.join(", "));
             let prefix = if vip.is_ipv4() { 32 } else { 128 };
@@ -160,12 +161,9 @@ pub fn vip_checks(
                  takes over"
             ));
             match (&facts.owner, &facts.route) {
-                (Some(owner), _) if owner == iface => check(
-                    &name,
-                    Level::Pass,
-                    format!("{what} is an address of {iface}"),
-                    None,
-                ),
+                (Some(owner), _) if owner == iface => {
+                    check(&name, Level::Pass, format!("{what} is an address of {iface}"), None)
+                }
                 (Some(owner), _) if vip.is_ipv4() && arp_ignore == 0 => check(
                     &name,
                     Level::Pass,
@@ -213,7 +211,7 @@ pub fn vip_checks(
                     format!(
                         "{what} is neither an address here nor routed here (route: {}) and \
                          not announced: nothing sends its packets to this host",
-                        route.as_ref().map_or_else(|| "none".to_owned(), |r| r.describe())
+                        route.as_ref().map_or_else(|| "none".to_owned(), Route::describe)
                     ),
                     fix,
                 ),
@@ -399,14 +397,13 @@ pub fn host_key_checks(config: &Config, backends: &[BackendFacts]) -> Vec<Check>
                     .collect::<Vec<_>>()
                     .join(", ")
             });
-            let against =
-                if service.host_keys.is_empty() { "the same" } else { "the configured" };
-            out.push(check(
-                &name,
-                Level::Pass,
-                format!("{known} backend(s) present {against} host keys: {keys}{not_scanned}"),
-                None,
-            ));
+            let against = if service.host_keys.is_empty() { "the same" } else { "the configured" };
+            let found = if known == 1 {
+                format!("the one backend scanned presents {keys}{not_scanned}")
+            } else {
+                format!("{known} backends present {against} host keys: {keys}{not_scanned}")
+            };
+            out.push(check(&name, Level::Pass, found, None));
         } else {
             let enforce = if service.host_key_policy == HostKeyPolicy::Enforce {
                 "; host-key-policy = \"enforce\" keeps them out of the ring"
@@ -437,7 +434,6 @@ pub fn host_key_checks(config: &Config, backends: &[BackendFacts]) -> Vec<Check>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::checks::Route;
 
     fn sysctls(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
@@ -490,8 +486,10 @@ mod tests {
 
     #[test]
     fn strict_rp_filter_warns_only_when_an_own_source_lives_off_the_interface() {
-        let strict = sysctls(&[("net.ipv4.conf.all.rp_filter", "1"), ("net.ipv4.conf.eth0.rp_filter", "0")]);
-        let loose = sysctls(&[("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.eth0.rp_filter", "2")]);
+        let strict =
+            sysctls(&[("net.ipv4.conf.all.rp_filter", "1"), ("net.ipv4.conf.eth0.rp_filter", "0")]);
+        let loose =
+            sysctls(&[("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.eth0.rp_filter", "2")]);
         let on_iface = [
             ("VIP".to_owned(), owned("198.18.0.100", "eth0")),
             ("NAT address".to_owned(), owned("198.18.0.2", "eth0")),
@@ -550,14 +548,23 @@ mod tests {
         assert_eq!(c.level, Level::Warn, "arp_ignore 1: lo's address not answered on eth0");
         assert!(c.found.contains("arp_ignore 1"), "{c:?}");
         let c = level(routed("198.18.0.100", "local", Some("lo")), &none, &cfg);
-        assert_eq!((c.level, c.found.as_str()), (Level::Pass, "198.18.0.100 (git) is routed here (local dev lo)"));
+        assert_eq!(
+            (c.level, c.found.as_str()),
+            (Level::Pass, "198.18.0.100 (git) is routed here (local dev lo)")
+        );
         let c = level(routed("198.18.0.100", "unicast", Some("eth0")), &none, &cfg);
         assert_eq!(c.level, Level::Warn, "{c:?}");
         assert!(c.found.contains("route: unicast via 198.18.0.254 dev eth0"), "{c:?}");
-        assert!(c.fix.as_deref().is_some_and(|f| f.contains("ip addr add 198.18.0.100/32 dev eth0")));
+        assert!(c
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("ip addr add 198.18.0.100/32 dev eth0")));
         // Announced by BGP: the routers send it here whether or not it is an address here.
         let bgp = config(&format!("{TWO_SERVICES}[announce]\nmode = \"bgp\"\nlocal-as = 65001\n"));
-        assert_eq!(level(routed("198.18.0.100", "unicast", Some("eth0")), &none, &bgp).level, Level::Pass);
+        assert_eq!(
+            level(routed("198.18.0.100", "unicast", Some("eth0")), &none, &bgp).level,
+            Level::Pass
+        );
         assert_eq!(vips(&cfg).len(), 2);
     }
 
@@ -584,9 +591,17 @@ mod tests {
         let levels: Vec<Level> = checks.iter().map(|c| c.level).collect();
         assert_eq!(levels, [Level::Pass, Level::Warn, Level::Warn, Level::Warn]);
         assert_eq!(checks[0].name, "backend git/b1");
-        assert_eq!(checks[0].found, "b1 at 198.18.0.11:22 answers SSH-2.0-… from 198.18.0.2 in 4 ms");
-        assert!(checks[1].found.contains("not reachable from 198.18.0.2: connect: Connection refused"));
-        assert!(checks[1].fix.as_deref().is_some_and(|f| f.contains("ssh -b 198.18.0.2 -p 22 198.18.0.11")));
+        assert_eq!(
+            checks[0].found,
+            "b1 at 198.18.0.11:22 answers SSH-2.0-… from 198.18.0.2 in 4 ms"
+        );
+        assert!(checks[1]
+            .found
+            .contains("not reachable from 198.18.0.2: connect: Connection refused"));
+        assert!(checks[1]
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("ssh -b 198.18.0.2 -p 22 198.18.0.11")));
         assert!(checks[2].found.contains("not as sshd") && checks[2].found.contains("HTTP/1.0"));
         assert!(checks[2].fix.as_deref().is_some_and(|f| f.contains("sshd's port")));
         assert!(checks[3].fix.as_deref().is_some_and(|f| f.contains("firewall")));
@@ -594,7 +609,9 @@ mod tests {
 
     #[test]
     fn backends_presenting_different_host_keys_are_named() {
-        let key = |fp: &str| vec![HostKey { kind: "ssh-ed25519".into(), fingerprint: format!("SHA256:{fp}") }];
+        let key = |fp: &str| {
+            vec![HostKey { kind: "ssh-ed25519".into(), fingerprint: format!("SHA256:{fp}") }]
+        };
         let cfg = config(
             "[[service]]\nname = \"git\"\nvip = \"198.18.0.100\"\nport = 22\n\
              [[service.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\n\
@@ -605,10 +622,11 @@ mod tests {
             keys,
             ..backend(name, Ok(Duration::ZERO))
         };
-        let same = [with("b1", Some(Ok(key("A")))), with("b2", Some(Ok(key("A")))), with("b3", None)];
+        let same =
+            [with("b1", Some(Ok(key("A")))), with("b2", Some(Ok(key("A")))), with("b3", None)];
         let checks = host_key_checks(&cfg, &same);
         assert_eq!((checks.len(), checks[0].level), (1, Level::Pass), "{checks:?}");
-        assert_eq!(checks[0].found, "2 backend(s) present the same host keys: ssh-ed25519 SHA256:A");
+        assert_eq!(checks[0].found, "2 backends present the same host keys: ssh-ed25519 SHA256:A");
         let odd = [
             with("b1", Some(Ok(key("A")))),
             with("b2", Some(Ok(key("B")))),
@@ -616,7 +634,12 @@ mod tests {
         ];
         let checks = host_key_checks(&cfg, &odd);
         assert_eq!(checks[0].level, Level::Warn);
-        assert!(checks[0].found.contains("b2: its ssh-ed25519 key is SHA256:B, the other backends' is SHA256:A"), "{checks:?}");
+        assert!(
+            checks[0]
+                .found
+                .contains("b2: its ssh-ed25519 key is SHA256:B, the other backends' is SHA256:A"),
+            "{checks:?}"
+        );
         assert!(!checks[0].found.contains("b1:"), "{checks:?}");
         assert!(checks[0].fix.as_deref().is_some_and(|f| f.contains("ssh_host_*_key")));
         // Nothing scanned, and why.

@@ -172,7 +172,8 @@ fn lro(sock: &OwnedFd, name: &str) -> Option<bool> {
 /// The feature `feature` (an `ethtool -k` name such as `rx-gro-hw`): on, and whether it can be
 /// changed (`ethtool -k` prints `[fixed]` otherwise). `None` when the driver does not have it.
 fn offload(sock: &OwnedFd, name: &str, feature: &str) -> Option<Offload> {
-    let mut info = SsetInfo { cmd: ETHTOOL_GSSET_INFO, reserved: 0, sset_mask: 1 << ETH_SS_FEATURES, len: 0 };
+    let mut info =
+        SsetInfo { cmd: ETHTOOL_GSSET_INFO, reserved: 0, sset_mask: 1 << ETH_SS_FEATURES, len: 0 };
     ethtool(sock, name, &mut info).ok()?;
     let count = info.len as usize;
     if info.sset_mask == 0 || count == 0 {

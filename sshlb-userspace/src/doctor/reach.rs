@@ -28,11 +28,8 @@ pub fn probe(config: &Config, iface: &str, deadline: Duration) -> Vec<BackendFac
     runtime.block_on(async {
         let end = Instant::now() + deadline;
         let mut tasks = JoinSet::new();
-        for (index, (service, backend)) in config
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
-            .enumerate()
+        for (index, (service, backend)) in
+            config.services.iter().flat_map(|s| s.backends.iter().map(move |b| (s, b))).enumerate()
         {
             let facts = BackendFacts {
                 service: service.name.clone(),
