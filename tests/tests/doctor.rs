@@ -7,6 +7,9 @@
 //! that do not listen or answer as another server (reported), real sshds of one service with
 //! different host keys (the odd one named), and a strict reverse-path filter with a VIP off the
 //! interface (warned; loose passes) — and `up` logs those warnings without probing backends.
+//! Then what that rp_filter warning is about, for real: with the agent attached, a client whose
+//! neighbour entry the balancer lacks cannot connect through that VIP under strict filtering
+//! (the kernel counts the drop) and can under loose.
 
 use std::{
     io::Write as _,
@@ -322,6 +325,49 @@ fn doctor_checks_vips_backends_host_keys_and_rp_filter_in_both_modes() {
     assert!(err.contains(&format!("doctor: {}", named(&r, "vip 198.18.45.101").line())), "{err}");
     assert!(err.contains("doctor: rp_filter: rp_filter 1"), "{err}");
     assert!(!err.contains("doctor: backend") && !err.contains("doctor: host-keys"), "{err}");
+
+    // What the rp_filter warning is about, for real: a client at 198.18.45.3 whose neighbour
+    // entry the balancer lacks. The backend's SYN-ACK, rewritten to come from the VIP (on lo,
+    // by the local route), cannot be sent by the data plane (no neighbour) and goes to the
+    // kernel; strict mode drops it (IPReversePathFilter), loose mode forwards it and resolves.
+    let link: serde_json::Value =
+        serde_json::from_slice(&ns.ip(&["-j", "link", "show", &iface]).stdout).expect("ip -j");
+    let mac = link[0]["address"].as_str().expect("the balancer's MAC").to_owned();
+    peer.ip(&["addr", "add", "198.18.45.3/24", "dev", "p0"]);
+    // The client never ARPs for the balancer (which would teach the balancer its address).
+    peer.ip(&["neigh", "replace", "198.18.45.1", "lladdr", &mac, "dev", "p0", "nud", "permanent"]);
+    peer.ip(&["route", "add", "198.18.47.0/24", "via", "198.18.45.1", "src", "198.18.45.3"]);
+    let connect = || {
+        ns.ip(&["neigh", "flush", "to", "198.18.45.3", "dev", &iface]);
+        peer.run(|| -> Result<String, String> {
+            let addr: std::net::SocketAddr = "198.18.47.5:22".parse().expect("addr");
+            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            conn.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+            let mut banner = [0u8; 8];
+            std::io::Read::read_exact(&mut conn, &mut banner).map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&banner).into_owned())
+        })
+    };
+    let rp_drops = || {
+        let out = ns.command("cat", &["/proc/net/netstat"]).output().expect("netstat");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
+        let at = names.split_whitespace().position(|n| n == "IPReversePathFilter").expect("field");
+        values.split_whitespace().nth(at).and_then(|v| v.parse::<u64>().ok()).expect("value")
+    };
+    let before = rp_drops();
+    let strict = connect();
+    assert!(strict.is_err(), "strict rp_filter let the reply through: {strict:?}");
+    assert!(rp_drops() > before, "the reply was not dropped by the reverse-path filter");
+    sysctl("net.ipv4.conf.all.rp_filter=2");
+    assert_eq!(connect().as_deref(), Ok("SSH-2.0-"), "loose rp_filter: the reply is forwarded");
+    let stats = ns.command(agent, &["stats", &iface]).output().expect("stats");
+    let stats = sshlb_tests::parse_stats(&String::from_utf8_lossy(&stats.stdout));
+    let no_neigh = stats.iter().find(|(n, _)| n == "pass_no_neigh").map_or(0, |(_, v)| *v);
+    assert!(no_neigh > 0, "the replies did not take the unresolved-neighbour path: {stats:?}");
+
     let down = ns.command(agent, &["down", &iface]).output().expect("down");
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     eprintln!("up --detach with the local checks took {took:?}");
