@@ -3,13 +3,15 @@
 //! network against the configuration) decide from gathered facts (sans-IO, unit-tested);
 //! [`probe`] gathers the host's facts (kernel, BTF, bpffs, the interface through ioctls in the
 //! caller's network namespace, sysctls, where addresses live) and [`reach`] the backends' (banner
-//! and host keys, in parallel under one deadline). `up` runs the local checks first and refuses
-//! on a failed one with the same words ([`Report::fatal`]); it logs the warnings.
+//! and host keys, in parallel under one deadline); [`report`] holds the outcomes. `up` runs the
+//! local checks first and refuses on a failed one with the same words ([`Report::fatal`]); it
+//! logs the warnings.
 
 pub mod checks;
 pub mod network;
 pub mod probe;
 pub mod reach;
+pub mod report;
 
 pub use checks::{check, Check, Facts, IfaceFacts, Level, Report, MAX_NATIVE_MTU};
 pub use probe::facts;

@@ -16,7 +16,7 @@ use crate::{
 };
 
 fn check(name: &str, level: Level, found: String, fix: Option<String>) -> Check {
-    Check { name: name.to_owned(), level, found, fix }
+    Check::new(name, level, found, fix)
 }
 
 /// The sysctls `up` sets on `iface` (the IPv6 ones with IPv6 services), against their values
