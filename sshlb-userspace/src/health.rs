@@ -301,11 +301,13 @@ mod tests {
                 let (mut s, _) = listener.accept().await.expect("accept");
                 s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await.expect("write");
             });
-            let err = check(addr, Duration::from_secs(2), "SSH-2.0-", None).await.expect_err("http");
+            let err = check(addr, Duration::from_secs(2), "SSH-2.0-", None).await;
+            let err = err.expect_err("an HTTP server is not sshd");
             server.await.expect("server");
             assert_eq!(
                 err.to_string(),
-                "closed before sending an identification line (it sent \"HTTP/1.0 400 Bad Request\")"
+                "closed before sending an identification line \
+                 (it sent \"HTTP/1.0 400 Bad Request\")"
             );
         });
     }

@@ -210,7 +210,8 @@ pub fn vip_checks(
                     Level::Warn,
                     format!(
                         "{what} is neither an address here nor routed here (route: {}) and \
-                         not announced: nothing sends its packets to this host",
+                         not announced: unless the upstream router routes it to this host (not \
+                         visible from here), nothing sends its packets here",
                         route.as_ref().map_or_else(|| "none".to_owned(), Route::describe)
                     ),
                     fix,
