@@ -161,8 +161,10 @@ pub enum Command {
         json: bool,
     },
     /// Check this host and IFACE for what breaks XDP balancing (kernel, BTF, bpffs, veth peers,
-    /// MTU, LRO, the configuration), each pass/warn/fail with the fix. Exits non-zero when a
-    /// check fails; `up` runs the same checks first and refuses on a failed one.
+    /// MTU, LRO, hardware GRO, virtio queues, sysctls, rp_filter; with a configuration also the
+    /// NAT ports, whether each VIP reaches this host, each backend's banner from the NAT address
+    /// and the backends' host keys), each pass/warn/fail with the fix. Exits non-zero when a
+    /// check fails; `up` runs the same local checks first and refuses on a failed one.
     Doctor {
         /// Interface to check.
         iface: String,

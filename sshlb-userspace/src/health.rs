@@ -103,18 +103,24 @@ pub enum CheckError {
     /// The whole check took longer than the timeout.
     #[error("no identification line within {0:?}")]
     Timeout(Duration),
-    /// The backend closed before identifying itself.
-    #[error("closed before sending an identification line")]
-    Closed,
+    /// The backend closed before identifying itself (with the first other line it sent).
+    #[error("closed before sending an identification line{}", sent(.0.as_deref()))]
+    Closed(Option<String>),
     /// Reading or writing failed mid-check.
     #[error("i/o: {0}")]
     Io(#[source] std::io::Error),
     /// The identification line is not what `expect` asks for.
     #[error("identification {0:?} does not start with the expected prefix")]
     Mismatch(String),
-    /// More than [`MAX_PREAMBLE`] bytes without an `SSH-` line.
-    #[error("no identification line in the first {MAX_PREAMBLE} bytes")]
-    TooLong,
+    /// More than [`MAX_PREAMBLE`] bytes without an `SSH-` line (with the first line sent).
+    #[error("no identification line in the first {MAX_PREAMBLE} bytes{}", sent(.0.as_deref()))]
+    TooLong(Option<String>),
+}
+
+/// `" (it sent \"…\")"` for the first non-SSH line a backend sent, if any: a web server or
+/// another daemon on the port is then obvious.
+fn sent(first_line: Option<&str>) -> String {
+    first_line.map(|l| format!(" (it sent {l:?})")).unwrap_or_default()
 }
 
 /// Bytes a backend may send before its identification line (RFC 4253 allows other lines).
@@ -183,21 +189,23 @@ async fn check_unbounded(
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     let mut total = 0usize;
+    let mut first_line: Option<String> = None;
     let line = loop {
         if let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&buf[..end]).trim_end_matches('\r').to_owned();
             if line.starts_with("SSH-") {
                 break line;
             }
+            first_line.get_or_insert_with(|| line.chars().take(80).collect());
             buf.drain(..=end);
             continue;
         }
         if total > MAX_PREAMBLE {
-            return Err(CheckError::TooLong);
+            return Err(CheckError::TooLong(first_line.or_else(|| partial(&buf))));
         }
         let n = stream.read(&mut chunk).await.map_err(CheckError::Io)?;
         if n == 0 {
-            return Err(CheckError::Closed);
+            return Err(CheckError::Closed(first_line.or_else(|| partial(&buf))));
         }
         total += n;
         buf.extend_from_slice(&chunk[..n]);
@@ -208,6 +216,13 @@ async fn check_unbounded(
     stream.write_all(OUR_IDENTIFICATION).await.map_err(CheckError::Io)?;
     stream.shutdown().await.map_err(CheckError::Io)?;
     Ok(())
+}
+
+/// The start of an unterminated line (a backend that closed mid-line), if any.
+fn partial(buf: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(buf);
+    let text = text.trim_end();
+    (!text.is_empty()).then(|| text.chars().take(80).collect())
 }
 
 #[cfg(test)]
@@ -274,6 +289,27 @@ mod tests {
             assert_eq!(t.observe(true, 2, 3), None);
         }
         assert_eq!(t.health(), Health::Up);
+    }
+
+    #[test]
+    fn a_server_that_is_not_sshd_is_named_by_what_it_sent() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+            let addr = listener.local_addr().expect("addr");
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await.expect("write");
+            });
+            let err = check(addr, Duration::from_secs(2), "SSH-2.0-", None).await;
+            let err = err.expect_err("an HTTP server is not sshd");
+            server.await.expect("server");
+            assert_eq!(
+                err.to_string(),
+                "closed before sending an identification line \
+                 (it sent \"HTTP/1.0 400 Bad Request\")"
+            );
+        });
     }
 
     #[test]

@@ -87,8 +87,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !sshlb::sys::is_root() {
                 return Err(loader::LoaderError::NotRoot.into());
             }
-            // The doctor's checks first: refuse on a failed one, with its words.
-            let report = doctor::check(&doctor::facts(&iface, &cli.pin_root), xdp_mode);
+            // The doctor's local checks first: refuse on a failed one, with its words. The
+            // backend probes (banner, host keys) are left to the health checker and host-key
+            // scanner, which start with the agent: a start must not wait seconds on them.
+            let facts = doctor::facts(&iface, &cli.pin_root);
+            let report = doctor::local_report(&facts, xdp_mode, Some(&config));
             if let Some(fatal) = report.fatal() {
                 anyhow::bail!(
                     "refusing to attach to {iface} (`sshlb-agent doctor {iface}` shows every \
@@ -219,11 +222,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             flows(&cli.pin_root, &cli.control, query)
         }
         Command::Doctor { iface, config, xdp_mode, json } => {
-            let mut report = doctor::check(&doctor::facts(&iface, &cli.pin_root), xdp_mode);
             let choice = defaults::choose_config(config);
-            if !matches!(choice, ConfigChoice::Missing(_)) {
+            let parsed = (!matches!(choice, ConfigChoice::Missing(_)))
+                .then(|| load_config(choice.path()).map_err(|e| format!("{e:#}")));
+            let facts = doctor::facts(&iface, &cli.pin_root);
+            let good = parsed.as_ref().and_then(|p| p.as_ref().ok());
+            let mut report = doctor::local_report(&facts, xdp_mode, good);
+            if let Some(parsed) = &parsed {
                 let path = choice.path().display().to_string();
-                let parsed = load_config(choice.path()).map_err(|e| format!("{e:#}"));
                 let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
                     .unwrap_or_default();
                 report.checks.extend(doctor::checks::config_checks(
@@ -231,6 +237,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     parsed.as_ref().map_err(String::as_str),
                     &range,
                 ));
+            }
+            if let (Some(config), Some(_)) = (good, &facts.iface) {
+                report.checks.extend(doctor::backend_report(config, &iface));
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -56,11 +56,21 @@ pub fn interface_mtu(name: &str) -> Option<u16> {
 
 /// The global addresses of interface `name` with their prefix lengths (link-local IPv6 is
 /// skipped), in the kernel's order.
+pub fn interface_addrs(name: &str) -> Vec<(std::net::IpAddr, u8)> {
+    all_interface_addrs()
+        .into_iter()
+        .filter(|(ifname, _, _)| ifname == name)
+        .map(|(_, addr, prefix)| (addr, prefix))
+        .collect()
+}
+
+/// Every interface's global addresses as `(interface, address, prefix length)` (link-local
+/// IPv6 is skipped), in the kernel's order.
 #[expect(
     clippy::cast_ptr_alignment,
     reason = "getifaddrs hands out sockaddr storage aligned for the address family it names"
 )]
-pub fn interface_addrs(name: &str) -> Vec<(std::net::IpAddr, u8)> {
+pub fn all_interface_addrs() -> Vec<(String, std::net::IpAddr, u8)> {
     let mut found = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
@@ -73,15 +83,14 @@ pub fn interface_addrs(name: &str) -> Vec<(std::net::IpAddr, u8)> {
         // valid until freeifaddrs.
         unsafe {
             let ifa = &*cur;
-            let matches = !ifa.ifa_name.is_null()
-                && std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes();
-            if matches && !ifa.ifa_addr.is_null() && !ifa.ifa_netmask.is_null() {
+            if !ifa.ifa_name.is_null() && !ifa.ifa_addr.is_null() && !ifa.ifa_netmask.is_null() {
+                let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
                 match i32::from((*ifa.ifa_addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
                         let mask = &*ifa.ifa_netmask.cast::<libc::sockaddr_in>();
                         let addr = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                        found.push((addr.into(), mask.sin_addr.s_addr.count_ones() as u8));
+                        found.push((name, addr.into(), mask.sin_addr.s_addr.count_ones() as u8));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
@@ -90,7 +99,7 @@ pub fn interface_addrs(name: &str) -> Vec<(std::net::IpAddr, u8)> {
                         let prefix: u32 =
                             mask.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum();
                         if !addr.is_unicast_link_local() {
-                            found.push((addr.into(), prefix as u8));
+                            found.push((name, addr.into(), prefix as u8));
                         }
                     }
                     _ => {}

@@ -68,7 +68,11 @@ fn checks_real_sshd_and_misbehaving_backends() {
         thread::sleep(Duration::from_millis(100));
     });
     let garbage = run_check(&ns, 2001, t, "SSH-2.0-");
-    assert!(matches!(garbage, Err(CheckError::Closed | CheckError::Timeout(_))), "{garbage:?}");
+    assert!(
+        matches!(&garbage, Err(CheckError::Closed(Some(l))) if l == "HTTP/1.1 400 Bad Request")
+            || matches!(garbage, Err(CheckError::Timeout(_))),
+        "{garbage:?}"
+    );
     // An SSH server of the wrong protocol version.
     serve(&ns, 2007, |mut c| {
         let _ = c.write_all(b"SSH-1.5-Ancient\r\n");
@@ -82,7 +86,7 @@ fn checks_real_sshd_and_misbehaving_backends() {
     assert!(started.elapsed() < Duration::from_secs(2), "the check must be bounded by its timeout");
     // Closes at once.
     serve(&ns, 2003, drop);
-    assert!(matches!(run_check(&ns, 2003, t, "SSH-2.0-"), Err(CheckError::Closed)));
+    assert!(matches!(run_check(&ns, 2003, t, "SSH-2.0-"), Err(CheckError::Closed(None))));
     // Other lines first (RFC 4253 §4.2), then SSH-1.99; never closes: still a pass, we close.
     serve(&ns, 2004, |mut c| {
         let _ = c.write_all(b"welcome to the fleet\r\nSSH-1.99-Legacy_1.0\r\n");
@@ -102,7 +106,7 @@ fn checks_real_sshd_and_misbehaving_backends() {
         }
         thread::sleep(Duration::from_millis(300));
     });
-    assert!(matches!(run_check(&ns, 2005, t, "SSH-2.0-"), Err(CheckError::TooLong)));
+    assert!(matches!(run_check(&ns, 2005, t, "SSH-2.0-"), Err(CheckError::TooLong(Some(_)))));
     // TCP-only checks need nothing but the connect.
     serve(&ns, 2006, |_c| thread::sleep(Duration::from_millis(300)));
     run_check(&ns, 2006, t, "").expect("connect-only check");
