@@ -34,17 +34,18 @@ pub enum Bench {
 pub fn bench(which: Bench, seconds: u64) -> Result<()> {
     ensure!(crate::is_root(), "benchmarks need root (network namespaces, XDP, BPF statistics)");
     setup::setup()?;
+    let mut cargo = build::cargo();
     let (bin, args) = match which {
         Bench::Dataplane => ("dataplane-bench", vec![seconds.to_string()]),
         Bench::Agent => ("agent-bench", vec![]),
         Bench::Flood => ("flood-bench", vec![]),
         Bench::Lab => {
             // It drives the agent's library in-process; the far backend's `sshlb-agent backend
-            // up` is the binary, built on demand by the test kit (`agent_binary`).
+            // up` runs the binary, the release build.
+            cargo.env("SSHLB_AGENT", build::build(true)?);
             ("lab-bench", vec![])
         }
     };
-    let mut cargo = build::cargo();
     cargo.args(["run", "--release", "--package", "sshlb-tests", "--bin", bin, "--"]);
     cargo.args(args);
     cmd::run(&mut cargo).with_context(|| format!("the {bin} benchmark failed"))?;

@@ -176,6 +176,8 @@ impl Sshlb {
 /// lab's host key, an iperf3 server, and `sshlb-agent backend up` accepting IP-in-IP from the
 /// balancer's address only; [`Drop`] runs `backend down` (the namespace goes with the lab).
 pub struct FarBackend {
+    /// The agent binary (resolved once, so dropping never builds or panics).
+    agent: PathBuf,
     netns: String,
     iface: String,
     pins: PathBuf,
@@ -192,7 +194,7 @@ impl FarBackend {
         let sshd = Sshd::start_with(ns, &sshd_options(&lab.files, "far1"));
         ns.spawn("iperf3", &["-s", "-p", "5201"]);
         let pins = PathBuf::from(PIN_ROOT).with_file_name(unique("sshlb-backend"));
-        let this = Self { netns: ns.name.clone(), iface, pins, _sshd: sshd };
+        let this = Self { agent: agent_binary(), netns: ns.name.clone(), iface, pins, _sshd: sshd };
         let lb = format!("{LB4}/32");
         let out = this.backend(&["up", &this.iface, "--vip", TUN4, "--balancer", &lb])?;
         if !out.status.success() {
@@ -203,10 +205,9 @@ impl FarBackend {
 
     /// `sshlb-agent backend ARGS --backend-pins PINS` in the far backend's namespace.
     fn backend(&self, args: &[&str]) -> Result<std::process::Output> {
-        let agent = agent_binary();
         let pins = self.pins.to_str().context("pin path")?;
         let mut command = std::process::Command::new("nsenter");
-        command.arg(format!("--net=/run/netns/{}", self.netns)).arg("--").arg(agent);
+        command.arg(format!("--net=/run/netns/{}", self.netns)).arg("--").arg(&self.agent);
         command.arg("backend").args(args).args(["--backend-pins", pins]);
         Ok(command.output()?)
     }
