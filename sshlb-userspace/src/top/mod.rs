@@ -1,0 +1,298 @@
+//! `sshlb-agent top`: a live terminal view of the running agent and its data plane, refreshed
+//! every interval — per service and backend: health, state, weight, ring membership, live
+//! sessions, flows, new flows/s, packets/s, bytes/s; packets/s by outcome and drops by reason.
+//!
+//! - [`model`]: two samples → the rows and their rates (sans-IO);
+//! - [`screen`]: the rows drawn with ratatui (the terminal and `--once` share it);
+//! - this module: the edges — sampling the control socket and the pinned counters, the
+//!   terminal (raw mode and the alternate screen, restored on every way out) and the keys.
+//!
+//! Sources: `status` from the control socket (the same numbers `status --json` prints) and the
+//! pinned per-CPU `STATS` counters (what `stats IFACE` prints). The first sample must succeed
+//! (else a one-line error before the terminal is touched); later, an agent that stops answering
+//! is shown as such over its last answer while the pinned counters keep counting.
+
+pub mod model;
+pub mod screen;
+
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, PerCpuArray};
+use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+
+use crate::control::{self, Request, Status};
+pub use model::{Dashboard, Sample, Sort, ViewOptions};
+pub use screen::Screen;
+
+/// What `top` was asked for.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The agent's control socket.
+    pub control: PathBuf,
+    /// The pin root (`--pin-root`).
+    pub pin_root: PathBuf,
+    /// The data plane's interface (default: the agent's).
+    pub iface: Option<String>,
+    /// Time between samples.
+    pub interval: Duration,
+    /// Print one plain-text screen (rates over one interval) and exit.
+    pub once: bool,
+}
+
+/// Why `top` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TopError {
+    /// The agent could not be reached or did not answer.
+    #[error(transparent)]
+    Agent(#[from] control::ClientError),
+    /// The agent answered without a status.
+    #[error("the agent sent no status: {0}")]
+    NoStatus(String),
+    /// The interface asked for is not the agent's.
+    #[error("the agent at {control} runs on {agent}, not {asked} (see --control)")]
+    OtherInterface {
+        /// The socket.
+        control: String,
+        /// The agent's interface.
+        agent: String,
+        /// The one asked for.
+        asked: String,
+    },
+    /// The pinned counters could not be opened.
+    #[error(transparent)]
+    Pins(#[from] crate::loader::LoaderError),
+    /// The pinned counters could not be read.
+    #[error(transparent)]
+    Stats(#[from] crate::stats::StatsError),
+    /// A live view needs a terminal.
+    #[error(
+        "stdout is not a terminal: `top` draws a live screen; use --once for one plain-text screen"
+    )]
+    NotATerminal,
+    /// An interval of zero.
+    #[error("--interval must be more than 0")]
+    ZeroInterval,
+    /// The terminal failed.
+    #[error("terminal: {0}")]
+    Terminal(#[source] std::io::Error),
+}
+
+/// Width of the `--once` text when stdout is not a terminal.
+const TEXT_WIDTH: u16 = 160;
+
+/// Reads the agent and the counters, keeping the agent's last answer.
+struct Sampler {
+    control: PathBuf,
+    stats: PerCpuArray<MapData, u64>,
+    started: Instant,
+    last: Status,
+}
+
+fn status(socket: &Path) -> Result<Status, TopError> {
+    let reply = control::call(socket, &Request::Status)?;
+    match (reply.ok, reply.status) {
+        (true, Some(status)) => Ok(status),
+        (_, _) => Err(TopError::NoStatus(reply.error.unwrap_or_else(|| "no reason given".into()))),
+    }
+}
+
+impl Sampler {
+    /// The first sample must come: the agent answers and its counters open.
+    fn start(options: &Options) -> Result<(Self, Sample), TopError> {
+        let first = status(&options.control)?;
+        if let Some(asked) = options.iface.as_ref().filter(|i| **i != first.interface) {
+            return Err(TopError::OtherInterface {
+                control: options.control.display().to_string(),
+                agent: first.interface,
+                asked: asked.clone(),
+            });
+        }
+        let stats = crate::loader::pinned_stats(&options.pin_root, &first.interface)?;
+        let started = Instant::now();
+        let counters = crate::stats::read(&stats)?;
+        let sample = Sample {
+            taken: started.elapsed(),
+            status: first.clone(),
+            fresh: true,
+            counters,
+            ..Sample::default()
+        };
+        Ok((Self { control: options.control.clone(), stats, started, last: first }, sample))
+    }
+
+    fn sample(&mut self) -> Sample {
+        let (fresh, agent_error) = match status(&self.control) {
+            Ok(s) => {
+                self.last = s;
+                (true, None)
+            }
+            Err(e) => (false, Some(e.to_string())),
+        };
+        let (counters, counters_error) = match crate::stats::read(&self.stats) {
+            Ok(c) => (c, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        Sample {
+            taken: self.started.elapsed(),
+            status: self.last.clone(),
+            fresh,
+            agent_error,
+            counters,
+            counters_error,
+        }
+    }
+}
+
+/// Runs `top`: the live view until `q`, Esc or Ctrl-C, or with `once` one plain-text screen.
+pub fn run(options: &Options) -> Result<(), TopError> {
+    if options.interval.is_zero() {
+        return Err(TopError::ZeroInterval);
+    }
+    let tty = std::io::stdout().is_terminal();
+    if !options.once && !tty {
+        return Err(TopError::NotATerminal);
+    }
+    let (mut sampler, first) = Sampler::start(options)?;
+    if options.once {
+        std::thread::sleep(options.interval);
+        let now = sampler.sample();
+        let view = ViewOptions::default();
+        let dashboard = Dashboard::build(Some(&first), &now, view);
+        let width = if tty {
+            crossterm::terminal::size().map_or(TEXT_WIDTH, |(w, _)| w)
+        } else {
+            TEXT_WIDTH
+        };
+        let screen = Screen { dashboard: &dashboard, options: view, interval: options.interval };
+        print!("{}", screen.text(width));
+        return Ok(());
+    }
+    let mut terminal = Terminal::enter()?;
+    live(&mut terminal.0, &mut sampler, first, options.interval)
+}
+
+/// Raw mode and the alternate screen for as long as it lives; restored when dropped (a
+/// returned error included) and by ratatui's panic hook.
+struct Terminal(ratatui::DefaultTerminal);
+
+impl Terminal {
+    fn enter() -> Result<Self, TopError> {
+        match ratatui::try_init() {
+            Ok(t) => Ok(Self(t)),
+            Err(e) => {
+                // Raw mode may be on although the alternate screen failed.
+                ratatui::restore();
+                Err(TopError::Terminal(e))
+            }
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+/// What a key asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Key {
+    Quit,
+    Sort,
+    Drops,
+    Other,
+}
+
+fn key(code: KeyCode, modifiers: KeyModifiers) -> Key {
+    match code {
+        KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => Key::Quit,
+        KeyCode::Char('q' | 'Q') | KeyCode::Esc => Key::Quit,
+        KeyCode::Char('s') => Key::Sort,
+        KeyCode::Char('z') => Key::Drops,
+        _ => Key::Other,
+    }
+}
+
+fn live(
+    terminal: &mut ratatui::DefaultTerminal,
+    sampler: &mut Sampler,
+    first: Sample,
+    interval: Duration,
+) -> Result<(), TopError> {
+    let mut view = ViewOptions::default();
+    let (mut before, mut now) = (None::<Sample>, first);
+    let mut next = Instant::now() + interval;
+    loop {
+        let dashboard = Dashboard::build(before.as_ref(), &now, view);
+        let screen = Screen { dashboard: &dashboard, options: view, interval };
+        terminal.draw(|f| f.render_widget(&screen, f.area())).map_err(TopError::Terminal)?;
+        // Keys until the next sample is due; a key that changes the view redraws at once.
+        loop {
+            let wait = next.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                before = Some(std::mem::replace(&mut now, sampler.sample()));
+                next += interval;
+                // Fell behind (a slow agent, a suspended terminal): start the beat again.
+                if next < Instant::now() {
+                    next = Instant::now() + interval;
+                }
+                break;
+            }
+            if !event::poll(wait).map_err(TopError::Terminal)? {
+                continue;
+            }
+            match event::read().map_err(TopError::Terminal)? {
+                Event::Key(k) if k.kind == KeyEventKind::Press => match key(k.code, k.modifiers) {
+                    Key::Quit => return Ok(()),
+                    Key::Sort => {
+                        view.sort = view.sort.next();
+                        break;
+                    }
+                    Key::Drops => {
+                        view.all_drops = !view.all_drops;
+                        break;
+                    }
+                    Key::Other => {}
+                },
+                Event::Resize(..) => break,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q_esc_and_ctrl_c_quit() {
+        assert_eq!(key(KeyCode::Char('q'), KeyModifiers::NONE), Key::Quit);
+        assert_eq!(key(KeyCode::Esc, KeyModifiers::NONE), Key::Quit);
+        assert_eq!(key(KeyCode::Char('c'), KeyModifiers::CONTROL), Key::Quit);
+        assert_eq!(key(KeyCode::Char('c'), KeyModifiers::NONE), Key::Other);
+        assert_eq!(key(KeyCode::Char('s'), KeyModifiers::NONE), Key::Sort);
+        assert_eq!(key(KeyCode::Char('z'), KeyModifiers::NONE), Key::Drops);
+    }
+
+    #[test]
+    fn no_agent_is_one_clear_error_before_any_terminal_work() {
+        let options = Options {
+            control: std::env::temp_dir()
+                .join(format!("sshlb-top-none-{}.sock", std::process::id())),
+            pin_root: std::env::temp_dir(),
+            iface: None,
+            interval: Duration::from_secs(1),
+            once: true,
+        };
+        let err = run(&options).expect_err("no agent");
+        let text = err.to_string();
+        assert!(text.contains("cannot reach the agent at") && !text.contains('\n'), "{text}");
+        let zero = Options { interval: Duration::ZERO, ..options };
+        assert!(matches!(run(&zero), Err(TopError::ZeroInterval)));
+    }
+}
