@@ -189,8 +189,10 @@ pub enum Command {
         /// Output directory (created if missing).
         dir: PathBuf,
     },
-    /// A live view, refreshed every interval: per service and backend health, state, weight,
-    /// live sessions, flows, new flows/s, packets/s, bytes/s; packets/s by outcome and drops by
+    /// A live view of the running agent and its data plane, refreshed every interval.
+    ///
+    /// Per service and backend: health, state, weight, ring membership, live sessions, flows,
+    /// new flows/s, packets/s, bytes/s; above them packets/s by outcome, below them drops by
     /// reason. Keys: q, Esc or Ctrl-C quit, s cycles the backend order (file, live sessions,
     /// packets/s), z shows every drop reason or only those seen.
     Top {

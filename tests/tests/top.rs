@@ -3,8 +3,9 @@
 //! flows through the VIP. The pane, read with `capture-pane`, must show the services and
 //! backends with their health and weight; the backend carrying the sessions with live sessions
 //! and packets per second, the idle ones at 0; SYNs a deny list refuses as `drop_acl_denied` per
-//! second; `set-weight` and `drain` in the next screens; and after `q`, the shell back in a
-//! cooked terminal. Without an agent: one line of error and the shell's prompt.
+//! second; `set-weight` and `drain` in the next screens; a killed agent said so while the
+//! pinned counters count on; and after `q`, the shell back in a cooked terminal. Without an
+//! agent: one line of error and the shell's prompt.
 
 use std::{
     process::Output,
@@ -50,7 +51,7 @@ impl Tmux {
             &w,
             "-y",
             &h,
-            "-e",
+            "env",
             &ps1,
             "sh",
         ]);
@@ -117,10 +118,19 @@ fn row<'a>(pane: &'a str, first: &str) -> Option<Vec<&'a str>> {
         .find(|cells| cells.first() == Some(&first))
 }
 
-/// A backend row: name, address, health, state, weight, ring, live, flows, new/s, pkts/s,
-/// bytes/s.
-fn backend<'a>(pane: &'a str, name: &str) -> Option<Vec<&'a str>> {
-    row(pane, name).filter(|cells| cells.len() == 11)
+/// The row of backend `name` under service `service`: name, address, health, state, weight,
+/// ring, live, flows, new/s, pkts/s, bytes/s. Backend rows are indented under their service's.
+fn backend<'a>(pane: &'a str, service: &str, name: &str) -> Option<Vec<&'a str>> {
+    let mut under = false;
+    for line in pane.lines() {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(' ') && !cells.is_empty() {
+            under = cells[0] == service;
+        } else if under && cells.first() == Some(&name) && cells.len() == 11 {
+            return Some(cells);
+        }
+    }
+    None
 }
 
 fn moving(cell: &str) -> bool {
@@ -209,13 +219,14 @@ fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
     tmux.type_line(&format!("{bin} --control {control} top {iface}; echo \"rc=$?\""));
     let pane = tmux.wait("b1 carrying the sessions, the others idle, drops per second", |p| {
         let (Some(b1), Some(b2), Some(drops)) =
-            (backend(p, "b1"), backend(p, "b2"), row(p, "drop_acl_denied"))
+            (backend(p, "git", "b1"), backend(p, "git", "b2"), row(p, "drop_acl_denied"))
         else {
             return false;
         };
         let live: u64 = b1[6].parse().unwrap_or(0);
         live >= 4 && moving(b1[9]) && moving(b1[10]) && b2[9] == "0" && moving(drops[1])
     });
+    eprintln!("the live screen:\n{pane}");
     assert!(pane.contains(&format!("sshlb top  {iface}  every 1s")), "{pane}");
     assert!(
         row(&pane, "git").is_some_and(|r| r[1] == "198.18.0.100:22" && r[2] == "nat"),
@@ -223,12 +234,16 @@ fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
     );
     assert!(row(&pane, "locked").is_some_and(|r| r[1] == "198.18.0.101:22"), "{pane}");
     for (name, weight, ring) in [("b1", "100", "yes"), ("b2", "0", "no"), ("b3", "0", "no")] {
-        let b = backend(&pane, name).unwrap_or_else(|| panic!("no row {name}:\n{pane}"));
+        let b = backend(&pane, "git", name).unwrap_or_else(|| panic!("no row {name}:\n{pane}"));
         assert_eq!((b[2], b[3], b[4], b[5]), ("up", "active", weight, ring), "{name}:\n{pane}");
         if name != "b1" {
             assert_eq!((b[6], b[8], b[9], b[10]), ("0", "0", "0", "0"), "{name} is idle:\n{pane}");
         }
     }
+    // Per service: b1 of the refused service carries nothing although git's b1 does.
+    let locked_b1 =
+        backend(&pane, "locked", "b1").unwrap_or_else(|| panic!("no locked/b1:\n{pane}"));
+    assert_eq!((locked_b1[4], locked_b1[6], locked_b1[9]), ("100", "0", "0"), "{pane}");
     let packets = pane.lines().find(|l| l.starts_with("packets ")).expect("the totals line");
     assert!(!packets.starts_with("packets 0/s") && !packets.contains("dropped 0/s"), "{pane}");
 
@@ -237,15 +252,15 @@ fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
     let out = agent.ctl(&["set-weight", "git/b2", "7"]);
     assert!(out.status.success(), "set-weight: {}", String::from_utf8_lossy(&out.stderr));
     tmux.wait("b2's new weight", |p| {
-        backend(p, "b2").is_some_and(|b| b[4] == "7" && b[5] == "yes")
+        backend(p, "git", "b2").is_some_and(|b| b[4] == "7" && b[5] == "yes")
     });
     eprintln!("set-weight on screen after {:?}", started.elapsed());
     let out = agent.ctl(&["drain", "git/b1"]);
     assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
     let pane = tmux.wait("b1 drained, its sessions still live", |p| {
-        backend(p, "b1").is_some_and(|b| b[3] == "drain" && b[5] == "no" && b[6] != "0")
+        backend(p, "git", "b1").is_some_and(|b| b[3] == "drain" && b[5] == "no" && b[6] != "0")
     });
-    assert_eq!(backend(&pane, "b2").map(|b| b[5]), Some("yes"), "{pane}");
+    assert_eq!(backend(&pane, "git", "b2").map(|b| b[5]), Some("yes"), "{pane}");
 
     // Keys: s cycles the backend order (the header names it), z lists every drop reason.
     tmux.keys(&["s"]);
@@ -259,8 +274,20 @@ fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
     let out = agent.ctl(&["top", "--once", "--interval", "500ms"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "top --once: {}", String::from_utf8_lossy(&out.stderr));
-    let b1 = backend(&text, "b1").unwrap_or_else(|| panic!("no b1 in --once:\n{text}"));
+    let b1 = backend(&text, "git", "b1").unwrap_or_else(|| panic!("no b1 in --once:\n{text}"));
     assert!(b1[3] == "drain" && moving(b1[9]), "{text}");
+
+    // The agent dies (SIGKILL; the data plane stays attached and keeps forwarding): top says
+    // so over the agent's last answer, with no made-up rates, and the pinned counters count on.
+    agent.kill();
+    let pane = tmux.wait("the dead agent", |p| {
+        let forwarding =
+            p.lines().any(|l| l.starts_with("packets ") && !l.contains("forwarded 0/s"));
+        p.contains("agent not answering") && forwarding
+    });
+    eprintln!("after the agent died:\n{}", pane.lines().take(8).collect::<Vec<_>>().join("\n"));
+    let b1 = backend(&pane, "git", "b1").unwrap_or_else(|| panic!("rows kept:\n{pane}"));
+    assert_eq!((b1[3], b1[9]), ("drain", "-"), "{pane}");
 
     // q leaves: the shell is back, in a cooked terminal, and top exited 0.
     tmux.keys(&["q"]);

@@ -64,7 +64,7 @@ pub enum TopError {
     },
     /// The pinned counters could not be opened.
     #[error(transparent)]
-    Pins(#[from] crate::loader::LoaderError),
+    Pins(#[from] Box<crate::loader::LoaderError>),
     /// The pinned counters could not be read.
     #[error(transparent)]
     Stats(#[from] crate::stats::StatsError),
@@ -111,7 +111,8 @@ impl Sampler {
                 asked: asked.clone(),
             });
         }
-        let stats = crate::loader::pinned_stats(&options.pin_root, &first.interface)?;
+        let stats =
+            crate::loader::pinned_stats(&options.pin_root, &first.interface).map_err(Box::new)?;
         let started = Instant::now();
         let counters = crate::stats::read(&stats)?;
         let sample = Sample {
@@ -171,8 +172,23 @@ pub fn run(options: &Options) -> Result<(), TopError> {
         print!("{}", screen.text(width));
         return Ok(());
     }
+    // Samples come from a thread of their own: a slow or hung agent (a status walks the whole
+    // connection table) never keeps the keys from answering.
+    let (tx, samples) = std::sync::mpsc::channel();
+    let interval = options.interval;
+    std::thread::spawn(move || {
+        let mut next = Instant::now() + interval;
+        loop {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            // Fell behind (a slow agent): start the beat again rather than catch up.
+            next = (next + interval).max(Instant::now());
+            if tx.send(sampler.sample()).is_err() {
+                return;
+            }
+        }
+    });
     let mut terminal = Terminal::enter()?;
-    live(&mut terminal.0, &mut sampler, first, options.interval)
+    live(&mut terminal.0, &samples, first, interval)
 }
 
 /// Raw mode and the alternate screen for as long as it lives; restored when dropped (a
@@ -217,32 +233,28 @@ fn key(code: KeyCode, modifiers: KeyModifiers) -> Key {
     }
 }
 
+/// How often keys are looked at while waiting for the next sample.
+const KEY_POLL: Duration = Duration::from_millis(50);
+
 fn live(
     terminal: &mut ratatui::DefaultTerminal,
-    sampler: &mut Sampler,
+    samples: &std::sync::mpsc::Receiver<Sample>,
     first: Sample,
     interval: Duration,
 ) -> Result<(), TopError> {
     let mut view = ViewOptions::default();
     let (mut before, mut now) = (None::<Sample>, first);
-    let mut next = Instant::now() + interval;
     loop {
         let dashboard = Dashboard::build(before.as_ref(), &now, view);
         let screen = Screen { dashboard: &dashboard, options: view, interval };
         terminal.draw(|f| f.render_widget(&screen, f.area())).map_err(TopError::Terminal)?;
-        // Keys until the next sample is due; a key that changes the view redraws at once.
+        // Keys until the next sample arrives; a key that changes the view redraws at once.
         loop {
-            let wait = next.saturating_duration_since(Instant::now());
-            if wait.is_zero() {
-                before = Some(std::mem::replace(&mut now, sampler.sample()));
-                next += interval;
-                // Fell behind (a slow agent, a suspended terminal): start the beat again.
-                if next < Instant::now() {
-                    next = Instant::now() + interval;
-                }
+            if let Ok(sample) = samples.try_recv() {
+                before = Some(std::mem::replace(&mut now, sample));
                 break;
             }
-            if !event::poll(wait).map_err(TopError::Terminal)? {
+            if !event::poll(KEY_POLL).map_err(TopError::Terminal)? {
                 continue;
             }
             match event::read().map_err(TopError::Terminal)? {

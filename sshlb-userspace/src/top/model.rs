@@ -261,7 +261,7 @@ impl Dashboard {
 
         let mut problems = Vec::new();
         if let Some(why) = &now.agent_error {
-            problems.push(format!("agent not answering ({why}): showing its last answer"));
+            problems.push(format!("agent not answering, showing its last answer: {why}"));
         }
         if let Some(why) = &now.counters_error {
             problems.push(format!("data-plane counters unreadable: {why}"));
@@ -300,9 +300,9 @@ fn backend_row(b: &BackendStatus, old: Option<&BackendStatus>, seconds: Option<f
 fn sort_backends(rows: &mut [BackendRow], sort: Sort) {
     match sort {
         Sort::File => {}
-        Sort::Live => rows.sort_by(|a, b| b.live_sessions.cmp(&a.live_sessions)),
+        Sort::Live => rows.sort_by_key(|b| std::cmp::Reverse(b.live_sessions)),
         Sort::Packets => {
-            rows.sort_by(|a, b| b.packets.unwrap_or(0.0).total_cmp(&a.packets.unwrap_or(0.0)))
+            rows.sort_by(|a, b| b.packets.unwrap_or(0.0).total_cmp(&a.packets.unwrap_or(0.0)));
         }
     }
 }

@@ -38,7 +38,8 @@ const BACKEND_HEADER: [&str; 11] = [
     "PKTS/s",
     "BYTES/s",
 ];
-const BACKEND_WIDTHS: [u16; 11] = [20, 42, 7, 8, 6, 4, 7, 7, 7, 8, 8];
+/// Column widths after the name and the address, which fit their longest value.
+const BACKEND_WIDTHS: [u16; 9] = [7, 8, 6, 4, 7, 7, 7, 8, 8];
 /// Columns from LIVE on are numbers, right-aligned.
 const FIRST_NUMBER: usize = 6;
 
@@ -98,6 +99,21 @@ impl Screen<'_> {
             rows.extend(s.backends.iter().map(backend_row));
         }
         rows
+    }
+
+    /// The name and address columns as wide as their longest value (no address is cut).
+    fn backend_widths(&self) -> Vec<Constraint> {
+        let services = &self.dashboard.services;
+        let widest =
+            |header: &str, service: fn(&ServiceRow) -> usize, backend: fn(&BackendRow) -> usize| {
+                let rows = services.iter().flat_map(|s| {
+                    std::iter::once(service(s)).chain(s.backends.iter().map(backend))
+                });
+                rows.chain([header.len()]).max().unwrap_or(0) as u16
+            };
+        let name = widest(BACKEND_HEADER[0], |s| s.name.len(), |b| b.name.len() + 2);
+        let address = widest(BACKEND_HEADER[1], |s| s.address.len(), |b| b.address.len());
+        [name, address].into_iter().chain(BACKEND_WIDTHS).map(Constraint::Length).collect()
     }
 
     /// Lines the whole screen needs (for `--once`).
@@ -212,7 +228,7 @@ impl Widget for &Screen<'_> {
                 .block(title("Services and backends"))
                 .render(services, buf);
         } else {
-            Table::new(rows, BACKEND_WIDTHS.map(Constraint::Length))
+            Table::new(rows, self.backend_widths())
                 .header(column_header(&BACKEND_HEADER, FIRST_NUMBER))
                 .block(title("Services and backends"))
                 .render(services, buf);
@@ -293,7 +309,7 @@ mod tests {
                 ],
             }],
             drops: vec![DropRow { reason: "drop_acl_denied", per_second: Some(4.0), total: 12 }],
-            problems: vec!["agent not answering (refused): showing its last answer".into()],
+            problems: vec!["agent not answering, showing its last answer: refused".into()],
         }
     }
 
@@ -328,7 +344,7 @@ mod tests {
             text.contains("packets 1234/s  forwarded 1200/s  passed 30/s  dropped 4.0/s"),
             "{text}"
         );
-        assert!(text.contains("agent not answering (refused)"), "{text}");
+        assert!(text.contains("agent not answering, showing its last answer: refused"), "{text}");
         assert!(text.starts_with("sshlb top  eth0  every 1s  5 flows in table"), "{text}");
     }
 
