@@ -35,11 +35,14 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Tmux {
     socket: String,
     session: String,
+    /// The server's socket file (tmux leaves it behind when killed).
+    socket_path: Option<std::path::PathBuf>,
 }
 
 impl Tmux {
     fn start(width: u16, height: u16) -> Self {
-        let tmux = Self { socket: unique("sshlb-top"), session: unique("top") };
+        let mut tmux =
+            Self { socket: unique("sshlb-top"), session: unique("top"), socket_path: None };
         let (w, h) = (width.to_string(), height.to_string());
         let ps1 = format!("PS1={PROMPT} ");
         let out = tmux.run(&[
@@ -56,6 +59,9 @@ impl Tmux {
             "sh",
         ]);
         assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+        let out = tmux.run(&["display-message", "-p", "#{socket_path}"]);
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        tmux.socket_path = (!path.is_empty()).then(|| path.into());
         tmux
     }
 
@@ -108,6 +114,9 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ignored = self.run(&["kill-session", "-t", &self.session]);
         let _ignored = self.run(&["kill-server"]);
+        if let Some(path) = &self.socket_path {
+            let _ignored = std::fs::remove_file(path);
+        }
     }
 }
 
