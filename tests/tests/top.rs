@@ -3,9 +3,9 @@
 //! flows through the VIP. The pane, read with `capture-pane`, must show the services and
 //! backends with their health and weight; the backend carrying the sessions with live sessions
 //! and packets per second, the idle ones at 0; SYNs a deny list refuses as `drop_acl_denied` per
-//! second; `set-weight` and `drain` in the next screens; a killed agent said so while the
-//! pinned counters count on; and after `q`, the shell back in a cooked terminal. Without an
-//! agent: one line of error and the shell's prompt.
+//! second; `set-weight` and `drain` in the next screens; after SIGTERM, and after `q` in a
+//! second one under which the agent is killed (said so while the pinned counters count on),
+//! the shell back in a cooked terminal. Without an agent: one line of error and the prompt.
 
 use std::{
     process::Output,
@@ -96,6 +96,49 @@ impl Tmux {
         let out = self.run(&["capture-pane", "-p", "-t", &self.session]);
         assert!(out.status.success(), "capture-pane: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The PID of the one process the pane's shell is running (`pgrep -P`).
+    fn child_of_shell(&self) -> i32 {
+        let out = self.run(&["display-message", "-p", "-t", &self.session, "#{pane_pid}"]);
+        let shell = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let out = std::process::Command::new("pgrep").args(["-P", &shell]).output().expect("pgrep");
+        let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert_eq!(pids.len(), 1, "children of the pane's shell {shell}: {pids:?}");
+        pids[0]
+    }
+
+    /// After top ended: it exited 0 (the command line echoes `rc=$?`), the alternate screen
+    /// was left, the terminal is cooked again (`stty`: icanon, echo) and the prompt is back;
+    /// then clears the pane for the next step.
+    fn shell_back(&self, what: &str) {
+        let pane = self.wait(&format!("the shell {what}"), |p| p.contains("rc=0"));
+        assert!(!pane.contains("Services and backends"), "{what}: screen not left:\n{pane}");
+        self.type_line(
+            "stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo",
+        );
+        let pane = self.wait(&format!("stty's modes {what}"), |p| {
+            p.lines().any(|l| l.trim() == "icanon" || l.trim() == "-icanon")
+        });
+        let modes: Vec<&str> = pane
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with("icanon") || l.ends_with("echo"))
+            .collect();
+        assert!(
+            modes.contains(&"icanon") && modes.contains(&"echo"),
+            "{what}: terminal not restored: {modes:?}\n{pane}"
+        );
+        assert_eq!(
+            pane.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim_end),
+            Some(PROMPT),
+            "{what}:\n{pane}"
+        );
+        self.type_line("clear");
+        self.wait(&format!("a clear pane {what}"), |p| !p.contains("rc=0"));
     }
 
     /// The first pane (polled every 100 ms for [`WAIT`]) for which `ready` holds; panics with
@@ -286,8 +329,17 @@ fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
     let b1 = backend(&text, "git", "b1").unwrap_or_else(|| panic!("no b1 in --once:\n{text}"));
     assert!(b1[3] == "drain" && moving(b1[9]), "{text}");
 
-    // The agent dies (SIGKILL; the data plane stays attached and keeps forwarding): top says
-    // so over the agent's last answer, with no made-up rates, and the pinned counters count on.
+    // SIGTERM (a `kill` from another terminal) ends it like q: the terminal is given back.
+    let pid = tmux.child_of_shell();
+    // SAFETY: kill(2) on the PID of the top this test started in its own tmux pane.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill {pid}");
+    tmux.shell_back("after SIGTERM");
+
+    // A second one; the agent dies under it (SIGKILL; the data plane stays attached and keeps
+    // forwarding): top says so over the agent's last answer, with no made-up rates, while the
+    // pinned counters count on.
+    tmux.type_line(&format!("{bin} --control {control} top {iface}; echo \"rc=$?\""));
+    tmux.wait("the second screen", |p| backend(p, "git", "b1").is_some());
     agent.kill();
     let pane = tmux.wait("the dead agent", |p| {
         let forwarding =
@@ -298,27 +350,9 @@ fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
     let b1 = backend(&pane, "git", "b1").unwrap_or_else(|| panic!("rows kept:\n{pane}"));
     assert_eq!((b1[3], b1[9]), ("drain", "-"), "{pane}");
 
-    // q leaves: the shell is back, in a cooked terminal, and top exited 0.
+    // q leaves the same way.
     tmux.keys(&["q"]);
-    let pane = tmux.wait("the shell after q", |p| p.contains("rc=0"));
-    assert!(!pane.contains("Services and backends"), "the alternate screen was left:\n{pane}");
-    tmux.type_line("stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo");
-    let pane = tmux
-        .wait("stty's modes", |p| p.lines().any(|l| l.trim() == "icanon" || l.trim() == "-icanon"));
-    let modes: Vec<&str> = pane
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.ends_with("icanon") || l.ends_with("echo"))
-        .collect();
-    assert!(
-        modes.contains(&"icanon") && modes.contains(&"echo"),
-        "not restored: {modes:?}\n{pane}"
-    );
-    assert_eq!(
-        pane.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim_end),
-        Some(PROMPT),
-        "{pane}"
-    );
+    tmux.shell_back("after q");
 
     drop(stop);
     let conns = echo.join().expect("the echo thread");

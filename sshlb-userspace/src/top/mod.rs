@@ -5,7 +5,8 @@
 //! - [`model`]: two samples → the rows and their rates (sans-IO);
 //! - [`screen`]: the rows drawn with ratatui (the terminal and `--once` share it);
 //! - this module: the edges — sampling the control socket and the pinned counters, the
-//!   terminal (raw mode and the alternate screen, restored on every way out) and the keys.
+//!   terminal (raw mode and the alternate screen, restored on every way out: q, Esc, Ctrl-C,
+//!   SIGTERM, SIGHUP, an error, a panic) and the keys.
 //!
 //! Sources: `status` from the control socket (the same numbers `status --json` prints) and the
 //! pinned per-CPU `STATS` counters (what `stats IFACE` prints). The first sample must succeed
@@ -18,6 +19,10 @@ pub mod screen;
 use std::{
     io::IsTerminal as _,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -187,8 +192,16 @@ pub fn run(options: &Options) -> Result<(), TopError> {
             }
         }
     });
+    // SIGTERM, SIGHUP or SIGINT (raw mode turns Ctrl-C into a key, but `kill -INT` still
+    // comes) end the loop like `q`, so the terminal is given back.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in
+        [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP, signal_hook::consts::SIGINT]
+    {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(TopError::Terminal)?;
+    }
     let mut terminal = Terminal::enter()?;
-    live(&mut terminal.0, &samples, first, interval)
+    live(&mut terminal.0, &samples, first, interval, &stop)
 }
 
 /// Raw mode and the alternate screen for as long as it lives; restored when dropped (a
@@ -241,6 +254,7 @@ fn live(
     samples: &std::sync::mpsc::Receiver<Sample>,
     first: Sample,
     interval: Duration,
+    stop: &AtomicBool,
 ) -> Result<(), TopError> {
     let mut view = ViewOptions::default();
     let (mut before, mut now) = (None::<Sample>, first);
@@ -250,6 +264,9 @@ fn live(
         terminal.draw(|f| f.render_widget(&screen, f.area())).map_err(TopError::Terminal)?;
         // Keys until the next sample arrives; a key that changes the view redraws at once.
         loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             if let Ok(sample) = samples.try_recv() {
                 before = Some(std::mem::replace(&mut now, sample));
                 break;
