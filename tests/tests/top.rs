@@ -120,8 +120,13 @@ impl Tmux {
         self.type_line(
             "stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo",
         );
+        // Done when its output is followed by the next prompt.
+        let last_line = |p: &str| {
+            p.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim_end).map(str::to_owned)
+        };
         let pane = self.wait(&format!("stty's modes {what}"), |p| {
-            p.lines().any(|l| l.trim() == "icanon" || l.trim() == "-icanon")
+            let modes = p.lines().any(|l| l.trim() == "icanon" || l.trim() == "-icanon");
+            modes && last_line(p).as_deref() == Some(PROMPT)
         });
         let modes: Vec<&str> = pane
             .lines()
@@ -131,11 +136,6 @@ impl Tmux {
         assert!(
             modes.contains(&"icanon") && modes.contains(&"echo"),
             "{what}: terminal not restored: {modes:?}\n{pane}"
-        );
-        assert_eq!(
-            pane.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim_end),
-            Some(PROMPT),
-            "{what}:\n{pane}"
         );
         self.type_line("clear");
         self.wait(&format!("a clear pane {what}"), |p| !p.contains("rc=0"));

@@ -153,7 +153,8 @@ impl Sampler {
     }
 }
 
-/// Runs `top`: the live view until `q`, Esc or Ctrl-C, or with `once` one plain-text screen.
+/// Runs `top`: the live view until `q`, Esc, Ctrl-C or a SIGTERM/SIGHUP/SIGINT, or with `once`
+/// one plain-text screen.
 pub fn run(options: &Options) -> Result<(), TopError> {
     if options.interval.is_zero() {
         return Err(TopError::ZeroInterval);
