@@ -191,6 +191,22 @@ pub enum Command {
         /// Output directory (created if missing).
         dir: PathBuf,
     },
+    /// A live view of the running agent and its data plane, refreshed every interval.
+    ///
+    /// Per service and backend: health, state, weight, ring membership, live sessions, flows,
+    /// new flows/s, packets/s, bytes/s; above them packets/s by outcome, below them drops by
+    /// reason. Keys: q, Esc or Ctrl-C quit, s cycles the backend order (file, live sessions,
+    /// packets/s), z shows every drop reason or only those seen.
+    Top {
+        /// Interface the data plane is attached to (default: the running agent's).
+        iface: Option<String>,
+        /// Time between screens ("1s", "500ms", or whole seconds).
+        #[arg(long, default_value = "1s", value_parser = parse_interval, value_name = "DURATION")]
+        interval: std::time::Duration,
+        /// Print one plain-text screen (rates over one interval) and exit, e.g. for scripts.
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the data plane's counters on IFACE.
     Stats {
         /// Interface the data plane is attached to.
@@ -225,9 +241,36 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{text:?}: expected a duration like \"90s\", \"30m\" or \"2h\""))
 }
 
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let seconds = text.parse::<u64>().ok().map(std::time::Duration::from_secs);
+    match seconds.or_else(|| crate::config::parse_duration(text)) {
+        Some(d) if !d.is_zero() => Ok(d),
+        Some(_) => Err("must be more than 0".to_owned()),
+        None => Err(format!("{text:?}: expected a duration like \"1s\", \"500ms\" or \"2\"")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_takes_an_optional_interface_and_an_interval() {
+        let top = |args: &[&str]| {
+            let mut full = vec!["sshlb-agent", "top"];
+            full.extend_from_slice(args);
+            let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
+            let Command::Top { iface, interval, once } = cli.command else { panic!("not top") };
+            Ok::<_, String>((iface, interval.as_millis(), once))
+        };
+        assert_eq!(top(&[]), Ok((None, 1000, false)));
+        assert_eq!(top(&["eth0", "--interval", "250ms"]), Ok((Some("eth0".into()), 250, false)));
+        assert_eq!(top(&["--interval", "2", "--once"]), Ok((None, 2000, true)));
+        let err = top(&["--interval", "0"]).expect_err("zero");
+        assert!(err.contains("more than 0"), "{err}");
+        let err = top(&["--interval", "soon"]).expect_err("garbage");
+        assert!(err.contains("500ms"), "{err}");
+    }
 
     #[test]
     fn parses_up_with_config_and_mode() {

@@ -13,7 +13,8 @@
 //!    the status view, health/host-key tasks, host setup, the run loop; [`doctor`] (host and
 //!    interface checks `doctor` prints and `up` runs first).
 //! 6. API — [`control`] (socket protocol, server, client), [`metrics`] (Prometheus rendering
-//!    and server), [`cli`], [`flowview`] (the `flows` command: pinned table → rows).
+//!    and server), [`cli`], [`flowview`] (the `flows` command: pinned table → rows), [`top`]
+//!    (the live terminal view: two samples → rows and rates, drawn with ratatui).
 
 pub mod announce;
 pub mod backend;
@@ -38,4 +39,5 @@ pub mod plan;
 pub mod protection;
 pub mod stats;
 pub mod sys;
+pub mod top;
 pub mod tunnel_check;

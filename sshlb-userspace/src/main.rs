@@ -260,6 +260,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Man { dir } => sshlb::cli::write_man_pages(&dir)
             .with_context(|| format!("writing the man pages into {}", dir.display())),
+        Command::Top { iface, interval, once } => {
+            let options = sshlb::top::Options {
+                control: cli.control,
+                pin_root: cli.pin_root,
+                iface,
+                interval,
+                once,
+            };
+            Ok(sshlb::top::run(&options)?)
+        }
         Command::Stats { iface, all } => {
             let map = loader::pinned_stats(&cli.pin_root, &iface)?;
             print!("{}", stats::render(&stats::read(&map)?, all));

@@ -30,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",     // promtool: checking and unit-testing contrib/prometheus's alert rules
     "systemd",        // systemd-analyze verify/security on the packaged sshlb@.service
     "man-db",         // man: the packaged man pages render (systemd-analyze checks Documentation=)
+    "tmux",           // a real terminal for `sshlb-agent top`'s test (send-keys, capture-pane)
 ];
 
 /// Installed packages and their versions from
