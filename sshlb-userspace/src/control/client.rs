@@ -27,9 +27,7 @@ pub fn parse_target(target: &str) -> Result<(String, String), TargetError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No agent listening.
-    #[error(
-        "cannot reach the agent at {path}: {source} (is `sshlb-agent up` running? see --control)"
-    )]
+    #[error("cannot reach the agent at {path} (is `sshlb-agent up` running? see --control)")]
     Connect {
         /// Socket path.
         path: String,
