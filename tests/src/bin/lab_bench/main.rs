@@ -54,6 +54,8 @@ fn main() -> Result<()> {
     for ns in &mut lab.topo.backends {
         ns.spawn("iperf3", &["-s", "-p", "5201"]);
     }
+    let nat_iperf_port = peers::NAT_IPERF_PORT.to_string();
+    lab.topo.backends[0].spawn("iperf3", &["-s", "-p", &nat_iperf_port]);
     let _far = FarBackend::start(&mut lab)?;
     for vip in [HAPROXY_VIP, DNAT_VIP] {
         lab.topo.lb.ip(&["addr", "add", &format!("{vip}/32"), "dev", &lab.topo.lb_if]);

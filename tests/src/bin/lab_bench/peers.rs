@@ -20,6 +20,9 @@ use sshlb_tests::{
     unique, wait_for, Netns, PIN_ROOT,
 };
 
+/// b1's second iperf3 server, for sshlb's full-NAT iperf3 service.
+pub const NAT_IPERF_PORT: u16 = 5202;
+
 /// HAProxy's and netfilter's VIPs (on the balancer's interface, next to sshlb's).
 pub const HAPROXY_VIP: &str = "198.18.0.104";
 pub const DNAT_VIP: &str = "198.18.0.105";
@@ -107,13 +110,16 @@ impl Sshlb {
         let (b1, b1_v4, _) = BACKENDS[0];
         let mut iperf_services = Vec::new();
         if iperf {
-            iperf_services.push(("nat4-iperf", VIP4, "nat", b1, b1_v4));
-            iperf_services.push(("dsr4-iperf", DSR4, "dsr", b1, b1_v4));
+            // Full NAT rewrites the port: its own iperf3 server on b1 (5202), so each server
+            // meets one first probe (a second one, waiting behind the first on a one-client
+            // server, was seen to fail, and the next comes an hour later).
+            iperf_services.push(("nat4-iperf", VIP4, "nat", b1, b1_v4, NAT_IPERF_PORT));
+            iperf_services.push(("dsr4-iperf", DSR4, "dsr", b1, b1_v4, 5201));
             if tunnel {
-                iperf_services.push(("tun4-iperf", TUN4, "tunnel", "far1", FAR4));
+                iperf_services.push(("tun4-iperf", TUN4, "tunnel", "far1", FAR4, 5201));
             }
         }
-        for (name, vip, mode, b, addr) in iperf_services {
+        for (name, vip, mode, b, addr, port) in iperf_services {
             // iperf3 opens a control and a data connection that must meet the same server:
             // every peer sends iperf3 to one backend only (the path is what is measured, not
             // the spread): b1, or the far backend through the tunnel.
@@ -122,7 +128,7 @@ impl Sshlb {
                 .ring_size(4093)
                 .health("expect", "")
                 .health("interval", "1h")
-                .backend(BackendBuilder::new(b, addr).port(5201));
+                .backend(BackendBuilder::new(b, addr).port(port));
             if mode == "tunnel" {
                 service = service.raw("encap = \"ipip\"");
             }
