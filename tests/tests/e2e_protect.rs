@@ -235,13 +235,24 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
     let allowed = phase.ssh(CLIENT4, "echo in");
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
     assert_eq!(phase.status().deny, vec![format!("{INTRUDER}/32")]);
+    let resets_before = phase.counter("event_flow_reset");
     let killed_at = Instant::now();
     let reply = phase.reload(&deny, true);
     let note = reply.note.unwrap_or_default();
     assert!(note.contains("ended 1 established flow"), "{note}");
     // Both ends are reset: the idle client exits, and its sshd session on the backend too.
     let ended = wait_exit(&mut session, Duration::from_secs(5));
-    assert!(ended.is_some_and(|s| !s.success()), "the killed session's client is still running");
+    // On failure, say which step of the kill did not happen: the client's answer to the probe
+    // turned into a RST (event_flow_reset), its report lost, the backend's session.
+    assert!(
+        ended.is_some_and(|s| !s.success()),
+        "the killed session's client did not fail ({ended:?}): event_flow_reset {} → {}, \
+         event_reset_report_lost {}, backend sessions {:?}",
+        resets_before,
+        phase.counter("event_flow_reset"),
+        phase.counter("event_reset_report_lost"),
+        lab.topo.backends.iter().map(|b| b.ssh_sessions()).collect::<Vec<_>>(),
+    );
     let client_gone = killed_at.elapsed();
     lab.assert_no_sessions_left(Duration::from_secs(5));
     eprintln!(
