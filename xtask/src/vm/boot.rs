@@ -31,12 +31,27 @@ pub fn vmlinuz(kdir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("no vmlinuz in {}", kroot.display()))
 }
 
-/// KVM only when `/dev/kvm` opens and is not the PVM variant (`/sys/module/kvm_pvm`), on which
-/// stock kernels crash or crawl; TCG otherwise.
+/// Whether guests run under KVM: only when `/dev/kvm` opens and is not the PVM variant
+/// (`/sys/module/kvm_pvm`), on which stock kernels crash or crawl. TCG otherwise.
+pub fn kvm() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+        && !Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// How many times slower than native the guest's tests run, for the test kit's waits
+/// (`SSHLB_TEST_SLOWDOWN`): 1 under KVM; under TCG OpenSSH's process starts and key exchanges
+/// took 10–20× longer on the 2-core machine.
+pub fn slowdown() -> u32 {
+    if kvm() {
+        1
+    } else {
+        10
+    }
+}
+
+/// QEMU's accelerator and CPU model: see [`kvm`].
 fn accel_args() -> [&'static str; 4] {
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
-        && !Path::new("/sys/module/kvm_pvm").exists();
-    if kvm {
+    if kvm() {
         ["-accel", "kvm", "-cpu", "host"]
     } else {
         ["-accel", "tcg", "-cpu", "max"]

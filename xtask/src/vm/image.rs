@@ -237,6 +237,11 @@ pub fn initramfs(cache: &Path, kroot: &Path, label: &str, payload: &Payload) -> 
     std::fs::create_dir_all(dir.join("lib/modules"))?;
     for (host, at) in &payload.files {
         add_binary(&dir, host, at)?;
+        // Debug info is most of a debug build's size (~130 MB a binary); backtraces keep the
+        // symbols.
+        let copied = dir.join(at.trim_start_matches('/'));
+        cmd::output(Command::new("strip").arg("--strip-debug").arg(&copied))
+            .context("stripping the guest's binaries (binutils)")?;
     }
     for (i, module) in MODULES.iter().enumerate() {
         let found = find_file(kroot, &|n| {

@@ -1,7 +1,7 @@
 # `cargo xtask run --vm`'s guest script (sourced by init.sh): the lab in the background, then —
 # once it printed its commands — a shell on the console. Leaving the shell (exit, Ctrl-D) or the
 # lab's --duration running out takes the lab down and powers the guest off.
-export SSHLB_AGENT=/usr/local/bin/sshlb-agent
+export SSHLB_AGENT=/usr/local/bin/sshlb-agent SSHLB_TEST_SLOWDOWN=${sshlb_slowdown:-1}
 sshlb-lab run $sshlb_duration 2>&1 &
 lab=$!
 while kill -0 "$lab" 2>/dev/null && [ ! -e /run/sshlb-lab/ready ]; do sleep 1; done

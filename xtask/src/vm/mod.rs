@@ -152,6 +152,7 @@ pub fn e2e(kernel: Kernel) -> Result<()> {
     let root = cache_dir()?;
     debian::ensure_qemu(&root)?;
     let payload = guest::e2e()?;
+    let machine = Machine { append: format!("sshlb_slowdown={}", boot::slowdown()), ..E2E_MACHINE };
     let mut failed = Vec::new();
     let mut lines = Vec::new();
     for k in kernel.expand() {
@@ -162,7 +163,7 @@ pub fn e2e(kernel: Kernel) -> Result<()> {
                 boot::run_captured(
                     &vmlinuz,
                     &initrd,
-                    &E2E_MACHINE,
+                    &machine,
                     Duration::from_secs(40 * 60),
                     true,
                 )
@@ -211,11 +212,13 @@ pub fn run_lab(kernel: Kernel, duration: Option<Duration>) -> Result<()> {
         "booting kernel {} with the lab (console below; under TCG the lab needs about a minute)",
         kernel.label()
     );
+    let slowdown = format!("sshlb_slowdown={}", boot::slowdown());
     let Some(duration) = duration else {
-        return boot::run_interactive(&vmlinuz, &initrd, &E2E_MACHINE);
+        let machine = Machine { append: slowdown, ..E2E_MACHINE };
+        return boot::run_interactive(&vmlinuz, &initrd, &machine);
     };
-    let machine =
-        Machine { append: format!("sshlb_duration={}", duration.as_secs()), ..E2E_MACHINE };
+    let append = format!("{slowdown} sshlb_duration={}", duration.as_secs());
+    let machine = Machine { append, ..E2E_MACHINE };
     let limit = duration + Duration::from_secs(10 * 60);
     let console = boot::run_captured(&vmlinuz, &initrd, &machine, limit, true)?;
     save_console(&root, &format!("lab-{}", kernel.label()), &console)?;
