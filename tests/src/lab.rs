@@ -85,7 +85,8 @@ impl Files {
             "-o".into(),
             "BatchMode=yes".into(),
             "-o".into(),
-            "ConnectTimeout=5".into(),
+            // The TCP connection and the banner exchange; stretched where sshd starts slowly.
+            format!("ConnectTimeout={}", 5 * crate::slowdown()),
         ]
     }
 

@@ -18,9 +18,11 @@ const LAB: &str = include_str!("lab.sh");
 
 /// The e2e tests the guest runs: the ones that need only sshd, ssh, git and the agent. Left
 /// out: `e2e_ha` (BIRD and keepalived), `e2e_tunnel` (its backend's TC decapsulation needs
-/// `sch_ingress`/`cls_bpf` modules the image does not carry) and `e2e_protect` (rate limits
-/// and `drain --wait` timed for native speed).
-pub const E2E_TESTS: [&str; 2] = ["e2e_ssh", "e2e_ops"];
+/// `sch_ingress`/`cls_bpf`, which the image does not carry) and `e2e_ops`, whose health
+/// settings are part of what it tests (100 ms checks with a 300 ms timeout, a dead backend
+/// out within 600 ms): under TCG a banner check on a busy vCPU takes longer than that, so its
+/// backends flap (measured: "not up after restart" after 100 s of waiting).
+pub const E2E_TESTS: [&str; 2] = ["e2e_ssh", "e2e_protect"];
 
 /// Where the agent goes in the guest (the lab's printed commands name it).
 const AGENT_AT: &str = "/usr/local/bin/sshlb-agent";

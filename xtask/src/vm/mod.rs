@@ -160,13 +160,7 @@ pub fn e2e(kernel: Kernel) -> Result<()> {
         println!("kernel {}: booting the e2e guest ({})", k.label(), guest::E2E_TESTS.join(", "));
         let console = prepare_boot(&root, k, &payload)
             .and_then(|(vmlinuz, initrd)| {
-                boot::run_captured(
-                    &vmlinuz,
-                    &initrd,
-                    &machine,
-                    Duration::from_secs(40 * 60),
-                    true,
-                )
+                boot::run_captured(&vmlinuz, &initrd, &machine, Duration::from_secs(40 * 60), true)
             })
             .with_context(|| format!("kernel {}", k.label()))?;
         let log = save_console(&root, &format!("e2e-{}", k.label()), &console)?;
