@@ -1,17 +1,19 @@
-//! `cargo xtask vm-test [--kernel 5.10|6.1|6.12|7|all]`: the data plane's tests on the kernels
-//! operators run, each booted under QEMU (software emulation; KVM is not usable on these
-//! machines, see docs/vm-tests.md).
+//! `cargo xtask vm-test [--kernel 5.10|6.1|6.12|7|all] [--e2e]` and `cargo xtask run --vm`:
+//! sshlb on the kernels operators run, each booted under QEMU (KVM when usable, software
+//! emulation otherwise — always on these machines, see docs/vm-tests.md).
 //!
 //! Per kernel: Debian's cloud kernel package is resolved in its suite and fetched (cached under
-//! `~/.cache/sshlb/vm`; [`debian`]), an initramfs is built with busybox, iproute2's `ip`, the
-//! `veth` module and the test binaries ([`guest`]; dynamically linked, with their libraries), and
-//! QEMU boots it ([`boot`]). The guest's `/init` (`vm/init.sh`, embedded) prints what it ran
-//! between marker lines on the serial console; the verdict is read from those lines
-//! ([`outcome`]) — never from QEMU's exit code, which is 0 whatever the guest did. A full run
-//! can rewrite the README's table ([`readme`]).
+//! `~/.cache/sshlb/vm`; [`debian`]); the initramfs is a cached userland built from the
+//! machine's Debian packages plus a payload of the kernel's modules and our binaries
+//! ([`image`], [`guest`]); QEMU boots it ([`boot`]). The guest's `/init` (`vm/init.sh`) runs the
+//! payload's script: the kernel matrix (`matrix.sh`: packet fixtures, namespace tests), the e2e
+//! tests (`e2e.sh`: real sshd, ssh, git and the agent) or the lab with a shell on the console
+//! (`lab.sh`). Verdicts are read from marker lines on the serial console ([`outcome`]) — never
+//! from QEMU's exit code, which is 0 whatever the guest did. A full matrix run can rewrite the
+//! README's table ([`readme`]).
 //!
-//! This module owns the matrix itself: which kernels, the cache directory, and the loop that
-//! fetches, boots and reports each one.
+//! This module owns the three entry points: which kernels, the cache directory, and the loops
+//! that fetch, boot and report.
 
 mod boot;
 mod debian;
@@ -248,6 +250,11 @@ pub fn matrix(kernels: &[Kernel], update_readme: bool) -> Result<()> {
     } else {
         bail!("vm-test failed on kernel(s) {}", failed.join(", "))
     }
+}
+
+/// Installs QEMU when it is missing (`cargo xtask setup`).
+pub fn ensure_qemu() -> Result<()> {
+    debian::ensure_qemu(&cache_dir()?)
 }
 
 /// `$XDG_CACHE_HOME/sshlb/vm` (or `~/.cache/sshlb/vm`), created if missing: kernels, package
