@@ -12,6 +12,9 @@ if [ -e /run/sshlb-lab/ready ]; then
     else
         echo "A shell in the guest (the lab's commands above work here). exit or Ctrl-D powers the"
         echo "guest off; Ctrl-C on the host ends QEMU at once."
+        # Debian's static busybox runs its own applets before PATH: the shell's `ip` and
+        # `nsenter` must be the real ones, which the lab's commands need.
+        printf 'ip() { /sbin/ip "$@"; }\nnsenter() { /sbin/nsenter "$@"; }\n' > /etc/profile
         setsid cttyhack sh -l
         kill -TERM "$lab" 2>/dev/null
         wait "$lab"
