@@ -229,7 +229,9 @@ impl AgentThread {
                 let _ = ready_tx.send(());
             }
         });
-        ready_rx.recv_timeout(Duration::from_secs(10)).expect("the balancer started");
+        ready_rx
+            .recv_timeout(Duration::from_secs(10) * crate::slowdown())
+            .expect("the balancer started");
         agent
     }
 

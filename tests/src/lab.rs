@@ -77,7 +77,8 @@ impl Files {
             "-o".into(),
             "BatchMode=yes".into(),
             "-o".into(),
-            "ConnectTimeout=5".into(),
+            // The TCP connection and the banner exchange; stretched where sshd starts slowly.
+            format!("ConnectTimeout={}", 5 * crate::slowdown()),
         ]
     }
 
@@ -219,12 +220,20 @@ impl Lab {
     }
 
     /// One of the lab's SSH services: port 22 on `vip`, `mode` (`nat`/`dsr`), the three backends
-    /// over IPv4 or IPv6 with weights 100, 100, 200, health checks every 250 ms.
+    /// over IPv4 or IPv6 with weights 100, 100, 200, health checks every 250 ms (with the
+    /// default 1 s timeout). Under a [`crate::slowdown`] both are stretched by it, so a banner
+    /// check on a CPU that emulates another does not take a healthy backend out of the ring.
     pub fn ssh_service(name: &str, vip: &str, mode: &str, v6: bool) -> ServiceBuilder {
-        ServiceBuilder::new(name, vip, 22)
+        let slowdown = crate::slowdown();
+        let service = ServiceBuilder::new(name, vip, 22)
             .mode(mode)
             .ring_size(4093)
-            .health("interval", "250ms")
-            .topo_backends(v6, |i, b| b.weight(if i == 2 { 200 } else { 100 }))
+            .health("interval", &format!("{}ms", 250 * slowdown))
+            .topo_backends(v6, |i, b| b.weight(if i == 2 { 200 } else { 100 }));
+        if slowdown > 1 {
+            service.health("timeout", &format!("{}ms", 1000 * slowdown))
+        } else {
+            service
+        }
     }
 }

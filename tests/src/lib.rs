@@ -322,9 +322,20 @@ pub fn ok(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.
+/// How many times slower than native this machine runs the tests: `SSHLB_TEST_SLOWDOWN`
+/// (a whole number, default 1; the e2e tier's guest sets it under software emulation, where
+/// OpenSSH's process starts and key exchanges take many times longer). Every [`wait_for`] bound
+/// is stretched by it: what a test waits for stays the same, only how long it may take changes.
+pub fn slowdown() -> u32 {
+    static FACTOR: OnceLock<u32> = OnceLock::new();
+    *FACTOR.get_or_init(|| {
+        std::env::var("SSHLB_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1)
+    })
+}
+
+/// Polls `f` every 20 ms until it returns `Some` or `timeout` (× [`slowdown`]) passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout * slowdown();
     loop {
         if let Some(v) = f() {
             return Some(v);

@@ -321,7 +321,7 @@ impl Conn {
     pub fn open_from(addr: &str, port: u16, source_port: Option<u16>) -> std::io::Result<Self> {
         let ip: std::net::IpAddr = addr.parse().expect("address");
         let stream = connect((ip, port).into(), source_port)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10) * crate::slowdown()))?;
         let mut name = Vec::new();
         let mut byte = [0u8; 1];
         let mut s = &stream;
@@ -349,7 +349,7 @@ impl Conn {
     ) -> std::io::Result<String> {
         let ip: std::net::IpAddr = addr.parse().expect("address");
         let stream = connect((ip, port).into(), source_port)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5) * crate::slowdown()))?;
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
         let mut s = &stream;
@@ -379,7 +379,7 @@ impl Conn {
 /// Connects to `to` (5 s timeout), from local port `source_port` when given.
 fn connect(to: std::net::SocketAddr, source_port: Option<u16>) -> std::io::Result<TcpStream> {
     let Some(sport) = source_port else {
-        return TcpStream::connect_timeout(&to, Duration::from_secs(5));
+        return TcpStream::connect_timeout(&to, Duration::from_secs(5) * crate::slowdown());
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {

@@ -116,7 +116,7 @@ fn backend_of(line: &str) -> String {
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout * sshlb_tests::slowdown();
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return Some(status);

@@ -99,7 +99,7 @@ fn ssh_git_and_tunnels_through_every_vip() {
         topo.client.run(|| {
             use std::io::{Read as _, Write as _};
             let mut s = std::net::TcpStream::connect("127.0.0.1:17007").ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5) * sshlb_tests::slowdown())).ok()?;
             let mut name = [0u8; 3];
             s.read_exact(&mut name).ok()?;
             let data = payload(64 * 1024, 9);

@@ -23,13 +23,18 @@ pub enum Action {
 fn prepare() -> Result<PathBuf> {
     ensure!(crate::is_root(), "the lab needs root (network namespaces, XDP): run it with sudo");
     setup::setup()?;
+    Ok(build_lab()?.1)
+}
+
+/// Builds the agent and the lab binary (setup already done); returns both paths.
+pub fn build_lab() -> Result<(PathBuf, PathBuf)> {
     let agent = build::build(false)?;
     let mut cargo = build::cargo();
     cargo.args(["build", "--package", "sshlb-tests", "--bin", "sshlb-lab"]);
     cmd::run(&mut cargo).context("building the lab")?;
     let lab = agent.with_file_name("sshlb-lab");
     ensure!(lab.is_file(), "built the lab but {} does not exist", lab.display());
-    Ok(lab)
+    Ok((agent, lab))
 }
 
 /// The lab's shape as `sshlb-lab run|up` takes it: `--balancers N` or `--nat-pair`.

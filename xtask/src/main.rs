@@ -95,6 +95,9 @@ enum Command {
         /// Write the README's "Supported kernels" table from this run (only with --kernel all).
         #[arg(long)]
         update_readme: bool,
+        /// Run the end-to-end tests (real sshd, ssh, git and the agent) in the guest instead.
+        #[arg(long, conflicts_with = "update_readme")]
+        e2e: bool,
     },
     /// Build everything and run the balancer in the lab (client, router, three OpenSSH backends)
     /// in the foreground, printing the ssh and git commands that go through it; Ctrl-C ends it.
@@ -110,6 +113,13 @@ enum Command {
         /// NAT address to the master.
         #[arg(long, conflicts_with = "balancers")]
         nat_pair: bool,
+        /// Run the lab inside a QEMU guest instead (KVM when usable, TCG otherwise), with a
+        /// shell on its console to run the printed commands; Ctrl-C shuts the guest down.
+        #[arg(long, conflicts_with_all = ["balancers", "nat_pair"])]
+        vm: bool,
+        /// With --vm: the guest's kernel.
+        #[arg(long, value_enum, default_value_t = vm::Kernel::K7, requires = "vm")]
+        kernel: vm::Kernel,
     },
 }
 
@@ -124,8 +134,12 @@ fn main() -> ExitCode {
         Command::Deb { debug, check } => {
             deb::deb(debug).and_then(|path| if check { deb::check(&path) } else { Ok(()) })
         }
-        Command::VmTest { kernel, update_readme } => vm::run(kernel, update_readme),
-        Command::Run { duration, balancers, nat_pair } => {
+        Command::VmTest { kernel, update_readme, e2e: false } => vm::run(kernel, update_readme),
+        Command::VmTest { kernel, e2e: true, .. } => vm::e2e(kernel),
+        Command::Run { duration, vm: true, kernel, .. } => {
+            vm::run_lab(kernel, duration.map(std::time::Duration::from_secs))
+        }
+        Command::Run { duration, balancers, nat_pair, vm: false, .. } => {
             lab::run(duration.map(std::time::Duration::from_secs), lab::shape(balancers, nat_pair))
         }
         Command::Lab { action, balancers, nat_pair } => {
@@ -180,6 +194,20 @@ mod tests {
         assert!(Cli::try_parse_from(both).is_err(), "--nat-pair conflicts with --balancers");
         let err = Cli::try_parse_from(["xtask", "run", "--balancers", "0"]).expect_err("0");
         assert!(err.to_string().contains("--balancers"), "{err}");
+        let cli = Cli::try_parse_from(["xtask", "run", "--vm", "--kernel", "5.10"]).expect("valid");
+        assert!(
+            matches!(cli.command, Command::Run { vm: true, kernel: vm::Kernel::K5_10, .. }),
+            "{cli:?}"
+        );
+        let cli = Cli::try_parse_from(["xtask", "run", "--vm"]).expect("valid");
+        assert!(matches!(cli.command, Command::Run { kernel: vm::Kernel::K7, .. }), "{cli:?}");
+        assert!(Cli::try_parse_from(["xtask", "run", "--kernel", "6.1"]).is_err(), "needs --vm");
+        assert!(Cli::try_parse_from(["xtask", "run", "--vm", "--nat-pair"]).is_err());
+        let cli =
+            Cli::try_parse_from(["xtask", "vm-test", "--e2e", "--kernel", "7"]).expect("valid");
+        assert!(matches!(cli.command, Command::VmTest { e2e: true, .. }), "{cli:?}");
+        let both = ["xtask", "vm-test", "--e2e", "--update-readme"];
+        assert!(Cli::try_parse_from(both).is_err(), "--e2e does not write the table");
         let cli = Cli::try_parse_from(["xtask", "test", "--quick"]).expect("valid");
         assert!(matches!(cli.command, Command::Test { quick: true }), "{cli:?}");
         let cli = Cli::try_parse_from(["xtask", "fuzz", "config_parse", "--seconds", "60"])

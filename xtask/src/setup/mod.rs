@@ -1,8 +1,9 @@
 //! `cargo xtask setup`: checks for, and installs where it can, everything a fresh Debian 12 machine
 //! needs to build, lint and test sshlb — the rustup toolchains and components ([`toolchain`]),
 //! `bpf-linker` built against the nightly's own libLLVM ([`bpf_linker`]; recipe in
-//! `docs/toolchain.md`), `cargo-fuzz` for the fuzz targets ([`cargo_fuzz`]), and the Debian
-//! packages the tests and the lab use ([`packages`]).
+//! `docs/toolchain.md`), `cargo-fuzz` for the fuzz targets ([`cargo_fuzz`]), the Debian
+//! packages the tests and the lab use ([`packages`]), and QEMU from bookworm-backports for the
+//! vm tiers.
 //! Idempotent, and fast when everything is there: it only asks `rustup`, `dpkg-query` and
 //! `bpf-linker` questions unless something is missing.
 //!
@@ -95,8 +96,32 @@ pub fn setup() -> Result<Report> {
     ensure_bpf_linker(&mut report, Mode::Install, &toolchains[NIGHTLY])?;
     ensure_cargo_fuzz(&mut report, Mode::Install)?;
     ensure_packages(&mut report)?;
+    ensure_qemu(&mut report)?;
     println!("{}", report.summary(started.elapsed()));
     Ok(report)
+}
+
+/// QEMU for the vm tiers (`vm-test`, `vm-test --e2e`, `run --vm`): `qemu-system-x86` from
+/// bookworm-backports, installed through the vm module's private apt configuration.
+fn ensure_qemu(report: &mut Report) -> Result<()> {
+    let version = || {
+        let out =
+            crate::cmd::probe(std::process::Command::new("qemu-system-x86_64").arg("--version"))?;
+        out.split_whitespace().skip_while(|w| *w != "version").nth(1).map(str::to_owned)
+    };
+    let piece = "qemu-system-x86 (bookworm-backports)";
+    if let Some(v) = version() {
+        report.record(piece, Outcome::AlreadyThere(v));
+        return Ok(());
+    }
+    if !crate::is_root() {
+        // Only the vm tiers need it, and those run as root (the test tiers skip them otherwise).
+        println!("missing: {piece}; installing it needs root (only the vm tiers use it)");
+        return Ok(());
+    }
+    crate::vm::ensure_qemu()?;
+    report.record(piece, Outcome::Installed(version().unwrap_or_default()));
+    Ok(())
 }
 
 /// Checks, without installing anything, that cargo-fuzz is there (for `cargo xtask fuzz`).

@@ -1,156 +1,111 @@
-//! Booting one kernel: the initramfs (busybox, iproute2's `ip`, `ethtool`, `nsenter`, the
-//! modules the tests need, the test binaries with their libraries, and `init.sh` as `/init`),
-//! packed with busybox cpio, then QEMU under TCG with the console on a pipe, bounded in time.
+//! Booting one kernel under QEMU: with KVM where `/dev/kvm` is usable, TCG otherwise (always on
+//! these machines: their `/dev/kvm` is the PVM variant), the console either captured from a
+//! pipe and bounded in time (the tests) or on the user's terminal (`run --vm`).
 
 use std::{
-    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 
-use super::{guest::Guest, outcome::parse_console, Kernel, Outcome};
-use crate::cmd;
+use super::image::find_file;
 
-/// The guest's `/init`: mounts, module loads, both test binaries, marker lines, power off.
-const INIT: &str = include_str!("init.sh");
-
-/// Modules the tests need that Debian builds as modules, in load order (absent = built in).
-const MODULES: [&str; 4] = ["veth", "llc", "stp", "bridge"];
-
-/// The first file under `dir` (depth first, symlinked dirs not followed) whose name `want`s.
-fn find_file(dir: &Path, want: &dyn Fn(&str) -> bool) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if path.is_dir() && !path.is_symlink() {
-            if let Some(found) = find_file(&path, want) {
-                return Some(found);
-            }
-        } else if want(&name) {
-            return Some(path);
-        }
-    }
-    None
+/// The guest machine.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    /// Virtual CPUs (TCG runs one host thread per vCPU).
+    pub cpus: u8,
+    /// Memory in MiB (the initramfs, `/tmp` and `/run` live in it).
+    pub memory_mib: u32,
+    /// Appended to the kernel command line (`key=value` words become `/init`'s environment).
+    pub append: String,
 }
 
-/// Copies `bin` into `root` at the same path, with every library `ldd` names.
-fn add_binary(root: &Path, bin: &Path, at: &str) -> Result<()> {
-    let dest = root.join(at.trim_start_matches('/'));
-    std::fs::create_dir_all(dest.parent().context("path")?)?;
-    std::fs::copy(bin, &dest).with_context(|| format!("copying {}", bin.display()))?;
-    let ldd = cmd::output(Command::new("ldd").arg(bin)).unwrap_or_default();
-    let libs: BTreeSet<&str> = ldd
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            match l.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next(),
-                None => l.split_whitespace().next().filter(|p| p.starts_with('/')),
-            }
-        })
-        .filter(|p| p.starts_with('/'))
-        .collect();
-    for lib in libs {
-        let target = root.join(lib.trim_start_matches('/'));
-        if !target.exists() {
-            std::fs::create_dir_all(target.parent().context("path")?)?;
-            std::fs::copy(lib, &target).with_context(|| format!("copying {lib}"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Builds the initramfs for kernel directory `kdir` and boots it; parses the console.
-pub fn boot(root: &Path, kdir: &Path, guest: &Guest, k: Kernel) -> Result<Outcome> {
+/// The unpacked kernel's `vmlinuz`.
+pub fn vmlinuz(kdir: &Path) -> Result<PathBuf> {
     let kroot = kdir.join("root");
-    let vmlinuz = find_file(&kroot, &|n| n.starts_with("vmlinuz"))
-        .with_context(|| format!("no vmlinuz in {}", kroot.display()))?;
-    let initrd = build_initramfs(root, &kroot, guest, k)?;
-    let console = run_qemu(&vmlinuz, &initrd)?;
-    Ok(parse_console(&console))
+    find_file(&kroot, &|n| n.starts_with("vmlinuz"))
+        .with_context(|| format!("no vmlinuz in {}", kroot.display()))
 }
 
-/// Assembles the initramfs tree for kernel `k` (unpacked under `kroot`) and packs it; returns
-/// the packed file.
-fn build_initramfs(root: &Path, kroot: &Path, guest: &Guest, k: Kernel) -> Result<PathBuf> {
-    let initrd_dir = root.join(format!("initramfs-{}", k.label()));
-    let _ = std::fs::remove_dir_all(&initrd_dir);
-    for d in ["bin", "sbin", "proc", "sys", "tmp", "run", "dev", "lib/modules", "tests", "etc"] {
-        std::fs::create_dir_all(initrd_dir.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", initrd_dir.join("bin/busybox"))
-        .context("busybox-static is needed (cargo xtask setup installs it)")?;
-    // Real tools where busybox's would not do (veth pairs, offload settings, nsenter --net=).
-    for tool in ["ip", "ethtool", "nsenter"] {
-        let path = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-            .iter()
-            .map(|d| Path::new(d).join(tool))
-            .find(|p| p.exists())
-            .with_context(|| format!("{tool} not found on the host"))?;
-        add_binary(&initrd_dir, &path, &format!("/sbin/{tool}"))?;
-    }
-    add_binary(&initrd_dir, &guest.fixtures, "/tests/fixtures")?;
-    add_binary(&initrd_dir, &guest.namespace, "/tests/namespace")?;
-    for (i, module) in MODULES.iter().enumerate() {
-        let found = find_file(kroot, &|n| {
-            n == format!("{module}.ko")
-                || n == format!("{module}.ko.xz")
-                || n == format!("{module}.ko.zst")
-        });
-        let Some(found) = found else { continue };
-        let dest = initrd_dir.join(format!("lib/modules/{i}-{module}.ko"));
-        match found.extension().and_then(|e| e.to_str()) {
-            Some("xz") => {
-                let raw = cmd::output_bytes(Command::new("xz").arg("-dc").arg(&found))?;
-                std::fs::write(&dest, raw)?;
-            }
-            Some("zst") => {
-                let raw = cmd::output_bytes(Command::new("zstd").arg("-dc").arg(&found))?;
-                std::fs::write(&dest, raw)?;
-            }
-            _ => {
-                std::fs::copy(&found, &dest)?;
-            }
-        }
-    }
-    std::fs::write(initrd_dir.join("init"), INIT)?;
-    cmd::output(Command::new("chmod").arg("+x").arg(initrd_dir.join("init")))?;
-    let initrd = root.join(format!("initrd-{}.gz", k.label()));
-    let script = format!(
-        "cd '{}' && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
-        initrd_dir.display(),
-        initrd.display()
-    );
-    cmd::output(Command::new("sh").args(["-c", &script])).context("packing the initramfs")?;
-    Ok(initrd)
+/// Whether guests run under KVM: only when `/dev/kvm` opens and is not the PVM variant
+/// (`/sys/module/kvm_pvm`), on which stock kernels crash or crawl. TCG otherwise.
+pub fn kvm() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+        && !Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// Boots `vmlinuz` with `initrd` under QEMU (TCG: KVM is not usable on these machines) and
-/// returns the whole serial console; kills QEMU after 20 minutes.
-fn run_qemu(vmlinuz: &Path, initrd: &Path) -> Result<String> {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1536"])
-        .args(["-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot"])
+/// How many times slower than native the guest's tests run, for the test kit's waits
+/// (`SSHLB_TEST_SLOWDOWN`): 1 under KVM; under TCG OpenSSH's process starts and key exchanges
+/// took 10–20× longer on the 2-core machine.
+pub fn slowdown() -> u32 {
+    if kvm() {
+        1
+    } else {
+        10
+    }
+}
+
+/// QEMU's accelerator and CPU model: see [`kvm`].
+fn accel_args() -> [&'static str; 4] {
+    if kvm() {
+        ["-accel", "kvm", "-cpu", "host"]
+    } else {
+        ["-accel", "tcg", "-cpu", "max"]
+    }
+}
+
+/// QEMU for `vmlinuz` + `initrd` on `machine`, without its console yet.
+fn qemu(vmlinuz: &Path, initrd: &Path, machine: &Machine) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(accel_args())
+        .args(["-smp", &machine.cpus.to_string(), "-m", &machine.memory_mib.to_string()])
+        .args(["-nographic", "-nodefaults", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init quiet"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 rdinit=/init quiet {}", machine.append).trim_end());
+    c
+}
+
+/// Boots and returns the whole serial console; kills QEMU after `limit`. With `echo`, each
+/// console line is also printed as it comes (long runs show their progress).
+pub fn run_captured(
+    vmlinuz: &Path,
+    initrd: &Path,
+    machine: &Machine,
+    limit: Duration,
+    echo: bool,
+) -> Result<String> {
+    let mut child = qemu(vmlinuz, initrd, machine)
+        .args(["-serial", "stdio"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting qemu-system-x86_64")?;
-    let mut stdout = child.stdout.take().context("stdout")?;
+    let stdout = child.stdout.take().context("stdout")?;
     let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stdout, &mut all);
+        let mut all = String::new();
+        let mut lines = BufReader::new(stdout);
+        let mut line = Vec::new();
+        while lines.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            if echo {
+                println!("  | {}", text.trim_end_matches(['\r', '\n']));
+                let _ = std::io::stdout().flush();
+            }
+            all.push_str(&text);
+            line.clear();
+        }
         all
     });
-    let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    let deadline = Instant::now() + limit;
     loop {
         if child.try_wait()?.is_some() {
             break;
@@ -162,19 +117,19 @@ fn run_qemu(vmlinuz: &Path, initrd: &Path) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned())
+    Ok(reader.join().unwrap_or_default())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn init_script_prints_every_marker_the_verdict_reads() {
-        assert!(INIT.starts_with("#!/bin/busybox sh\n"), "the kernel runs /init by its shebang");
-        for marker in ["SSHLB-VM release ", "SSHLB-VM fixtures-exit", "SSHLB-VM namespace-exit"] {
-            assert!(INIT.contains(marker), "init.sh does not print {marker:?}");
-        }
-        assert!(INIT.trim_end().ends_with("poweroff -f"), "the guest must end QEMU");
-    }
+/// Boots with the serial console on this terminal (`-serial stdio` with signals on: the
+/// terminal is raw for the guest's shell, and Ctrl-C ends QEMU). Returns when QEMU exits.
+pub fn run_interactive(vmlinuz: &Path, initrd: &Path, machine: &Machine) -> Result<()> {
+    let mut command = qemu(vmlinuz, initrd, machine);
+    command.args(["-chardev", "stdio,id=console,signal=on", "-serial", "chardev:console"]);
+    // Ctrl-C reaches QEMU (same process group), which ends the guest; xtask only waits.
+    // SAFETY: ignoring SIGINT in xtask itself; the child resets dispositions on exec.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = command.status().context("starting qemu-system-x86_64")?;
+    // QEMU exits 0 on the guest's power-off and 1 when a signal ended it: both are a shutdown.
+    ensure!(status.code().is_some_and(|c| c <= 1), "qemu-system-x86_64 exited with {status}");
+    Ok(())
 }

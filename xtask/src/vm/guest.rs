@@ -1,26 +1,64 @@
-//! The test binaries a vm-test guest runs: built once on the host with cargo (dynamically
-//! linked; `boot` copies them into each initramfs with their libraries).
+//! What each kind of guest runs, built on the host with cargo (dynamically linked; the image
+//! copies them in with their libraries): the kernel matrix's two test binaries, the e2e test
+//! binaries with the agent, or the lab with the agent.
 
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result};
 
+use super::image::{Payload, Userland};
 use crate::cmd;
 
-/// The test binaries the guest runs.
-pub struct Guest {
-    /// The BPF packet-fixture test binary (`sshlb-userspace/tests/fixtures`).
-    pub fixtures: PathBuf,
-    /// The namespace test binary (`tests/tests/balance.rs`: real TCP through the VIP, full NAT
-    /// and DSR, IPv4 and IPv6, weighted spread, backend removal).
-    pub namespace: PathBuf,
+/// The matrix guest's script: fixtures, then namespace tests.
+const MATRIX: &str = include_str!("matrix.sh");
+/// The e2e guest's script: every binary in `/tests/e2e`.
+const E2E: &str = include_str!("e2e.sh");
+/// The lab guest's script: the lab, then a shell on the console.
+const LAB: &str = include_str!("lab.sh");
+
+/// The e2e tests the guest runs: `e2e_ssh`, which needs only sshd, ssh, git and the agent,
+/// and whose waits are the test kit's (stretched under TCG). Left out: `e2e_ha` (BIRD and
+/// keepalived), `e2e_tunnel` (its backend's TC decapsulation needs `sch_ingress`/`cls_bpf`,
+/// which the image does not carry), and the two whose product timings are part of what they
+/// check: `e2e_ops` (100 ms health checks with a 300 ms timeout; under TCG a banner check on a
+/// busy vCPU takes longer, its backends flapped: "not up after restart" after 100 s) and
+/// `e2e_protect` (it counts host-key verdict changes exactly; under TCG the agent's scans time
+/// out now and then and b3's mismatch was counted twice).
+pub const E2E_TESTS: [&str; 1] = ["e2e_ssh"];
+
+/// Where the agent goes in the guest (the lab's printed commands name it).
+const AGENT_AT: &str = "/usr/local/bin/sshlb-agent";
+
+/// The kernel matrix: the BPF packet fixtures (`sshlb-userspace/tests/fixtures`) and the
+/// namespace tests (`tests/tests/balance.rs`: real TCP through the VIP, full NAT and DSR, IPv4
+/// and IPv6, weighted spread, backend removal).
+pub fn matrix() -> Result<Payload> {
+    Ok(Payload {
+        userland: Userland::Plain,
+        script: MATRIX,
+        files: vec![
+            (test_executable("sshlb-userspace", "fixtures")?, "/tests/fixtures".to_owned()),
+            (test_executable("sshlb-tests", "balance")?, "/tests/namespace".to_owned()),
+        ],
+    })
 }
 
-/// Builds both test binaries and returns where they are.
-pub fn build_guest() -> Result<Guest> {
-    Ok(Guest {
-        fixtures: test_executable("sshlb-userspace", "fixtures")?,
-        namespace: test_executable("sshlb-tests", "balance")?,
+/// The e2e tier: [`E2E_TESTS`] and the agent (some tests run its CLI).
+pub fn e2e() -> Result<Payload> {
+    let mut files = vec![(crate::build::build(false)?, AGENT_AT.to_owned())];
+    for test in E2E_TESTS {
+        files.push((test_executable("sshlb-tests", test)?, format!("/tests/e2e/{test}")));
+    }
+    Ok(Payload { userland: Userland::Ssh, script: E2E, files })
+}
+
+/// The lab: `sshlb-lab` and the agent it runs.
+pub fn lab() -> Result<Payload> {
+    let (agent, lab) = crate::lab::build_lab()?;
+    Ok(Payload {
+        userland: Userland::Ssh,
+        script: LAB,
+        files: vec![(agent, AGENT_AT.to_owned()), (lab, "/usr/local/bin/sshlb-lab".to_owned())],
     })
 }
 
@@ -42,4 +80,21 @@ fn test_executable(package: &str, test: &str) -> Result<PathBuf> {
         .filter_map(|l| l.split("\"executable\":\"").nth(1)?.split('"').next().map(PathBuf::from))
         .next_back()
         .with_context(|| format!("cargo named no executable for the {test} tests"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_scripts_print_the_markers_the_verdicts_read() {
+        for marker in ["SSHLB-VM fixtures-exit", "SSHLB-VM namespace-exit"] {
+            assert!(MATRIX.contains(marker), "matrix.sh does not print {marker:?}");
+        }
+        for marker in ["SSHLB-VM e2e-begin ", "SSHLB-VM e2e-exit "] {
+            assert!(E2E.contains(marker), "e2e.sh does not print {marker:?}");
+        }
+        assert!(E2E.contains(AGENT_AT) && LAB.contains(AGENT_AT), "the agent's guest path");
+        assert!(LAB.contains("SSHLB-VM lab-ready"), "run --vm waits for this line");
+    }
 }

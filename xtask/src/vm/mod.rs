@@ -1,29 +1,37 @@
-//! `cargo xtask vm-test [--kernel 5.10|6.1|6.12|7|all]`: the data plane's tests on the kernels
-//! operators run, each booted under QEMU (software emulation; KVM is not usable on these
-//! machines, see docs/vm-tests.md).
+//! `cargo xtask vm-test [--kernel 5.10|6.1|6.12|7|all] [--e2e]` and `cargo xtask run --vm`:
+//! sshlb on the kernels operators run, each booted under QEMU (KVM when usable, software
+//! emulation otherwise — always on these machines, see docs/vm-tests.md).
 //!
 //! Per kernel: Debian's cloud kernel package is resolved in its suite and fetched (cached under
-//! `~/.cache/sshlb/vm`; [`debian`]), an initramfs is built with busybox, iproute2's `ip`, the
-//! `veth` module and the test binaries ([`guest`]; dynamically linked, with their libraries), and
-//! QEMU boots it ([`boot`]). The guest's `/init` (`vm/init.sh`, embedded) prints what it ran
-//! between marker lines on the serial console; the verdict is read from those lines
-//! ([`outcome`]) — never from QEMU's exit code, which is 0 whatever the guest did. A full run
-//! can rewrite the README's table ([`readme`]).
+//! `~/.cache/sshlb/vm`; [`debian`]); the initramfs is a cached userland built from the
+//! machine's Debian packages plus a payload of the kernel's modules and our binaries
+//! ([`image`], [`guest`]); QEMU boots it ([`boot`]). The guest's `/init` (`vm/init.sh`) runs the
+//! payload's script: the kernel matrix (`matrix.sh`: packet fixtures, namespace tests), the e2e
+//! tests (`e2e.sh`: real sshd, ssh, git and the agent) or the lab with a shell on the console
+//! (`lab.sh`). Verdicts are read from marker lines on the serial console ([`outcome`]) — never
+//! from QEMU's exit code, which is 0 whatever the guest did. A full matrix run can rewrite the
+//! README's table ([`readme`]).
 //!
-//! This module owns the matrix itself: which kernels, the cache directory, and the loop that
-//! fetches, boots and reports each one.
+//! This module owns the three entry points: which kernels, the cache directory, and the loops
+//! that fetch, boot and report.
 
 mod boot;
 mod debian;
 mod guest;
+mod image;
 mod outcome;
 mod readme;
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 
-use outcome::{summary, Outcome};
+use boot::Machine;
+use outcome::{parse_console, parse_e2e, summary, Outcome};
 use readme::readme_table;
 
 use crate::cmd;
@@ -68,20 +76,56 @@ impl Kernel {
     }
 }
 
+/// The kernel matrix's guest: one vCPU is enough for its netlink- and syscall-bound tests.
+const MATRIX_MACHINE: Machine = Machine { cpus: 1, memory_mib: 1536, append: String::new() };
+
+/// Fetches kernel `k` and builds its initramfs with `payload`; returns `vmlinuz` and the
+/// initramfs.
+fn prepare_boot(root: &Path, k: Kernel, payload: &image::Payload) -> Result<(PathBuf, PathBuf)> {
+    let kdir = debian::fetch_kernel(root, k)?;
+    let vmlinuz = boot::vmlinuz(&kdir)?;
+    let initrd = image::initramfs(root, &kdir.join("root"), k.label(), payload)?;
+    Ok((vmlinuz, initrd))
+}
+
+/// Writes a guest's console to `console-<name>.log` in the cache directory; returns the path.
+fn save_console(root: &Path, name: &str, console: &str) -> Result<PathBuf> {
+    let log = root.join(format!("console-{name}.log"));
+    std::fs::write(&log, console).context("writing the console log")?;
+    Ok(log)
+}
+
+/// Prints the last `n` lines of a guest's console to stderr.
+fn print_tail(what: &str, console: &str, n: usize) {
+    eprintln!("--- {what} console (last {n} lines) ---");
+    let lines: Vec<&str> = console.lines().collect();
+    for line in &lines[lines.len().saturating_sub(n)..] {
+        eprintln!("{line}");
+    }
+}
+
 /// Runs the matrix for `kernel`, printing one line per kernel (and the console's tail for a
 /// kernel that did not pass). Errors only when the machinery fails (fetching, building, QEMU).
 pub fn vm_test(kernels: &[Kernel]) -> Result<Vec<(Kernel, Outcome)>> {
     let root = cache_dir()?;
     debian::ensure_qemu(&root)?;
-    let guest = guest::build_guest()?;
+    let payload = guest::matrix()?;
     let mut results = Vec::new();
     for &k in kernels {
         let started = Instant::now();
-        let outcome = debian::fetch_kernel(&root, k)
-            .and_then(|kdir| boot::boot(&root, &kdir, &guest, k))
+        let console = prepare_boot(&root, k, &payload)
+            .and_then(|(vmlinuz, initrd)| {
+                boot::run_captured(
+                    &vmlinuz,
+                    &initrd,
+                    &MATRIX_MACHINE,
+                    Duration::from_secs(20 * 60),
+                    false,
+                )
+            })
             .with_context(|| format!("kernel {}", k.label()))?;
-        let log = root.join(format!("console-{}.log", k.label()));
-        std::fs::write(&log, &outcome.console).context("writing the console log")?;
+        let outcome = parse_console(&console);
+        let log = save_console(&root, k.label(), &outcome.console)?;
         println!(
             "kernel {:<5} {:<28} {}  ({:.0} s, console: {})",
             k.label(),
@@ -93,13 +137,91 @@ pub fn vm_test(kernels: &[Kernel]) -> Result<Vec<(Kernel, Outcome)>> {
         results.push((k, outcome));
     }
     for (k, o) in results.iter().filter(|(_, o)| !o.passed()) {
-        eprintln!("--- kernel {} console (last 40 lines) ---", k.label());
-        let lines: Vec<&str> = o.console.lines().collect();
-        for line in &lines[lines.len().saturating_sub(40)..] {
-            eprintln!("{line}");
-        }
+        print_tail(&format!("kernel {}", k.label()), &o.console, 40);
     }
     Ok(results)
+}
+
+/// The e2e guest: two vCPUs (TCG runs each on a host thread; sshd, ssh, git and the agent run
+/// side by side) and room for the lab's repository and clones in `/tmp`.
+const E2E_MACHINE: Machine = Machine { cpus: 2, memory_mib: 2048, append: String::new() };
+
+/// `cargo xtask vm-test --e2e`: the e2e tests ([`guest::E2E_TESTS`]) inside each kernel's
+/// guest, their output shown as it comes; one line per test binary and kernel. Fails unless
+/// every binary passed on every kernel.
+pub fn e2e(kernel: Kernel) -> Result<()> {
+    crate::setup::setup()?;
+    let root = cache_dir()?;
+    debian::ensure_qemu(&root)?;
+    let payload = guest::e2e()?;
+    let machine = Machine { append: format!("sshlb_slowdown={}", boot::slowdown()), ..E2E_MACHINE };
+    let mut failed = Vec::new();
+    let mut lines = Vec::new();
+    for k in kernel.expand() {
+        let started = Instant::now();
+        println!("kernel {}: booting the e2e guest ({})", k.label(), guest::E2E_TESTS.join(", "));
+        let console = prepare_boot(&root, k, &payload)
+            .and_then(|(vmlinuz, initrd)| {
+                boot::run_captured(&vmlinuz, &initrd, &machine, Duration::from_secs(40 * 60), true)
+            })
+            .with_context(|| format!("kernel {}", k.label()))?;
+        let log = save_console(&root, &format!("e2e-{}", k.label()), &console)?;
+        let release = parse_console(&console).release;
+        let runs = parse_e2e(&console);
+        for test in guest::E2E_TESTS {
+            let run = runs.iter().find(|r| r.name == test);
+            let line = run.map_or_else(|| "did not run".to_owned(), outcome::E2eRun::summary);
+            if !run.is_some_and(outcome::E2eRun::passed) {
+                failed.push(format!("{test} on {}", k.label()));
+            }
+            lines.push(format!("kernel {:<5} {:<28} {test:<8} {line}", k.label(), release));
+        }
+        lines.push(format!(
+            "kernel {:<5} boot to power-off {:.0} s (console: {})",
+            k.label(),
+            started.elapsed().as_secs_f64(),
+            log.display()
+        ));
+        if runs.len() < guest::E2E_TESTS.len() {
+            print_tail(&format!("kernel {}", k.label()), &console, 40);
+        }
+    }
+    println!();
+    for line in &lines {
+        println!("{line}");
+    }
+    ensure!(failed.is_empty(), "vm-test --e2e failed: {}", failed.join(", "));
+    Ok(())
+}
+
+/// `cargo xtask run --vm`: the lab inside kernel `kernel`'s guest, its commands printed on the
+/// console and a shell in the guest to run them; Ctrl-C ends QEMU. With `duration` the lab
+/// stops by itself after that long and no shell is started (the console is shown, not read).
+pub fn run_lab(kernel: Kernel, duration: Option<Duration>) -> Result<()> {
+    ensure!(kernel != Kernel::All, "run --vm boots one kernel: pick one with --kernel");
+    crate::setup::setup()?;
+    let root = cache_dir()?;
+    debian::ensure_qemu(&root)?;
+    let payload = guest::lab()?;
+    let (vmlinuz, initrd) = prepare_boot(&root, kernel, &payload)?;
+    println!(
+        "booting kernel {} with the lab (console below; under TCG the lab needs about a minute)",
+        kernel.label()
+    );
+    let slowdown = format!("sshlb_slowdown={}", boot::slowdown());
+    let Some(duration) = duration else {
+        let machine = Machine { append: slowdown, ..E2E_MACHINE };
+        return boot::run_interactive(&vmlinuz, &initrd, &machine);
+    };
+    let append = format!("{slowdown} sshlb_duration={}", duration.as_secs());
+    let machine = Machine { append, ..E2E_MACHINE };
+    let limit = duration + Duration::from_secs(10 * 60);
+    let console = boot::run_captured(&vmlinuz, &initrd, &machine, limit, true)?;
+    save_console(&root, &format!("lab-{}", kernel.label()), &console)?;
+    if !console.contains("SSHLB-VM lab-ready") {
+        bail!("the lab did not come up in the guest (console above)");
+    }
+    Ok(())
 }
 
 /// `cargo xtask vm-test`: runs the matrix; with `update_readme` (and every kernel) rewrites the
@@ -128,6 +250,11 @@ pub fn matrix(kernels: &[Kernel], update_readme: bool) -> Result<()> {
     } else {
         bail!("vm-test failed on kernel(s) {}", failed.join(", "))
     }
+}
+
+/// Installs QEMU when it is missing (`cargo xtask setup`).
+pub fn ensure_qemu() -> Result<()> {
+    debian::ensure_qemu(&cache_dir()?)
 }
 
 /// `$XDG_CACHE_HOME/sshlb/vm` (or `~/.cache/sshlb/vm`), created if missing: kernels, package

@@ -60,14 +60,7 @@ pub fn parse_console(console: &str) -> Outcome {
         } else if line.contains("SSHLB-VM fixtures-exit") {
             section = "namespace";
         } else if let Some(counts) = line.strip_prefix("test result: ") {
-            let n = |word: &str| -> u32 {
-                counts
-                    .split(';')
-                    .find_map(|part| part.trim().strip_suffix(word))
-                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
-                    .unwrap_or(0)
-            };
-            let pair = Some((n(" passed"), n(" failed")));
+            let pair = Some(harness_counts(counts));
             match section {
                 "fixtures" => o.fixtures = pair,
                 "namespace" => o.namespace = pair,
@@ -87,6 +80,74 @@ pub fn parse_console(console: &str) -> Outcome {
         }
     }
     o
+}
+
+/// One e2e test binary's run in the guest, from its marker lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct E2eRun {
+    /// The test binary (`e2e_ssh`, ...).
+    pub name: String,
+    /// Its harness's passed and failed counts (`None`: it did not report).
+    pub counts: Option<(u32, u32)>,
+    /// Its exit code and the seconds it took (`None`: it never finished).
+    pub exit: Option<(i32, u64)>,
+}
+
+impl E2eRun {
+    /// Passed: finished with 0 and its harness counted passes and no failure.
+    pub fn passed(&self) -> bool {
+        matches!(self.exit, Some((0, _))) && matches!(self.counts, Some((p, 0)) if p > 0)
+    }
+
+    /// One line: counts, exit code and time, or why there are none.
+    pub fn summary(&self) -> String {
+        let counts = self.counts.map_or_else(
+            || "did not report".to_owned(),
+            |(p, f)| format!("{p} passed, {f} failed"),
+        );
+        match self.exit {
+            Some((code, secs)) => format!("{counts} (exit {code}, {secs} s in the guest)"),
+            None => format!("{counts} (never finished)"),
+        }
+    }
+}
+
+/// The passed/failed counts of a harness's `test result:` line.
+fn harness_counts(counts: &str) -> (u32, u32) {
+    let n = |word: &str| -> u32 {
+        counts
+            .split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (n(" passed"), n(" failed"))
+}
+
+/// Reads an e2e guest's console: each binary between `SSHLB-VM e2e-begin NAME` and
+/// `SSHLB-VM e2e-exit NAME CODE SECONDS`, with its harness's `test result:` line.
+pub fn parse_e2e(console: &str) -> Vec<E2eRun> {
+    let mut runs: Vec<E2eRun> = Vec::new();
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(i) = line.find("SSHLB-VM e2e-begin ") {
+            let name = line[i + "SSHLB-VM e2e-begin ".len()..].trim().to_owned();
+            runs.push(E2eRun { name, ..E2eRun::default() });
+        } else if let Some(i) = line.find("SSHLB-VM e2e-exit ") {
+            let words: Vec<&str> =
+                line[i + "SSHLB-VM e2e-exit ".len()..].split_whitespace().collect();
+            if let (Some(run), [name, code, secs]) = (runs.last_mut(), words.as_slice()) {
+                if run.name == *name {
+                    run.exit = code.parse().ok().zip(secs.parse().ok());
+                }
+            }
+        } else if let Some(counts) = line.strip_prefix("test result: ") {
+            if let Some(run) = runs.last_mut().filter(|r| r.exit.is_none()) {
+                run.counts = Some(harness_counts(counts));
+            }
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -118,5 +179,28 @@ mod tests {
         assert_eq!(old.fixtures_unsupported.as_deref(), Some("too old"));
         assert!(old.passed(), "namespace tests alone carry a kernel that cannot run fixtures");
         assert!(summary(&old).contains("not runnable (too old)"));
+    }
+
+    #[test]
+    fn e2e_markers_and_harness_lines_decide_each_binary() {
+        let console = "SSHLB-VM release 5.10.0-32-cloud-amd64\r\nSSHLB-VM e2e-begin e2e_ssh\r\n\
+            running 1 test\r\ntest ssh_git ... ok\r\n\
+            test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\r\n\
+            SSHLB-VM e2e-exit e2e_ssh 0 41\r\nSSHLB-VM e2e-begin e2e_ops\r\n\
+            test result: FAILED. 0 passed; 1 failed; 0 ignored\r\nSSHLB-VM e2e-exit e2e_ops 101 77\r\n\
+            SSHLB-VM e2e-begin e2e_protect\r\n";
+        let runs = parse_e2e(console);
+        assert_eq!(runs.len(), 3);
+        assert_eq!(
+            runs[0],
+            E2eRun { name: "e2e_ssh".into(), counts: Some((1, 0)), exit: Some((0, 41)) }
+        );
+        assert!(runs[0].passed());
+        assert_eq!(runs[1].counts, Some((0, 1)));
+        assert!(!runs[1].passed(), "a failed test fails its binary");
+        assert_eq!(runs[2].exit, None, "a binary that never finished");
+        assert!(!runs[2].passed());
+        assert!(runs[2].summary().contains("never finished"));
+        assert!(runs[0].summary().contains("1 passed, 0 failed (exit 0, 41 s"));
     }
 }
