@@ -251,7 +251,7 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
         resets_before,
         phase.counter("event_flow_reset"),
         phase.counter("event_reset_report_lost"),
-        lab.topo.backends.iter().map(|b| b.ssh_sessions()).collect::<Vec<_>>(),
+        lab.topo.backends.iter().map(sshlb_tests::Netns::ssh_sessions).collect::<Vec<_>>(),
     );
     let client_gone = killed_at.elapsed();
     lab.assert_no_sessions_left(Duration::from_secs(5));
