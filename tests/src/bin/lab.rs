@@ -171,12 +171,7 @@ fn run(duration: Option<Duration>) -> Result<()> {
         bail!("sshlb-agent did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
     }
     let banner = usage(&lab, &agent, &iface);
-    std::fs::write(state("usage"), &banner)?;
-    print!("{banner}");
-    std::fs::write(state("ready"), "")?;
-    wait_for_signal(duration);
-    println!("sshlb lab: tearing down");
-    Ok(())
+    serve(&banner, duration)
 }
 
 fn usage(lab: &Lab, agent: &Path, iface: &str) -> String {
@@ -247,12 +242,7 @@ fn run_ha(duration: Option<Duration>, balancers: u8) -> Result<()> {
         );
     }
     let banner = usage_ha(&ha, &agents, &pids, &agent);
-    std::fs::write(state("usage"), &banner)?;
-    print!("{banner}");
-    std::fs::write(state("ready"), "")?;
-    wait_for_signal(duration);
-    println!("sshlb lab: tearing down");
-    Ok(())
+    serve(&banner, duration)
 }
 
 fn usage_ha(ha: &HaLab, agents: &[AgentHandle<'_>], pids: &[u32], agent: &Path) -> String {
@@ -373,7 +363,13 @@ fn run_nat_pair(duration: Option<Duration>) -> Result<()> {
         agent.display(),
         agents[1].control().display(),
     );
-    std::fs::write(state("usage"), &banner)?;
+    serve(&banner, duration)
+}
+
+/// Prints (and records for `lab status`) how to use the lab, says it is ready, and waits for
+/// Ctrl-C/SIGTERM or `duration`; the caller's guards tear it down.
+fn serve(banner: &str, duration: Option<Duration>) -> Result<()> {
+    std::fs::write(state("usage"), banner)?;
     print!("{banner}");
     std::fs::write(state("ready"), "")?;
     wait_for_signal(duration);
