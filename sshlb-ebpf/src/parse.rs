@@ -219,8 +219,17 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize, out: &mut Out<'_>) -> Result<L3, 
         proto::TCP,
         family::V4,
     );
+    // The header length is read again from the packet for the TCP offset: on the options path
+    // the walk narrows the first copy to a constant per option layout, LLVM may keep that in a
+    // stack slot, and Linux 6.12's verifier mis-tracks a constant filled back from the stack
+    // (REG INVARIANTS VIOLATION: the register becomes an unbounded scalar, and the TCP header
+    // read through it is refused). A fresh read is a bounded range, never such a constant.
+    // SAFETY: `ip` points at the bounds-checked 20-byte header; one byte load.
+    let vihl = unsafe { core::ptr::read_volatile(core::ptr::from_ref(&ip.vihl)) };
+    let header_len = usize::from(vihl & 0x0F) * 4;
     let l4_off = l3_off + header_len;
-    let flags = parse_tcp(ctx, l4_off, usize::from(total_len) - header_len, &mut key)?;
+    let flags =
+        parse_tcp(ctx, l4_off, usize::from(total_len).saturating_sub(header_len), &mut key)?;
     // SAFETY: `out.tcp` points at writable memory for a Tcp (the caller's stack slot).
     unsafe { out.tcp.write(Tcp { key, l3_off, l4_off, ip_len: total_len, flags }) };
     Ok(L3::Tcp)
