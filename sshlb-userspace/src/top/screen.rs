@@ -144,6 +144,13 @@ fn number(text: String) -> Cell<'static> {
     Cell::from(Line::from(text).right_aligned())
 }
 
+/// The figure columns a service and a backend row share: LIVE, FLOWS, then NEW/s, PKTS/s and
+/// BYTES/s.
+fn figures(live: u64, flows: u64, rates: [Option<f64>; 3]) -> [Cell<'static>; 5] {
+    let [new, packets, bytes] = rates.map(per_second);
+    [number(count(live)), number(count(flows)), number(new), number(packets), number(bytes)]
+}
+
 fn service_row(s: &ServiceRow) -> Row<'static> {
     let mut cells = vec![
         Cell::from(s.name.clone()),
@@ -153,13 +160,7 @@ fn service_row(s: &ServiceRow) -> Row<'static> {
         Cell::from(""),
         Cell::from(""),
     ];
-    cells.extend([
-        number(count(s.live_sessions)),
-        number(count(s.active_flows)),
-        number(per_second(s.new_flows)),
-        number(per_second(s.packets)),
-        number(per_second(s.bytes)),
-    ]);
+    cells.extend(figures(s.live_sessions, s.active_flows, [s.new_flows, s.packets, s.bytes]));
     Row::new(cells).style(Style::new().add_modifier(Modifier::BOLD))
 }
 
@@ -182,13 +183,7 @@ fn backend_row(b: &BackendRow) -> Row<'static> {
         number(b.weight.to_string()),
         Cell::from(if b.in_ring { "yes" } else { "no" }),
     ];
-    cells.extend([
-        number(count(b.live_sessions)),
-        number(count(b.active_flows)),
-        number(per_second(b.new_flows)),
-        number(per_second(b.packets)),
-        number(per_second(b.bytes)),
-    ]);
+    cells.extend(figures(b.live_sessions, b.active_flows, [b.new_flows, b.packets, b.bytes]));
     Row::new(cells)
 }
 
