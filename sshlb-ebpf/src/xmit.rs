@@ -128,6 +128,7 @@ pub struct CachedHop {
 
 /// Slots in the per-CPU next-hop cache (direct-mapped by destination hash).
 const HOP_CACHE_SLOTS: u32 = 256;
+const _: () = assert!(HOP_CACHE_SLOTS.is_power_of_two());
 /// How long a cached FIB answer is trusted: a neighbour's new MAC is picked up within this.
 const HOP_CACHE_TTL_NS: u64 = 1_000_000_000;
 
@@ -138,10 +139,14 @@ const HOP_CACHE_TTL_NS: u64 = 1_000_000_000;
 #[map]
 static HOP_CACHE: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(HOP_CACHE_SLOTS, 0);
 
+/// The slot of destination `w`: a multiplicative (Fibonacci) hash of its words folded into one,
+/// whose top bits depend on every bit of the address. Backends usually differ only in their
+/// last byte (198.18.0.11, .12, .13): the earlier fold of the low bytes sent all of them to one
+/// slot, so a balancer alternating between them missed the cache on nearly every packet.
 #[inline(always)]
 fn cache_slot(w: &[u32; 4]) -> u32 {
     let h = w[0] ^ w[1] ^ w[2] ^ w[3];
-    (h ^ (h >> 16) ^ (h >> 8)) & (HOP_CACHE_SLOTS - 1)
+    h.wrapping_mul(0x9e37_79b1) >> (32 - HOP_CACHE_SLOTS.trailing_zeros())
 }
 
 /// Sets the frame's MACs (its first 12 bytes, as two words) and says how to send it.
