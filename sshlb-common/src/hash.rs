@@ -70,6 +70,23 @@ pub const fn filter_slot(addr: &[u8; 16], port_be: u16, fam: u8) -> u32 {
     (h >> 20) & (crate::FILTER_BITS - 1)
 }
 
+/// Slots of the data plane's per-CPU next-hop cache (`HOP_CACHE`, direct-mapped by
+/// destination). Sized for the reply path of full NAT, whose destinations are the clients:
+/// 4,096 slots keep most of a few thousand active clients' next hops.
+pub const HOP_CACHE_SLOTS: u32 = 4096;
+const _: () = assert!(HOP_CACHE_SLOTS.is_power_of_two());
+
+/// The next-hop cache's slot for destination `w` (the address as four native-order words):
+/// a multiplicative (Fibonacci) hash of the words folded into one, whose top bits depend on
+/// every bit of the address. Backends usually differ only in their last byte; a fold of the
+/// low bytes once sent 198.18.0.11, .12 and .13 to one slot, so an established flow's packet
+/// paid a FIB lookup nearly every time.
+#[inline(always)]
+pub const fn hop_slot(w: &[u32; 4]) -> u32 {
+    let h = w[0] ^ w[1] ^ w[2] ^ w[3];
+    h.wrapping_mul(0x9e37_79b1) >> (32 - HOP_CACHE_SLOTS.trailing_zeros())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +130,33 @@ mod tests {
         assert!(filter.may_contain(&key));
         assert!(!filter.may_contain(&crate::ServiceKey::v4([198, 18, 0, 100], 80, proto::TCP)));
         assert_eq!(filter.words.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+    }
+
+    /// How many distinct slots `addrs` take.
+    fn distinct_slots(addrs: impl Iterator<Item = [u8; 16]>) -> usize {
+        let mut taken = [false; HOP_CACHE_SLOTS as usize];
+        for a in addrs {
+            taken[hop_slot(&crate::csum::words(&a)) as usize] = true;
+        }
+        taken.iter().filter(|&&t| t).count()
+    }
+
+    #[test]
+    fn next_hops_differing_in_their_last_byte_get_their_own_slots() {
+        // Backend pools on one subnet, IPv4 and IPv6: 64 addresses each, no shared slot.
+        assert_eq!(distinct_slots((1..=64u8).map(|b| v4_in_16([198, 18, 0, b]))), 64);
+        let v6 = |b: u8| {
+            let mut a = [0u8; 16];
+            a[0] = 0xfd;
+            a[15] = b;
+            a
+        };
+        assert_eq!(distinct_slots((1..=64u8).map(v6)), 64);
+        // 1,000 clients over the cache: a direct-mapped table of 4,096 slots keeps ~89 % of
+        // 1,000 uniformly hashed keys in distinct slots; no clustering below that.
+        let clients = (0..1000u32).map(|i| v4_in_16([198, 19, (i >> 8) as u8, i as u8]));
+        let slots = distinct_slots(clients);
+        assert!(slots > 850, "1,000 clients in {slots} slots");
     }
 
     #[test]

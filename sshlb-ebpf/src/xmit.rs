@@ -13,7 +13,11 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use network_types::eth::EthHdr;
-use sshlb_common::{csum::words, family};
+use sshlb_common::{
+    csum::words,
+    family,
+    hash::{hop_slot, HOP_CACHE_SLOTS},
+};
 
 use crate::{
     parse::ptr_at,
@@ -54,7 +58,7 @@ pub struct Hop<'a> {
 pub fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Outcome, Error> {
     let ingress = ctx.ingress_ifindex() as u32;
     let dst_words = words(hop.dst);
-    if let Some(entry) = HOP_CACHE.get_ptr_mut(cache_slot(&dst_words)) {
+    if let Some(entry) = HOP_CACHE.get_ptr_mut(hop_slot(&dst_words)) {
         // SAFETY: this CPU's slot; no other program runs on this CPU meanwhile. Fields are read
         // in place, not copied out whole.
         unsafe {
@@ -126,9 +130,6 @@ pub struct CachedHop {
     pad: u32,
 }
 
-/// Slots in the per-CPU next-hop cache (direct-mapped by destination hash).
-const HOP_CACHE_SLOTS: u32 = 256;
-const _: () = assert!(HOP_CACHE_SLOTS.is_power_of_two());
 /// How long a cached FIB answer is trusted: a neighbour's new MAC is picked up within this.
 const HOP_CACHE_TTL_NS: u64 = 1_000_000_000;
 
@@ -138,16 +139,6 @@ const HOP_CACHE_TTL_NS: u64 = 1_000_000_000;
 /// [`HOP_CACHE_TTL_NS`], so route and neighbour changes reach the data plane within a second.
 #[map]
 static HOP_CACHE: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(HOP_CACHE_SLOTS, 0);
-
-/// The slot of destination `w`: a multiplicative (Fibonacci) hash of its words folded into one,
-/// whose top bits depend on every bit of the address. Backends usually differ only in their
-/// last byte (198.18.0.11, .12, .13): the earlier fold of the low bytes sent all of them to one
-/// slot, so a balancer alternating between them missed the cache on nearly every packet.
-#[inline(always)]
-fn cache_slot(w: &[u32; 4]) -> u32 {
-    let h = w[0] ^ w[1] ^ w[2] ^ w[3];
-    h.wrapping_mul(0x9e37_79b1) >> (32 - HOP_CACHE_SLOTS.trailing_zeros())
-}
 
 /// Sets the frame's MACs (its first 12 bytes, as two words) and says how to send it.
 #[inline(always)]
@@ -199,7 +190,7 @@ fn route(ctx: &XdpContext, hop: &Hop<'_>, now: u64) -> Result<Next, Error> {
     let Hop { fam, src, dst, ip_len } = *hop;
     let ingress = ctx.ingress_ifindex() as u32;
     let dst_words = words(dst);
-    let slot = HOP_CACHE.get_ptr_mut(cache_slot(&dst_words));
+    let slot = HOP_CACHE.get_ptr_mut(hop_slot(&dst_words));
     let mut storage = core::mem::MaybeUninit::<FibParams>::uninit();
     let params = zero_params(&mut storage);
     params.ifindex = ingress;

@@ -81,13 +81,29 @@ fn path_size(scenario: &str, sizes: &ProgramSize) -> PathSize {
 
 /// Prints everything and writes the JSON.
 pub fn report(
-    base: &Figure,
+    baselines: &[Figure],
     results: &[Figure],
     sizes: &Result<ProgramSize>,
     memory: &Result<Vec<MapMemory>>,
 ) -> Result<()> {
     let mut out = String::new();
     let mut rows: Vec<Value> = Vec::new();
+    let samples: Vec<f64> = baselines.iter().map(|b| b.ns_per_packet).collect();
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    let base = &Figure {
+        scenario: baselines[0].scenario.clone(),
+        table: "-".to_owned(),
+        packets: baselines.iter().map(|b| b.packets).sum(),
+        ns_per_packet: mean,
+    };
+    let (lo, hi) = samples.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    writeln!(
+        out,
+        "trivial program measured {} times (before each table, after the last): {} ns; ratios are to their mean, {mean:.1} ns (spread {:.0} %)",
+        samples.len(),
+        samples.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", "),
+        (hi - lo) / mean * 100.0
+    )?;
     writeln!(
         out,
         "{:<30} {:>5} {:>8} {:>9} {:>10} {:>7}  {:>20}  path (functions)",
@@ -157,6 +173,7 @@ pub fn report(
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("dataplane.json");
+    rows.push(json!({ "trivial_samples_ns": samples }));
     let lines: Vec<String> = rows.iter().map(Value::to_string).collect();
     std::fs::write(&path, format!("[\n  {}\n]\n", lines.join(",\n  ")))?;
     println!("written: {}", path.display());
