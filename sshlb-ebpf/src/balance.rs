@@ -260,7 +260,8 @@ fn create(
     }
 }
 
-/// A segment addressed to the balancer's NAT address: a full-NAT reply if it matches a flow.
+/// A segment addressed to the balancer's NAT address (the caller checked,
+/// [`nat::is_nat_address`]): a full-NAT reply if it matches a flow.
 #[inline(never)]
 pub fn reverse(ctx: &XdpContext, pkt: &Tcp) -> Decision {
     try_reverse(ctx, pkt).into()
@@ -268,11 +269,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Tcp) -> Decision {
 
 #[inline(always)]
 fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
-    let Some(cfg) = nat::config() else { return Ok(Outcome::NotService) };
     let fam = pkt.key.family;
-    if nat::nat_addr(cfg, fam) != Some(pkt.key.dst) {
-        return Ok(Outcome::NotService);
-    }
     // A miss is the balancer's own traffic (health checks, its own sshd): the kernel's.
     // The segment runs backend → balancer: the backend is its source, the NAT port its
     // destination port.

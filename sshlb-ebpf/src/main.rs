@@ -55,7 +55,7 @@ mod prog {
     use aya_ebpf::{macros::xdp, programs::XdpContext};
 
     use crate::{
-        balance, icmp,
+        balance, icmp, nat,
         parse::{self, Tcp},
         services, stats,
         verdict::{Decision, Error, Outcome},
@@ -100,6 +100,11 @@ mod prog {
             if decision != Decision::NOT_SERVICE {
                 return decision;
             }
+        }
+        // Decided here, without a call, for what is addressed to neither: the host's own
+        // traffic (a subprogram call and its `ret` cost more than this comparison).
+        if !nat::is_nat_address(&tcp.key) {
+            return Decision::NOT_SERVICE;
         }
         balance::reverse(ctx, tcp)
     }

@@ -79,6 +79,12 @@ pub fn nat_addr(cfg: &Config, fam: u8) -> Option<[u8; 16]> {
     }
 }
 
+/// Whether `key`'s destination is the NAT address of its family (unconfigured: never).
+#[inline(always)]
+pub fn is_nat_address(key: &sshlb_common::FlowKey) -> bool {
+    config().and_then(|cfg| nat_addr(cfg, key.family)) == Some(key.dst)
+}
+
 /// Claims a NAT source port (network order) towards `backend` for the flow `key`.
 ///
 /// The first probe is a hash of the flow, so after a balancer restart a flow picked up mid-stream
