@@ -242,6 +242,10 @@ pub struct MapMemory {
     pub bytes_memlock: u64,
     /// Map creation flags (`BPF_F_NO_PREALLOC` = 1 makes `bytes_memlock` grow with entries).
     pub flags: u64,
+    /// Key and value sizes: what of an entry is ours (the rest is the kernel's element header
+    /// and its share of the bucket array).
+    pub key_size: u64,
+    pub value_size: u64,
 }
 
 impl MapMemory {
@@ -253,6 +257,8 @@ impl MapMemory {
             max_entries: show["max_entries"].as_u64().context("max_entries")?,
             bytes_memlock: show["bytes_memlock"].as_u64().context("bytes_memlock")?,
             flags: show["flags"].as_u64().unwrap_or(0),
+            key_size: show["bytes_key"].as_u64().context("bytes_key")?,
+            value_size: show["bytes_value"].as_u64().context("bytes_value")?,
         })
     }
 }

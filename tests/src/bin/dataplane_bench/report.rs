@@ -259,18 +259,33 @@ fn memory_table(out: &mut String, maps: &[MapMemory]) -> Result<()> {
     writeln!(out, "memory: maps sized by agent.max-flows ({MAX_FLOWS}), kernel's bytes_memlock")?;
     writeln!(
         out,
-        "{:<16} {:>12} {:>14} {:>12}",
+        "{:<16} {:>12} {:>14} {:>12}  key + value (ours) / kernel's share",
         "map", "max_entries", "bytes_memlock", "B per flow"
     )?;
     for m in maps {
         let prealloc = if m.flags & 1 == 0 { "" } else { "  (no prealloc: grows with entries)" };
+        let per_entry = m.bytes_memlock as f64 / m.max_entries as f64;
+        let ours = m.key_size.next_multiple_of(8) + m.value_size.next_multiple_of(8);
         writeln!(
             out,
-            "{:<16} {:>12} {:>14} {:>12.1}{prealloc}",
+            "{:<16} {:>12} {:>14} {:>12.1}  {} + {} / {:.1}{prealloc}",
             m.name,
             m.max_entries,
             m.bytes_memlock,
-            m.bytes_memlock as f64 / m.max_entries as f64
+            per_entry,
+            m.key_size,
+            m.value_size,
+            per_entry - ours as f64,
+        )?;
+    }
+    // A direct-server-return or tunnel flow has an entry in FLOWS only; a full-NAT flow one in
+    // each map (the reply path's index by NAT port).
+    if let Some(flows) = maps.iter().find(|m| m.name == "FLOWS") {
+        writeln!(
+            out,
+            "per flow by mode: dsr / tunnel {:.1} B (FLOWS only), full NAT {:.1} B (every map above)",
+            flows.bytes_memlock as f64 / flows.max_entries as f64,
+            memory_totals(maps).0
         )?;
     }
     let (per_flow, total) = memory_totals(maps);
@@ -304,6 +319,8 @@ fn memory_json(maps: &[MapMemory]) -> Value {
             "max_entries": m.max_entries,
             "bytes_memlock": m.bytes_memlock,
             "bytes_per_flow": round(m.bytes_memlock as f64 / m.max_entries as f64, 1),
+            "key_size": m.key_size,
+            "value_size": m.value_size,
         })).collect::<Vec<_>>(),
     })
 }
