@@ -130,6 +130,29 @@ fn backend_of(line: &str) -> String {
         .map_or_else(|| panic!("{line:?} names no backend"), |(n, _, _)| (*n).to_owned())
 }
 
+/// The kernel's TCP and IP counters (`nstat`) of the client, the balancer and each backend
+/// namespace, for a failure message: which end received, answered or refused the kill's probes.
+fn tcp_counters(lab: &Lab) -> Vec<(String, std::collections::BTreeMap<String, u64>)> {
+    let topo = &lab.topo;
+    std::iter::once(&topo.client)
+        .chain(std::iter::once(&topo.lb))
+        .chain(&topo.backends)
+        .map(|ns| {
+            let out = ns.command("nstat", &["-a", "-z", "-s"]).output().expect("nstat");
+            let counters = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|line| {
+                    let mut words = line.split_whitespace();
+                    let (name, value) = (words.next()?, words.next()?.parse().ok()?);
+                    let wanted = ["Tcp", "Ip", "Icmp"].iter().any(|p| name.starts_with(p));
+                    wanted.then(|| (name.to_owned(), value))
+                })
+                .collect();
+            (ns.name.clone(), counters)
+        })
+        .collect()
+}
+
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout * sshlb_tests::slowdown();
     loop {
@@ -251,6 +274,7 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
     assert_eq!(phase.status().deny, vec![format!("{INTRUDER}/32")]);
     let resets_before = phase.counter("event_flow_reset");
+    let tcp_before = tcp_counters(&lab);
     let killed_at = Instant::now();
     let reply = phase.reload(&deny, true);
     let note = reply.note.unwrap_or_default();
@@ -273,6 +297,17 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
             lab.topo.backends.iter().map(sshlb_tests::Netns::ssh_sessions).collect::<Vec<_>>(),
             phase.flows_from(INTRUDER),
         );
+        eprintln!("TCP counters that moved since the kill, per namespace:");
+        for (ns, before, after) in
+            tcp_before.iter().zip(tcp_counters(&lab)).map(|((n, b), (_, a))| (n, b, a))
+        {
+            let moved: Vec<String> = after
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(*v))
+                .map(|(k, v)| format!("{k} +{}", v - before.get(k).copied().unwrap_or(0)))
+                .collect();
+            eprintln!("  {ns}: {}", moved.join(", "));
+        }
         probed = false;
         // Written, not read back: a read would wait as long as a broken kill lets it.
         let _sent = writeln!(stdin, "c").and_then(|()| stdin.flush());
