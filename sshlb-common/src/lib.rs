@@ -54,6 +54,11 @@ pub mod map_names {
     /// keys (value: a `u32`, 1). Written by the agent with the services, backends and NAT
     /// settings; read by XDP before a flow is created: no client has one of these addresses.
     pub const OWN_ADDRESSES: &str = "OWN_ADDRESSES";
+    /// The own-address pre-filter, one [`crate::OwnFilter`] at index 0: a set bit proves a
+    /// source is none of `OWN_ADDRESSES`, so a new flow skips that hash lookup. Written by the
+    /// agent with `OWN_ADDRESSES`, read by XDP; all-zero (as created) sends every check on to
+    /// the hash.
+    pub const OWN_FILTER: &str = "OWN_FILTER";
     /// Segments of flows the agent is killing ([`crate::flow_flags::KILL`]), one
     /// [`crate::ResetEvent`] each: a ring buffer written by XDP, read by the agent, which answers
     /// the client with a RST carrying the sequence number the segment acknowledged.
@@ -205,6 +210,50 @@ impl ServiceFilter {
     /// The word index and bit mask of `key`'s bit.
     fn position(key: &ServiceKey) -> (usize, u64) {
         let slot = hash::filter_slot(&key.addr, key.port_be, key.family);
+        ((slot / 64) as usize, 1 << (slot % 64))
+    }
+}
+
+/// Value of the `OWN_FILTER` map: bit [`hash::filter_slot`]`(addr, 0)` is *set* when no
+/// address of the balancer's own (no `OWN_ADDRESSES` key) has that slot. A set bit proves a
+/// source foreign, so a new flow from it needs no `OWN_ADDRESSES` lookup; a clear bit only
+/// means "maybe" (the lookup decides). Stored this way round so that the map as the kernel
+/// creates it, all zero, claims nothing: a data plane that runs before the agent has written
+/// the filter (first start, an upgrade adopting older pins) checks every source as before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnFilter {
+    /// Bit `i` of the filter is bit `i % 64` of word `i / 64`.
+    pub words: [u64; (FILTER_BITS / 64) as usize],
+}
+
+impl Default for OwnFilter {
+    /// Claims nothing (every source "maybe" own).
+    fn default() -> Self {
+        Self { words: [0; (FILTER_BITS / 64) as usize] }
+    }
+}
+
+impl OwnFilter {
+    /// The filter that proves foreign every source whose slot no address of `own` takes.
+    pub fn of<'a>(own: impl IntoIterator<Item = &'a OwnAddr>) -> Self {
+        let mut filter = Self { words: [u64::MAX; (FILTER_BITS / 64) as usize] };
+        for addr in own {
+            let (word, bit) = Self::position(&addr.addr, addr.family);
+            filter.words[word] &= !bit;
+        }
+        filter
+    }
+
+    /// Whether the filter proves `addr` (family `fam`) none of the balancer's own.
+    pub fn is_foreign(&self, addr: &[u8; 16], fam: u8) -> bool {
+        let (word, bit) = Self::position(addr, fam);
+        self.words[word] & bit != 0
+    }
+
+    /// The word index and bit mask of `addr`'s bit.
+    fn position(addr: &[u8; 16], fam: u8) -> (usize, u64) {
+        let slot = hash::filter_slot(addr, 0, fam);
         ((slot / 64) as usize, 1 << (slot % 64))
     }
 }
@@ -512,6 +561,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OwnAddr {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::OwnFilter {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::NatFlow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ResetEvent {}
@@ -630,6 +681,35 @@ mod layout_tests {
     #[test]
     fn service_filter_is_one_page_eighth() {
         assert_eq!(size_of::<ServiceFilter>(), (FILTER_BITS / 8) as usize);
+        assert_eq!(size_of::<OwnFilter>(), (FILTER_BITS / 8) as usize);
+    }
+
+    #[test]
+    fn own_filter_proves_foreign_only_what_is_not_ours() {
+        // A fleet's own addresses: two VIPs, a NAT address, 100 backends, v4 and v6.
+        let mut v6 = [0u8; 16];
+        v6[..2].copy_from_slice(&[0xfd, 0x00]);
+        v6[15] = 0x64;
+        let mut own = [OwnAddr::default(); 103];
+        own[0] = OwnAddr::new(v4_in_16([198, 18, 0, 100]), family::V4);
+        own[1] = OwnAddr::new(v4_in_16([198, 18, 0, 2]), family::V4);
+        own[2] = OwnAddr::new(v6, family::V6);
+        for i in 0..100u8 {
+            own[3 + usize::from(i)] = OwnAddr::new(v4_in_16([198, 18, 1, i]), family::V4);
+        }
+        let filter = OwnFilter::of(&own);
+        for addr in &own {
+            assert!(!filter.is_foreign(&addr.addr, addr.family), "{addr:?} taken for foreign");
+        }
+        // Clients: nearly all skip the lookup.
+        let foreign = (0..1000u32)
+            .filter(|i| {
+                filter.is_foreign(&v4_in_16([198, 19, (i >> 8) as u8, *i as u8]), family::V4)
+            })
+            .count();
+        assert!(foreign > 950, "only {foreign} of 1,000 clients proved foreign");
+        // As the kernel creates it, the filter proves nothing.
+        assert!(!OwnFilter::default().is_foreign(&v4_in_16([198, 19, 0, 1]), family::V4));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use sshlb_common::{
     hash::{filter_slot, flow_hash, RING_SEED},
-    service_flags, Backend, FlowKey, OwnAddr, Service, ServiceFilter, ServiceKey, EMPTY_SLOT,
-    MAX_BACKENDS, MAX_OWN_ADDRESSES, MAX_SERVICES, RING_STRIDE,
+    service_flags, Backend, FlowKey, OwnAddr, OwnFilter, Service, ServiceFilter, ServiceKey,
+    EMPTY_SLOT, MAX_BACKENDS, MAX_OWN_ADDRESSES, MAX_SERVICES, RING_STRIDE,
 };
 
 /// The balancer's own addresses (VIPs, NAT addresses, backends). Written by the agent, read by
@@ -16,10 +16,24 @@ use sshlb_common::{
 #[map]
 static OWN_ADDRESSES: HashMap<OwnAddr, u32> = HashMap::with_max_entries(MAX_OWN_ADDRESSES, 0);
 
+/// The own-address pre-filter at index 0 (see [`OwnFilter`]: a set bit proves a source
+/// foreign). Written by the agent around its `OWN_ADDRESSES` updates, read by XDP
+/// ([`is_own_address`]).
+#[map]
+static OWN_FILTER: Array<OwnFilter> = Array::with_max_entries(1, 0);
+
 /// Whether `key`'s source is one of the balancer's own addresses: no client has one, so a flow
-/// from it is spoofed (or a loop) and must not get state.
+/// from it is spoofed (or a loop) and must not get state. A client's source is nearly always
+/// proved foreign by one word of the pre-filter; only the rest costs the hash lookup.
 #[inline(always)]
 pub fn is_own_address(key: &FlowKey) -> bool {
+    if let Some(filter) = OWN_FILTER.get(0) {
+        let slot = filter_slot(&key.src, 0, key.family);
+        // `slot < FILTER_BITS`, so the word index is in bounds (the mask makes it visible).
+        if filter.words[(slot as usize / 64) & 63] & (1 << (slot % 64)) != 0 {
+            return false;
+        }
+    }
     // SAFETY: only presence is read.
     unsafe { OWN_ADDRESSES.get(OwnAddr::new(key.src, key.family)) }.is_some()
 }

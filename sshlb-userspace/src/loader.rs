@@ -42,7 +42,7 @@ const PIN_PROGRAM: &str = "prog";
 const PIN_LINK: &str = "link";
 
 /// Maps that are pinned (and adopted by name on restart).
-const PINNED_MAPS: [&str; 15] = [
+const PINNED_MAPS: [&str; 16] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::RINGS,
@@ -58,7 +58,12 @@ const PINNED_MAPS: [&str; 15] = [
     map_names::SERVICE_FILTER,
     map_names::OWN_ADDRESSES,
     map_names::RESETS,
+    map_names::OWN_FILTER,
 ];
+
+/// Pinned maps a previous version may not have left (added since): adopting its pins creates
+/// them, and their all-zero contents are safe until the agent writes them.
+const ADDED_MAPS: [&str; 1] = [map_names::OWN_FILTER];
 
 /// How the program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -225,12 +230,12 @@ impl Default for LoadOptions {
 }
 
 /// `(map, key size, value size, max entries)` this binary expects for every pinned map.
-fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 15] {
+fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 16] {
     use core::mem::size_of;
 
     use sshlb_common::{
-        stats, Backend, Bucket, Config, Flow, FlowKey, Limit, NatFlow, NatKey, OwnAddr, Service,
-        ServiceFilter, ServiceKey, SourceKey, Traffic, LIMITER_ENTRIES, MAX_ACL_ENTRIES,
+        stats, Backend, Bucket, Config, Flow, FlowKey, Limit, NatFlow, NatKey, OwnAddr, OwnFilter,
+        Service, ServiceFilter, ServiceKey, SourceKey, Traffic, LIMITER_ENTRIES, MAX_ACL_ENTRIES,
         MAX_BACKENDS, MAX_OWN_ADDRESSES, MAX_SERVICES, RING_STRIDE,
     };
     let size = |n: usize| n as u32;
@@ -266,6 +271,7 @@ fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 15]
         (map_names::SERVICE_FILTER, 4, size(size_of::<ServiceFilter>()), 1),
         (map_names::OWN_ADDRESSES, size(size_of::<OwnAddr>()), 4, MAX_OWN_ADDRESSES),
         (map_names::RESETS, 0, 0, sshlb_common::RESETS_BYTES),
+        (map_names::OWN_FILTER, 4, size(size_of::<OwnFilter>()), 1),
     ]
 }
 
@@ -274,6 +280,9 @@ fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 15]
 fn verify_pinned_layout(pin_dir: &Path, options: &LoadOptions) -> Result<(), LoaderError> {
     for (name, key, value, max) in expected_layout(options) {
         let path = pin_dir.join(name);
+        if ADDED_MAPS.contains(&name) && !path.exists() {
+            continue;
+        }
         let info = MapData::from_pin(&path).and_then(|map| map.info()).map_err(|e| {
             LoaderError::OpenPinned { what: "map", path: path.clone(), source: Box::new(e) }
         })?;

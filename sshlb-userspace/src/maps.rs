@@ -7,8 +7,8 @@ use aya::maps::{
 };
 use sshlb_common::{
     family, map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatFlow, NatKey, OwnAddr,
-    Service, ServiceFilter, ServiceKey, SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS, MAX_SERVICES,
-    RING_STRIDE,
+    OwnFilter, Service, ServiceFilter, ServiceKey, SourceKey, Traffic, EMPTY_SLOT, MAX_BACKENDS,
+    MAX_SERVICES, RING_STRIDE,
 };
 
 use crate::{
@@ -405,15 +405,37 @@ impl Dataplane {
                 want.insert(OwnAddr::new(config.nat_v6, family::V6));
             }
         }
+        let have: std::collections::BTreeSet<OwnAddr> =
+            self.own_addresses().keys().filter_map(Result::ok).collect();
+        // The pre-filter may prove foreign only what is in neither set while the hash changes
+        // (an address about to be added must already be a "maybe"), then only what is not in
+        // the new one.
+        self.write_own_filter(&OwnFilter::of(want.union(&have)))?;
         let mut own = self.own_addresses();
-        let have: std::collections::BTreeSet<OwnAddr> = own.keys().filter_map(Result::ok).collect();
         for addr in want.difference(&have) {
             own.insert(addr, 1, 0).map_err(map_err("writing", map_names::OWN_ADDRESSES))?;
         }
         for addr in have.difference(&want) {
             own.remove(addr).map_err(map_err("removing", map_names::OWN_ADDRESSES))?;
         }
-        Ok(())
+        self.write_own_filter(&OwnFilter::of(&want))
+    }
+
+    /// The balancer's own addresses and the pre-filter in front of them, as the data plane
+    /// reads them.
+    pub fn own(&mut self) -> Result<(Vec<OwnAddr>, OwnFilter), MapsError> {
+        let addrs = self.own_addresses().keys().filter_map(Result::ok).collect();
+        let filter = self
+            .array::<OwnFilter>(map_names::OWN_FILTER)
+            .get(&0, 0)
+            .map_err(map_err("reading", map_names::OWN_FILTER))?;
+        Ok((addrs, filter))
+    }
+
+    fn write_own_filter(&mut self, filter: &OwnFilter) -> Result<(), MapsError> {
+        self.array::<OwnFilter>(map_names::OWN_FILTER)
+            .set(0, filter, 0)
+            .map_err(map_err("writing", map_names::OWN_FILTER))
     }
 
     fn own_addresses(&mut self) -> HashMap<&mut MapData, OwnAddr, u32> {

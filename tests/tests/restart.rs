@@ -49,11 +49,18 @@ fn established_flow_survives_agent_sigkill_and_restart() {
     assert!(agent.attached(), "the program must stay attached when the agent dies");
     conn = exchange(conn, 2);
 
+    // An older agent's pins lack the maps added since (OWN_FILTER): the takeover creates them.
+    let added = std::path::Path::new(sshlb_tests::PIN_ROOT)
+        .join(&topo.lb_if)
+        .join(sshlb_common::map_names::OWN_FILTER);
+    std::fs::remove_file(&added).expect("the own-address pre-filter is pinned");
+
     // A new agent takes over; the connection never notices.
     let mut detached = agent.up_args();
     detached.push("--detach".into());
     let out = run(&mut agent.command(&detached));
     assert!(String::from_utf8_lossy(&out.stderr).contains("took over"), "{out:?}");
+    assert!(added.exists(), "the takeover did not pin the added map");
     conn = exchange(conn, 3);
     assert_eq!(conn.backend, backend);
     // New connections keep working too.
