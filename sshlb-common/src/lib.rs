@@ -173,8 +173,10 @@ impl OwnAddr {
     }
 }
 
-/// Bits in the service pre-filter ([`ServiceFilter`]).
+/// Bits in each pre-filter ([`ServiceFilter`], [`OwnFilter`]).
 pub const FILTER_BITS: u32 = 4096;
+/// The 64-bit words holding them.
+const FILTER_WORDS: usize = (FILTER_BITS / 64) as usize;
 
 /// Value of the `SERVICE_FILTER` map: bit [`hash::filter_slot`]`(vip, port)` is set for every
 /// service. A clear bit proves a segment is addressed to no service, so the data plane passes
@@ -185,12 +187,12 @@ pub const FILTER_BITS: u32 = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceFilter {
     /// Bit `i` of the filter is bit `i % 64` of word `i / 64`.
-    pub words: [u64; (FILTER_BITS / 64) as usize],
+    pub words: [u64; FILTER_WORDS],
 }
 
 impl Default for ServiceFilter {
     fn default() -> Self {
-        Self { words: [0; (FILTER_BITS / 64) as usize] }
+        Self { words: [0; FILTER_WORDS] }
     }
 }
 
@@ -209,9 +211,13 @@ impl ServiceFilter {
 
     /// The word index and bit mask of `key`'s bit.
     fn position(key: &ServiceKey) -> (usize, u64) {
-        let slot = hash::filter_slot(&key.addr, key.port_be, key.family);
-        ((slot / 64) as usize, 1 << (slot % 64))
+        filter_bit(hash::filter_slot(&key.addr, key.port_be, key.family))
     }
+}
+
+/// The word index and bit mask of bit `slot` (`< FILTER_BITS`) of a pre-filter.
+const fn filter_bit(slot: u32) -> (usize, u64) {
+    ((slot / 64) as usize, 1 << (slot % 64))
 }
 
 /// Value of the `OWN_FILTER` map: bit [`hash::filter_slot`]`(addr, 0)` is *set* when no
@@ -224,20 +230,20 @@ impl ServiceFilter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnFilter {
     /// Bit `i` of the filter is bit `i % 64` of word `i / 64`.
-    pub words: [u64; (FILTER_BITS / 64) as usize],
+    pub words: [u64; FILTER_WORDS],
 }
 
 impl Default for OwnFilter {
     /// Claims nothing (every source "maybe" own).
     fn default() -> Self {
-        Self { words: [0; (FILTER_BITS / 64) as usize] }
+        Self { words: [0; FILTER_WORDS] }
     }
 }
 
 impl OwnFilter {
     /// The filter that proves foreign every source whose slot no address of `own` takes.
     pub fn of<'a>(own: impl IntoIterator<Item = &'a OwnAddr>) -> Self {
-        let mut filter = Self { words: [u64::MAX; (FILTER_BITS / 64) as usize] };
+        let mut filter = Self { words: [u64::MAX; FILTER_WORDS] };
         for addr in own {
             let (word, bit) = Self::position(&addr.addr, addr.family);
             filter.words[word] &= !bit;
@@ -253,8 +259,7 @@ impl OwnFilter {
 
     /// The word index and bit mask of `addr`'s bit.
     fn position(addr: &[u8; 16], fam: u8) -> (usize, u64) {
-        let slot = hash::filter_slot(addr, 0, fam);
-        ((slot / 64) as usize, 1 << (slot % 64))
+        filter_bit(hash::filter_slot(addr, 0, fam))
     }
 }
 
