@@ -75,7 +75,7 @@ pub fn touch(flow: *mut Flow, flags: u8, now: u64, from_client: bool) {
         if new_state != state {
             (*flow).state = new_state;
         }
-        if now.wrapping_sub((*flow).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        if now.saturating_sub((*flow).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
             (*flow).last_seen_ns = now;
         }
     }

@@ -154,7 +154,7 @@ fn reclaim(nat_key: NatKey, entry_for_new: &NatFlow, now: u64) -> bool {
     if let Some(entry) = flow::get(holder) {
         // SAFETY: a live map value, fields read once.
         let (state, last_seen) = unsafe { ((*entry).state, (*entry).last_seen_ns) };
-        if state != flow_state::SYN || now.wrapping_sub(last_seen) < EMBRYONIC_GRACE_NS {
+        if state != flow_state::SYN || now.saturating_sub(last_seen) < EMBRYONIC_GRACE_NS {
             return false;
         }
         // The dead handshake goes; a late ACK of it would be picked up as a recovered flow.

@@ -64,7 +64,7 @@ pub fn send(ctx: &XdpContext, path: Path, hop: &Hop<'_>, now: u64) -> Result<Out
         unsafe {
             let stamped = (*entry).stamped_ns;
             if stamped != 0
-                && now.wrapping_sub(stamped) < HOP_CACHE_TTL_NS
+                && now.saturating_sub(stamped) < HOP_CACHE_TTL_NS
                 && (*entry).ingress == ingress
                 && (*entry).dst[0] == dst_words[0]
                 && (*entry).dst[1] == dst_words[1]

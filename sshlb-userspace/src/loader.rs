@@ -61,6 +61,15 @@ const PINNED_MAPS: [&str; 16] = [
     map_names::OWN_FILTER,
 ];
 
+/// The program's `.rodata` switch to `bpf_ktime_get_coarse_ns` (`sshlb-ebpf`'s `clock.rs`).
+const COARSE_CLOCK: &str = "COARSE_CLOCK";
+
+/// Whether the running kernel has `bpf_ktime_get_coarse_ns` (Linux 5.11). Unknown: no (the
+/// precise clock works everywhere).
+fn has_coarse_clock() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 11, 0))
+}
+
 /// Pinned maps a previous version may not have left (added since): adopting its pins creates
 /// them, and their all-zero contents are safe until the agent writes them.
 const ADDED_MAPS: [&str; 1] = [map_names::OWN_FILTER];
@@ -319,9 +328,11 @@ impl Dataplane {
             return Err(LoaderError::ObjectMissing);
         }
         let mut loader = EbpfLoader::new();
+        let coarse_clock = u8::from(has_coarse_clock());
         loader
             .map_max_entries(map_names::FLOWS, options.max_flows)
-            .map_max_entries(map_names::NAT_REVERSE, options.max_flows);
+            .map_max_entries(map_names::NAT_REVERSE, options.max_flows)
+            .override_global(COARSE_CLOCK, &coarse_clock, true);
         let pins: Vec<(&'static str, PathBuf)> = match &options.pin_dir {
             Some(dir) => PINNED_MAPS.iter().map(|name| (*name, dir.join(name))).collect(),
             None => Vec::new(),
