@@ -13,7 +13,10 @@ use std::{
 
 use sshlb::control::{self, Status};
 
-use crate::{agent_binary, prepare_port, topo::Topo, wait_for, Detach, Netns, PIN_ROOT};
+use crate::{
+    agent_binary, config::ConfigBuilder, prepare_port, topo::Topo, wait_for, Detach, Netns,
+    PIN_ROOT,
+};
 
 /// The real `sshlb-agent` binary for one topology: its config file, log and control socket
 /// (named after the topology's unique interface), and the agent process once [`Self::up`] ran.
@@ -90,6 +93,19 @@ impl<'t> AgentHandle<'t> {
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text)
             .unwrap_or_else(|e| panic!("writing {}: {e}", self.config.display()));
+    }
+
+    /// Writes `config` as the configuration file, naming this handle's control socket.
+    pub fn configure(&self, config: ConfigBuilder) {
+        self.write_config(&config.control(&self.control).to_toml());
+    }
+
+    /// [`Self::configure`], [`Self::up`] and [`Self::wait_until_up`]: the agent running on
+    /// `config` with every backend of its first service healthy.
+    pub fn start(&mut self, config: ConfigBuilder) {
+        self.configure(config);
+        self.up();
+        self.wait_until_up();
     }
 
     /// `sshlb-agent up <lb_if> --config <file>` in the foreground, output to the log; returns

@@ -81,20 +81,14 @@ fn every_metric_the_rules_and_dashboard_name_is_in_a_real_scrape() {
     }
     let topo = Topo::new(22);
     let mut agent = AgentHandle::new(&topo);
-    agent.write_config(
-        &ConfigBuilder::new()
-            .control(agent.control())
-            .service(
-                ServiceBuilder::new("git", VIP4, 22)
-                    .ring_size(251)
-                    .health("interval", "100ms")
-                    .health("expect", "")
-                    .topo_backends(false, |_, b| b),
-            )
-            .to_toml(),
+    agent.start(
+        ConfigBuilder::new().service(
+            ServiceBuilder::new("git", VIP4, 22)
+                .ring_size(251)
+                .fast_connect_checks()
+                .topo_backends(false, |_, b| b),
+        ),
     );
-    agent.up();
-    agent.wait_until_up();
     let scrape = wait_for(std::time::Duration::from_secs(10), || {
         topo.lb.run(|| {
             use std::io::{Read as _, Write as _};

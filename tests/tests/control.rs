@@ -20,14 +20,11 @@ fn control_commands_steer_new_flows_and_spare_established_ones() {
     let mut agent = AgentHandle::new(&topo);
     let service = ServiceBuilder::new("git", VIP4, 22)
         .ring_size(4093)
-        .health("interval", "100ms")
-        .health("expect", "")
+        .fast_connect_checks()
         .topo_backends(false, |i, b| b.group(if i == 2 { "green" } else { "blue" }));
-    agent.write_config(&ConfigBuilder::new().control(agent.control()).service(service).to_toml());
-    agent.up();
+    agent.start(ConfigBuilder::new().service(service));
     let ctl = |args: &[&str]| agent.ctl(args);
     let status = || agent.status();
-    agent.wait_until_up();
 
     let mut established = topo
         .client

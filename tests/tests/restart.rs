@@ -22,7 +22,7 @@ fn established_flow_survives_agent_sigkill_and_restart() {
     let mut agent = AgentHandle::new(&topo);
     let service =
         ServiceBuilder::new("git", VIP4, 22).ring_size(4093).topo_backends(false, |_, b| b);
-    agent.write_config(&ConfigBuilder::new().control(agent.control()).service(service).to_toml());
+    agent.configure(ConfigBuilder::new().service(service));
 
     agent.up();
     assert!(

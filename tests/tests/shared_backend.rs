@@ -18,19 +18,10 @@ fn figures_belong_to_the_service_and_backend_pair() {
     let service = |name: &str, port: u16| {
         ServiceBuilder::new(name, VIP4, port)
             .ring_size(251)
-            .health("interval", "100ms")
-            .health("expect", "")
+            .fast_connect_checks()
             .topo_backends(false, |_, b| b)
     };
-    agent.write_config(
-        &ConfigBuilder::new()
-            .control(agent.control())
-            .service(service("used", 22))
-            .service(service("idle", 2222))
-            .to_toml(),
-    );
-    agent.up();
-    agent.wait_until_up();
+    agent.start(ConfigBuilder::new().service(service("used", 22)).service(service("idle", 2222)));
 
     let mut conns = topo
         .client

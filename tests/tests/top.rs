@@ -228,19 +228,13 @@ fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
     // b1 takes every new flow; b2 and b3 (weight 0) are healthy and idle. The second service
     // refuses the client's prefix: its SYNs are drops by reason.
     let git = ServiceBuilder::new("git", VIP4, 22)
-        .health("interval", "100ms")
-        .health("expect", "")
+        .fast_connect_checks()
         .topo_backends(false, |i, b| b.weight(if i == 0 { 100 } else { 0 }));
     let locked = ServiceBuilder::new("locked", DSR4, 22)
         .raw("deny = [\"198.18.2.0/24\"]")
-        .health("interval", "100ms")
-        .health("expect", "")
+        .fast_connect_checks()
         .topo_backends(false, |_, b| b);
-    agent.write_config(
-        &ConfigBuilder::new().control(agent.control()).service(git).service(locked).to_toml(),
-    );
-    agent.up();
-    agent.wait_until_up();
+    agent.start(ConfigBuilder::new().service(git).service(locked));
 
     let conns = topo
         .client
