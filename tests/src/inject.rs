@@ -121,15 +121,12 @@ pub struct SynFlood {
 }
 
 impl SynFlood {
-    /// Sends the flood from a thread in the router's namespace; `running` turns false when it
-    /// ends. The thread returns how many SYNs went out and how long that took.
-    pub fn spawn(
-        self,
-        topo: &Topo,
-        running: Arc<AtomicBool>,
-    ) -> thread::JoinHandle<(u32, Duration)> {
+    /// Sends the flood from a thread in the router's namespace.
+    pub fn spawn(self, topo: &Topo) -> Flooding {
         let macs = (mac_of(&topo.router, "rt0"), mac_of(&topo.lb, &topo.lb_if));
-        topo.router.spawn_thread(move || {
+        let running = Arc::new(AtomicBool::new(true));
+        let on = Arc::clone(&running);
+        let thread = topo.router.spawn_thread(move || {
             let sock = PacketSocket::open("rt0").expect("AF_PACKET on rt0");
             let (nat, dsr): (Ipv4Addr, Ipv4Addr) =
                 (VIP4.parse().expect("vip"), DSR4.parse().expect("vip"));
@@ -149,8 +146,38 @@ impl SynFlood {
                     sent += 1;
                 }
             }
-            running.store(false, Ordering::SeqCst);
+            on.store(false, Ordering::SeqCst);
             (sent, began.elapsed())
-        })
+        });
+        Flooding { running, thread }
+    }
+}
+
+/// A [`SynFlood`] being sent.
+pub struct Flooding {
+    running: Arc<AtomicBool>,
+    thread: thread::JoinHandle<(u32, Duration)>,
+}
+
+impl Flooding {
+    /// A handle that tells another thread whether the flood is still being sent.
+    pub fn watch(&self) -> FloodWatch {
+        FloodWatch(Arc::clone(&self.running))
+    }
+
+    /// Waits for the end: how many SYNs went out and how long that took.
+    pub fn join(self) -> (u32, Duration) {
+        self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// See [`Flooding::watch`].
+#[derive(Clone)]
+pub struct FloodWatch(Arc<AtomicBool>);
+
+impl FloodWatch {
+    /// Whether the flood is still being sent.
+    pub fn on(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
     }
 }

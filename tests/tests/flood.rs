@@ -7,10 +7,6 @@
 //! refused for the 120 s SYN timeout once 3,000 were taken (2 s into the flood).
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -45,22 +41,21 @@ fn real_clients_get_through_a_spoofed_syn_flood() {
     let (nat_ok, dsr_ok) = topo.client.run(|| (connects(VIP4), connects(DSR4)));
     assert!(nat_ok && dsr_ok, "no connection before the flood (nat {nat_ok}, dsr {dsr_ok})");
 
-    let flooding = Arc::new(AtomicBool::new(true));
     let flood = SynFlood {
         rate: Some(FLOOD_RATE),
         max: FLOOD_RATE * FLOOD_SECONDS,
         within: Duration::from_secs(u64::from(FLOOD_SECONDS) + 2),
         first: 0,
     }
-    .spawn(&topo, Arc::clone(&flooding));
+    .spawn(&topo);
 
     // The real client, from its own namespace: every 100 ms during the flood, every 200 ms in
     // the 3 s after it.
-    let flooding_seen = Arc::clone(&flooding);
+    let flooding = flood.watch();
     let (during, after) = topo.client.run(move || {
         let mut during = Vec::new();
         thread::sleep(Duration::from_millis(300));
-        while flooding_seen.load(Ordering::SeqCst) {
+        while flooding.on() {
             let vip = if during.len() % 2 == 0 { VIP4 } else { DSR4 };
             during.push(connects(vip));
             thread::sleep(Duration::from_millis(100));
@@ -74,7 +69,7 @@ fn real_clients_get_through_a_spoofed_syn_flood() {
         }
         (during, after)
     });
-    let (sent, _) = flood.join().expect("the flood thread");
+    let (sent, _) = flood.join();
     let ok = |v: &[bool]| v.iter().filter(|&&b| b).count();
     let reclaimed = balancer.counter("event_nat_port_reclaimed");
     let exhausted = balancer.counter("drop_nat_ports_exhausted");

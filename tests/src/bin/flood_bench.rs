@@ -15,10 +15,6 @@
 
 use std::{
     io::{Read as _, Write as _},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -104,22 +100,20 @@ fn phase(topo: &Topo, balancer: &mut Balancer, rate: Option<u32>) -> Result<()> 
 
     let losses_before = Snapshot::take(&topo.namespaces());
     let before = window(balancer)?;
-    let flooding = Arc::new(AtomicBool::new(true));
     // Distinct flows across phases: the second phase starts where the first ended.
     let offset = u32::try_from(before.runs).unwrap_or(0);
-    let flood = SynFlood { rate, max: MAX_SYNS, within: FLOOD, first: offset }
-        .spawn(topo, Arc::clone(&flooding));
-    let seen = Arc::clone(&flooding);
+    let flood = SynFlood { rate, max: MAX_SYNS, within: FLOOD, first: offset }.spawn(topo);
+    let flooding = flood.watch();
     let tries = topo.client.spawn_thread(move || {
         let mut results = Vec::new();
-        while seen.load(Ordering::SeqCst) {
+        while flooding.on() {
             let ok = Conn::open(VIP4, 22).and_then(|mut c| c.echo(b"hello\n")).unwrap_or(false);
             results.push(ok);
             thread::sleep(Duration::from_millis(100));
         }
         results
     });
-    let (sent, flood_took) = flood.join().expect("flood thread");
+    let (sent, flood_took) = flood.join();
     let during = window(balancer)?;
     let losses = Snapshot::take(&topo.namespaces()).since(&losses_before);
     let tries = tries.join().expect("tries thread");
