@@ -18,6 +18,19 @@ use crate::{
     PIN_ROOT,
 };
 
+/// One scrape of the agent's metrics endpoint at its default address (`agent.metrics`,
+/// 127.0.0.1:9734) from inside `ns`: the whole HTTP response.
+pub fn scrape_metrics(ns: &Netns) -> std::io::Result<String> {
+    ns.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9734")?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })
+}
+
 /// The real `sshlb-agent` binary for one topology: its config file, log and control socket
 /// (named after the topology's unique interface), and the agent process once [`Self::up`] ran.
 pub struct AgentHandle<'t> {

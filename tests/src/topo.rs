@@ -89,6 +89,12 @@ fn set(ns: &Netns, key: &str, value: &str) {
 }
 
 impl Topo {
+    /// The topology with servers on port 22, when `test` may run ([`crate::root_or_skip`]);
+    /// `None` (the test said it skips) otherwise.
+    pub fn for_test(test: &str) -> Option<Self> {
+        crate::root_or_skip(test).then(|| Self::new(22))
+    }
+
     /// Builds the network and starts a server on port `port` in every backend.
     pub fn new(port: u16) -> Self {
         let sw = Netns::new("sw");

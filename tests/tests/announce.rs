@@ -11,7 +11,6 @@ use sshlb_tests::{
     agent::AgentHandle,
     bird::BirdDaemon,
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip,
     topo::{payload, Conn, Topo, VIP4},
     wait_for,
 };
@@ -23,11 +22,11 @@ fn announce_of(status: &Status) -> (bool, String) {
 
 #[test]
 fn vip_is_announced_while_healthy_and_withdrawn_by_maintenance_health_and_stop() {
-    if !root_or_skip("vip_is_announced_while_healthy_and_withdrawn_by_maintenance_health_and_stop")
-    {
+    let Some(topo) = Topo::for_test(
+        "vip_is_announced_while_healthy_and_withdrawn_by_maintenance_health_and_stop",
+    ) else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     let mut agent = AgentHandle::new(&topo);
     let include_name = format!("{}-sshlb.conf", topo.lb_if);
     let include = std::env::temp_dir().join(&include_name);

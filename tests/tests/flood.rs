@@ -15,7 +15,6 @@ use sshlb_tests::{
     config::ConfigBuilder,
     inject::{flood_targets, SynFlood},
     inproc::Balancer,
-    root_or_skip,
     topo::{Conn, Topo, DSR4, VIP4},
 };
 
@@ -30,10 +29,7 @@ fn connects(vip: &str) -> bool {
 
 #[test]
 fn real_clients_get_through_a_spoofed_syn_flood() {
-    if !root_or_skip("real_clients_get_through_a_spoofed_syn_flood") {
-        return;
-    }
-    let topo = Topo::new(22);
+    let Some(topo) = Topo::for_test("real_clients_get_through_a_spoofed_syn_flood") else { return };
     let cfg = flood_targets(ConfigBuilder::new().agent("nat-ports", "\"20000-20999\""));
     let config = cfg.parse("flood.toml");
     let balancer = Balancer::start(&topo, &config);

@@ -7,17 +7,16 @@ use std::time::Duration;
 use sshlb_tests::{
     agent::AgentHandle,
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip, run,
+    run,
     topo::{payload, Conn, Topo, VIP4},
     wait_for,
 };
 
 #[test]
 fn established_flow_survives_agent_sigkill_and_restart() {
-    if !root_or_skip("established_flow_survives_agent_sigkill_and_restart") {
+    let Some(topo) = Topo::for_test("established_flow_survives_agent_sigkill_and_restart") else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     // The SIGKILLed agent cannot remove its control socket: the handle does.
     let mut agent = AgentHandle::new(&topo);
     let service =

@@ -21,7 +21,6 @@ use sshlb_tests::{
     agent::AgentHandle,
     agent_binary,
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip,
     topo::{Conn, Topo, DSR4, VIP4},
     unique, wait_for,
 };
@@ -200,11 +199,9 @@ impl Drop for Stop {
 
 #[test]
 fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
-    if !root_or_skip("top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal") {
-        return;
-    }
+    let test = "top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal";
+    let Some(topo) = Topo::for_test(test) else { return };
     let bin = agent_binary().display().to_string();
-    let topo = Topo::new(22);
     let mut agent = AgentHandle::new(&topo);
     let control = agent.control().display().to_string();
     let iface = topo.lb_if.clone();
