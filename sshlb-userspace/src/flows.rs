@@ -139,15 +139,32 @@ fn walk_batched(
     data: &MapData,
     visit: &mut impl FnMut(&FlowKey, &Flow),
 ) -> Result<Option<u64>, WalkError> {
-    let mut keys = vec![FlowKey::default(); BATCH as usize];
-    let mut values = vec![Flow::default(); BATCH as usize];
-    // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
+    // SAFETY: FLOWS maps FlowKey → Flow (a plain hash map: one value per key).
+    unsafe { visit_batched(data, BATCH, visit) }.map_err(WalkError::Batch)
+}
+
+/// Calls `visit` with every (key, value) of the map `data`, read `batch` entries per
+/// `BPF_MAP_LOOKUP_BATCH`; `Ok(None)` when this kernel has no batch operations for the map's
+/// type (before anything was visited).
+///
+/// # Safety
+/// `K` and `V` must be the map's key and value types, and the map must hold one value per key
+/// (not a per-CPU map): the kernel writes `batch` of each into buffers sized for that.
+pub unsafe fn visit_batched<K: Clone + Default, V: Clone + Default>(
+    data: &MapData,
+    batch: u32,
+    visit: &mut impl FnMut(&K, &V),
+) -> std::io::Result<Option<u64>> {
+    let mut keys = vec![K::default(); batch as usize];
+    let mut values = vec![V::default(); batch as usize];
+    // The batch token of a hash map is a bucket index, of an array an index (both u32); 8
+    // bytes leave room.
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut entries = 0u64;
     let mut first = true;
     loop {
         let token = (!first).then_some(&token_in);
-        // SAFETY: FLOWS maps FlowKey → Flow (a plain hash map: one value per key).
+        // SAFETY: the caller vouches for K and V; the buffers hold `batch` of each.
         let read = unsafe {
             lookup_batch(data.fd().as_fd(), token, &mut token_out, &mut keys, &mut values)
         };
@@ -155,11 +172,11 @@ fn walk_batched(
             Ok(read) => read,
             Err(err) => match err.raw_os_error() {
                 Some(libc::EINVAL | libc::ENOSYS | ENOTSUPP) if first => return Ok(None),
-                _ => return Err(WalkError::Batch(err)),
+                _ => return Err(err),
             },
         };
-        for (key, flow) in keys[..got].iter().zip(&values[..got]) {
-            visit(key, flow);
+        for (key, value) in keys[..got].iter().zip(&values[..got]) {
+            visit(key, value);
         }
         entries += got as u64;
         if done {

@@ -454,36 +454,28 @@ pub fn render(flows: &Flows) -> String {
 mod tests {
     use super::*;
     use crate::config::parse;
-
-    const CFG: &str = r#"
-[[service]]
-name = "git"
-vip = "198.18.0.100"
-port = 22
-[[service.backend]]
-name = "b1"
-address = "198.18.1.11"
-[[service.backend]]
-name = "b2"
-address = "198.18.1.12"
-
-[[service]]
-name = "bastion"
-vip = "fd00:18::100"
-port = 22
-mode = "dsr"
-[[service.backend]]
-name = "b2"
-address = "fd00:18:1::12"
-[[service.backend]]
-name = "b3"
-address = "fd00:18:1::13"
-"#;
+    use sshlb_common::proto;
+    use sshlb_tests::config::{BackendBuilder, ConfigBuilder, ServiceBuilder};
 
     const SECOND: u64 = 1_000_000_000;
 
+    /// git (b1, b2) on IPv4 and bastion (b2, b3) on IPv6: one backend name in both.
     fn names() -> Names {
-        Names::from_config(&parse("t.toml", CFG).expect("valid"), "t.toml")
+        let service = |name: &str, vip: &str, backends: [(&str, &str); 2]| {
+            let service = ServiceBuilder::new(name, vip, 22);
+            backends.iter().fold(service, |s, (b, a)| s.backend(BackendBuilder::new(b, a)))
+        };
+        let config = ConfigBuilder::new()
+            .service(service("git", "198.18.0.100", [("b1", "198.18.1.11"), ("b2", "198.18.1.12")]))
+            .service(
+                service(
+                    "bastion",
+                    "fd00:18::100",
+                    [("b2", "fd00:18:1::12"), ("b3", "fd00:18:1::13")],
+                )
+                .mode("dsr"),
+            );
+        Names::from_config(&parse("t.toml", &config.to_toml()).expect("valid"), "t.toml")
     }
 
     fn backend(ip: &str, port: u16) -> Backend {
@@ -504,15 +496,7 @@ address = "fd00:18:1::13"
     fn entry(client: &str, sport: u16, vip: &str, dport: u16, backend_id: u32) -> (FlowKey, Flow) {
         let (src, family) = addr::to16(client.parse().expect("client"));
         let (dst, _) = addr::to16(vip.parse().expect("vip"));
-        let key = FlowKey {
-            src,
-            dst,
-            sport_be: sport.to_be(),
-            dport_be: dport.to_be(),
-            proto: 6,
-            family,
-            pad: 0,
-        };
+        let key = FlowKey::new(src, dst, sport.to_be(), dport.to_be(), proto::TCP, family);
         let nat = vip.contains('.');
         let flow = Flow {
             last_seen_ns: 200 * SECOND,

@@ -3,7 +3,7 @@
 
 use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
-    Array, HashMap, MapData, MapError, PerCpuArray,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use sshlb_common::{
     family, map_names, Backend, Bucket, Config, Flow, FlowKey, Limit, NatFlow, NatKey, OwnAddr,
@@ -145,6 +145,31 @@ impl Dataplane {
         self.limiter().keys().flatten().count() as u32
     }
 
+    /// The entries of `BACKENDS` in use (a family set), with their ids: the whole array in one
+    /// batched read where the kernel has batch operations on arrays (Linux 5.6), one lookup per
+    /// slot otherwise. A slot that cannot be read counts as unused.
+    pub fn defined_backends(&mut self) -> Vec<(u32, Backend)> {
+        let mut slots = Vec::new();
+        let map = self.ebpf().map(map_names::BACKENDS).expect("object defines BACKENDS");
+        let batched = match map {
+            // SAFETY: BACKENDS maps u32 → Backend, one value per key.
+            Map::Array(data) => unsafe {
+                crate::flows::visit_batched(data, MAX_BACKENDS, &mut |id: &u32, b: &Backend| {
+                    slots.push((*id, *b));
+                })
+            },
+            _ => Ok(None),
+        };
+        if !matches!(batched, Ok(Some(_))) {
+            // No batches here (or the read failed part-way): slot by slot, from scratch.
+            let backends = self.array::<Backend>(map_names::BACKENDS);
+            slots =
+                (0..MAX_BACKENDS).filter_map(|id| Some((id, backends.get(&id, 0).ok()?))).collect();
+        }
+        slots.retain(|(_, backend)| backend.family != 0);
+        slots
+    }
+
     /// Backend `id` as the data plane sees it.
     pub fn backend(&mut self, id: u32) -> Result<Backend, MapsError> {
         self.array::<Backend>(map_names::BACKENDS)
@@ -216,13 +241,8 @@ impl Dataplane {
         for (key, service) in self.services().iter().filter_map(Result::ok) {
             ids.insert_service(&key, service.id);
         }
-        let backends = self.array::<Backend>(map_names::BACKENDS);
-        for id in 0..MAX_BACKENDS {
-            if let Ok(backend) = backends.get(&id, 0) {
-                if backend.family != 0 {
-                    ids.insert_backend(&backend, id);
-                }
-            }
+        for (id, backend) in self.defined_backends() {
+            ids.insert_backend(&backend, id);
         }
         ids
     }
@@ -389,13 +409,8 @@ impl Dataplane {
         for key in self.services().keys().filter_map(Result::ok) {
             want.insert(OwnAddr::new(key.addr, key.family));
         }
-        let backends = self.array::<Backend>(map_names::BACKENDS);
-        for id in 0..MAX_BACKENDS {
-            if let Ok(backend) = backends.get(&id, 0) {
-                if backend.family != 0 {
-                    want.insert(OwnAddr::new(backend.addr, backend.family));
-                }
-            }
+        for (_, backend) in self.defined_backends() {
+            want.insert(OwnAddr::new(backend.addr, backend.family));
         }
         if let Ok(config) = self.array::<Config>(map_names::CONFIG).get(&0, 0) {
             if config.nat_v4 != [0; 4] {

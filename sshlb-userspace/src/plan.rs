@@ -415,41 +415,51 @@ mod tests {
     use super::*;
     use crate::config::parse;
     use sshlb_common::family;
+    use sshlb_tests::config::{BackendBuilder, ConfigBuilder, ServiceBuilder};
 
-    const CFG: &str = r#"
-[[service]]
-name = "git"
-vip = "198.18.0.100"
-port = 22
-ring-size = 251
-[[service.backend]]
-name = "b1"
-address = "198.18.0.11"
-[[service.backend]]
-name = "b2"
-address = "198.18.0.12"
-weight = 200
-[[service.backend]]
-name = "b3"
-address = "198.18.0.13"
-state = "drain"
+    /// git's backends: b1, b2 weighing twice as much, b3 draining.
+    fn git_backends() -> Vec<BackendBuilder> {
+        vec![
+            BackendBuilder::new("b1", "198.18.0.11"),
+            BackendBuilder::new("b2", "198.18.0.12").weight(200),
+            BackendBuilder::new("b3", "198.18.0.13").state("drain"),
+        ]
+    }
 
-[[service]]
-name = "bastion"
-vip = "fd00:1::100"
-port = 2222
-mode = "dsr"
-affinity = "source"
-ring-size = 251
-[[service.backend]]
-name = "j1"
-address = "fd00:1::21"
-port = 2222
-"#;
+    /// Service 0: full NAT on IPv4 over `backends`.
+    fn git(backends: Vec<BackendBuilder>) -> ServiceBuilder {
+        let git = ServiceBuilder::new("git", "198.18.0.100", 22).ring_size(251);
+        backends.into_iter().fold(git, ServiceBuilder::backend)
+    }
+
+    /// Service 1: DSR on IPv6 with source affinity, one backend.
+    fn bastion() -> ServiceBuilder {
+        ServiceBuilder::new("bastion", "fd00:1::100", 2222)
+            .mode("dsr")
+            .raw("affinity = \"source\"")
+            .ring_size(251)
+            .backend(BackendBuilder::new("j1", "fd00:1::21").port(2222))
+    }
+
+    /// git with `backends`, then bastion.
+    fn config_with(backends: Vec<BackendBuilder>) -> Config {
+        parsed(&ConfigBuilder::new().service(git(backends)).service(bastion()))
+    }
+
+    /// The agent's reading of a built configuration.
+    fn parsed(config: &ConfigBuilder) -> Config {
+        let text = config.to_toml();
+        parse("t.toml", &text).unwrap_or_else(|e| panic!("refused: {e}\n{text}"))
+    }
+
+    /// The plain configuration: git (b1, b2, b3) and bastion.
+    fn config() -> Config {
+        config_with(git_backends())
+    }
 
     #[test]
     fn plans_ids_flags_and_weighted_rings() {
-        let plan = plan(&parse("t.toml", CFG).expect("valid")).expect("plannable");
+        let plan = plan(&config()).expect("plannable");
         assert_eq!(plan.backends.len(), 4);
         assert_eq!(plan.backends[3].1.family, family::V6);
         assert_eq!(plan.backends[3].1.port_be, 2222u16.to_be());
@@ -467,12 +477,14 @@ port = 2222
 
     #[test]
     fn a_backend_shared_by_two_services_has_one_id_per_service() {
-        let shared = format!(
-            "{CFG}\n[[service]]\nname = \"git-dsr\"\nvip = \"198.18.0.101\"\nport = 22\n\
-             mode = \"dsr\"\nring-size = 251\n[[service.backend]]\nname = \"b2\"\n\
-             address = \"198.18.0.12\"\n"
+        let cfg = parsed(
+            &ConfigBuilder::new().service(git(git_backends())).service(bastion()).service(
+                ServiceBuilder::new("git-dsr", "198.18.0.101", 22)
+                    .mode("dsr")
+                    .ring_size(251)
+                    .backend(BackendBuilder::new("b2", "198.18.0.12")),
+            ),
         );
-        let cfg = parse("t.toml", &shared).expect("valid");
         let (plan, ids) = plan_with(&cfg, |_, _| true, &Ids::default()).expect("plannable");
         assert_eq!(plan.backends.len(), 5, "198.18.0.12 has an entry per service");
         let git_b2 = ids.backends[&backend_ident(0, "198.18.0.12:22".parse().unwrap())];
@@ -493,7 +505,7 @@ port = 2222
 
     #[test]
     fn unusable_backends_leave_the_ring_but_keep_their_entry() {
-        let cfg = parse("t.toml", CFG).expect("valid");
+        let cfg = config();
         let (plan, _) =
             plan_with(&cfg, |s, b| !(s == 0 && b == 0), &Ids::default()).expect("plannable");
         assert_eq!(plan.backends.len(), 4, "b1 keeps its BACKENDS entry");
@@ -502,7 +514,7 @@ port = 2222
 
     #[test]
     fn ids_survive_reordering_insertion_and_removal() {
-        let cfg = parse("t.toml", CFG).expect("valid");
+        let cfg = config();
         let (_, ids) = plan_with(&cfg, |_, _| true, &Ids::default()).expect("plannable");
         let id_of = |ids: &Ids, last: u8| {
             ids.backends
@@ -511,12 +523,9 @@ port = 2222
                 .map(|(_, &id)| id)
         };
         // A new backend inserted first, b1 removed, services swapped: nobody's id changes.
-        let edited = CFG.replacen(
-            "[[service.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\n",
-            "[[service.backend]]\nname = \"b0\"\naddress = \"198.18.0.10\"\n",
-            1,
-        );
-        let cfg2 = parse("t.toml", &edited).expect("valid");
+        let mut backends = git_backends();
+        backends[0] = BackendBuilder::new("b0", "198.18.0.10");
+        let cfg2 = config_with(backends);
         let (plan2, ids2) = plan_with(&cfg2, |_, _| true, &ids).expect("plannable");
         assert_eq!(id_of(&ids2, 12), id_of(&ids, 12), "b2 keeps its id");
         assert_eq!(id_of(&ids2, 13), id_of(&ids, 13), "b3 keeps its id");
@@ -531,8 +540,8 @@ port = 2222
 
     #[test]
     fn same_config_same_rings() {
-        let a = plan(&parse("t.toml", CFG).expect("valid")).expect("plannable");
-        let b = plan(&parse("t.toml", CFG).expect("valid")).expect("plannable");
+        let a = plan(&config()).expect("plannable");
+        let b = plan(&config()).expect("plannable");
         assert_eq!(a, b);
     }
 
@@ -575,15 +584,14 @@ port = 2222
         ops.iter().position(pred).unwrap_or_else(|| panic!("no {what} in {ops:#?}"))
     }
 
-    const PROTECTED: &str = "deny = [\"198.18.8.0/24\"]\n[service.limit]\nrate = \"10/s\"\n";
+    /// A deny list and a rate limit, for git.
+    const PROTECTED: &str = "deny = [\"198.18.8.0/24\"]\n[service.limit]\nrate = \"10/s\"";
 
     #[test]
     fn a_fresh_start_defines_everything_before_a_service_points_at_it() {
-        let cfg = parse(
-            "t.toml",
-            &CFG.replacen("ring-size = 251\n", &format!("ring-size = 251\n{PROTECTED}"), 1),
-        )
-        .expect("valid");
+        let cfg = parsed(
+            &ConfigBuilder::new().service(git(git_backends()).raw(PROTECTED)).service(bastion()),
+        );
         let new = plan(&cfg).expect("plannable");
         let ops = initial(&new, &[]);
         let last_backend = ops.iter().rposition(|o| matches!(o, MapOp::SetBackend { .. }));
@@ -601,7 +609,7 @@ port = 2222
 
     #[test]
     fn a_takeover_removes_entries_no_service_wants_last() {
-        let new = plan(&parse("t.toml", CFG).expect("valid")).expect("plannable");
+        let new = plan(&config()).expect("plannable");
         let leftover = acl_entries(&Acl { allow: vec![], deny: vec![cidr("198.18.9.0/24")] }, 0);
         let ops = initial(&new, &leftover);
         assert_eq!(ops.last(), Some(&MapOp::RemoveAcl(leftover[0])));
@@ -609,20 +617,12 @@ port = 2222
 
     #[test]
     fn changes_add_before_the_flip_and_remove_after_it() {
-        let (old, ids) =
-            plan_with(&parse("t.toml", CFG).expect("valid"), |_, _| true, &Ids::default())
-                .expect("plannable");
+        let (old, ids) = plan_with(&config(), |_, _| true, &Ids::default()).expect("plannable");
         // git gains a deny list and b4, bastion goes away.
-        let edited = CFG
-            .replacen("ring-size = 251\n", &format!("ring-size = 251\n{PROTECTED}"), 1)
-            .replacen(
-                "state = \"drain\"\n",
-                "state = \"drain\"\n[[service.backend]]\nname = \"b4\"\naddress = \"198.18.0.14\"\n",
-                1,
-            );
-        let edited = &edited[..edited.find("\n[[service]]\nname = \"bastion\"").expect("bastion")];
-        let (new, _) = plan_with(&parse("t.toml", edited).expect("valid"), |_, _| true, &ids)
-            .expect("plannable");
+        let mut backends = git_backends();
+        backends.push(BackendBuilder::new("b4", "198.18.0.14"));
+        let edited = ConfigBuilder::new().service(git(backends).raw(PROTECTED));
+        let (new, _) = plan_with(&parsed(&edited), |_, _| true, &ids).expect("plannable");
         let ops = diff(&old, &new);
         let b4 = at(
             &ops,
@@ -659,18 +659,16 @@ port = 2222
     /// slot naming the same backend address and port.
     #[test]
     fn two_balancers_with_the_same_config_build_the_same_rings() {
-        let config = parse("a.toml", CFG).expect("valid");
+        let config = config();
         let (a, _) = plan_with(&config, |_, _| true, &Ids::default()).expect("plan a");
         let (b, _) = plan_with(&config, |_, _| true, &Ids::default()).expect("plan b");
         assert_eq!(a.services[0].ring, b.services[0].ring, "byte-identical rings");
         assert!(a.services[0].ring.iter().any(|&id| id != a.services[0].ring[0]), "a real ring");
 
         // Balancer c once had another backend first, so its ids are shifted.
-        let other = parse(
-            "c.toml",
-            &CFG.replace("[[service.backend]]\nname = \"b1\"", "[[service.backend]]\nname = \"b0\"\naddress = \"198.18.0.10\"\n[[service.backend]]\nname = \"b1\""),
-        )
-        .expect("valid");
+        let mut backends = git_backends();
+        backends.insert(0, BackendBuilder::new("b0", "198.18.0.10"));
+        let other = config_with(backends);
         let (_, history) = plan_with(&other, |_, _| true, &Ids::default()).expect("history");
         let (c, _) = plan_with(&config, |_, _| true, &history).expect("plan c");
         assert_ne!(a.services[0].ring, c.services[0].ring, "ids differ, so the bytes do");

@@ -13,7 +13,23 @@ use std::{
 
 use sshlb::control::{self, Status};
 
-use crate::{agent_binary, prepare_port, topo::Topo, wait_for, Detach, Netns, PIN_ROOT};
+use crate::{
+    agent_binary, config::ConfigBuilder, prepare_port, topo::Topo, wait_for, Detach, Netns,
+    PIN_ROOT,
+};
+
+/// One scrape of the agent's metrics endpoint at its default address (`agent.metrics`,
+/// 127.0.0.1:9734) from inside `ns`: the whole HTTP response.
+pub fn scrape_metrics(ns: &Netns) -> std::io::Result<String> {
+    ns.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9734")?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })
+}
 
 /// The real `sshlb-agent` binary for one topology: its config file, log and control socket
 /// (named after the topology's unique interface), and the agent process once [`Self::up`] ran.
@@ -90,6 +106,19 @@ impl<'t> AgentHandle<'t> {
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text)
             .unwrap_or_else(|e| panic!("writing {}: {e}", self.config.display()));
+    }
+
+    /// Writes `config` as the configuration file, naming this handle's control socket.
+    pub fn configure(&self, config: ConfigBuilder) {
+        self.write_config(&config.control(&self.control).to_toml());
+    }
+
+    /// [`Self::configure`], [`Self::up`] and [`Self::wait_until_up`]: the agent running on
+    /// `config` with every backend of its first service healthy.
+    pub fn start(&mut self, config: ConfigBuilder) {
+        self.configure(config);
+        self.up();
+        self.wait_until_up();
     }
 
     /// `sshlb-agent up <lb_if> --config <file>` in the foreground, output to the log; returns

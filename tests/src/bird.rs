@@ -38,11 +38,7 @@ impl BirdDaemon {
 
     fn spawn(&mut self) {
         let mut command = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg("bird");
-                c
-            }
+            Some(ns) => crate::Netns::command_in(ns, "bird", &[]),
             None => Command::new("bird"),
         };
         let child = command

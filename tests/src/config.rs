@@ -186,6 +186,12 @@ impl ServiceBuilder {
         self
     }
 
+    /// Health checks every 100 ms that only connect (`expect = ""`): the topology's backends
+    /// are echo servers, which send no SSH banner.
+    pub fn fast_connect_checks(self) -> Self {
+        self.health("interval", "100ms").health("expect", "")
+    }
+
     /// `[service.health] key = n` (a count: `rise`, `fall`).
     pub fn health_count(mut self, key: &str, n: u32) -> Self {
         self.health.set(key, n.to_string());

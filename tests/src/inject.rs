@@ -4,12 +4,22 @@
 use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use etherparse::PacketBuilder;
 
-use crate::Netns;
+use crate::{
+    config::{ConfigBuilder, ServiceBuilder},
+    topo::{Topo, DSR4, VIP4},
+    Netns,
+};
 
 /// The MAC address of `iface` in `ns`.
 pub fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
@@ -83,5 +93,91 @@ impl PacketSocket {
     /// Sends every frame once; how many the kernel took.
     pub fn send_all(&self, frames: &[Vec<u8>]) -> u64 {
         frames.iter().map(|f| u64::from(self.send(f))).sum()
+    }
+}
+
+/// `config` with the two services a [`SynFlood`] aims at: `nat4` (full NAT on [`VIP4`]) and
+/// `dsr4` (DSR on [`DSR4`]), port 22, on the topology's backends.
+pub fn flood_targets(mut config: ConfigBuilder) -> ConfigBuilder {
+    for (name, vip, mode) in [("nat4", VIP4, "nat"), ("dsr4", DSR4, "dsr")] {
+        let service = ServiceBuilder::new(name, vip, 22).mode(mode);
+        config = config.service(service.topo_backends(false, |_, b| b));
+    }
+    config
+}
+
+/// A spoofed SYN flood from the topology's router to the balancer's MAC, as routed traffic
+/// arrives: SYN `first + n` of [`spoofed_syn`] is the `n`-th sent, three in four to the NAT
+/// VIP ([`VIP4`]), one in four to the DSR VIP ([`DSR4`]).
+pub struct SynFlood {
+    /// SYNs per second (`None`: as fast as the sender goes).
+    pub rate: Option<u32>,
+    /// At most this many SYNs...
+    pub max: u32,
+    /// ...and for at most this long.
+    pub within: Duration,
+    /// The number of the first SYN (distinct flows across floods).
+    pub first: u32,
+}
+
+impl SynFlood {
+    /// Sends the flood from a thread in the router's namespace.
+    pub fn spawn(self, topo: &Topo) -> Flooding {
+        let macs = (mac_of(&topo.router, "rt0"), mac_of(&topo.lb, &topo.lb_if));
+        let running = Arc::new(AtomicBool::new(true));
+        let on = Arc::clone(&running);
+        let thread = topo.router.spawn_thread(move || {
+            let sock = PacketSocket::open("rt0").expect("AF_PACKET on rt0");
+            let (nat, dsr): (Ipv4Addr, Ipv4Addr) =
+                (VIP4.parse().expect("vip"), DSR4.parse().expect("vip"));
+            let began = Instant::now();
+            let mut sent = 0u32;
+            while sent < self.max && began.elapsed() < self.within {
+                let due = self
+                    .rate
+                    .map_or(self.max, |r| (began.elapsed().as_secs_f64() * f64::from(r)) as u32);
+                if sent >= due {
+                    thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                let i = sent + self.first;
+                let vip = if i % 4 == 3 { dsr } else { nat };
+                if sock.send(&spoofed_syn(i, vip, macs)) {
+                    sent += 1;
+                }
+            }
+            on.store(false, Ordering::SeqCst);
+            (sent, began.elapsed())
+        });
+        Flooding { running, thread }
+    }
+}
+
+/// A [`SynFlood`] being sent.
+pub struct Flooding {
+    running: Arc<AtomicBool>,
+    thread: thread::JoinHandle<(u32, Duration)>,
+}
+
+impl Flooding {
+    /// A handle that tells another thread whether the flood is still being sent.
+    pub fn watch(&self) -> FloodWatch {
+        FloodWatch(Arc::clone(&self.running))
+    }
+
+    /// Waits for the end: how many SYNs went out and how long that took.
+    pub fn join(self) -> (u32, Duration) {
+        self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+/// See [`Flooding::watch`].
+#[derive(Clone)]
+pub struct FloodWatch(Arc<AtomicBool>);
+
+impl FloodWatch {
+    /// Whether the flood is still being sent.
+    pub fn on(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
     }
 }

@@ -82,7 +82,7 @@ impl Files {
         ]
     }
 
-    /// `ssh [extra…] root@vip command` from `client`, with [`Self::ssh_args`].
+    /// `ssh [extra…] root@vip command` from `client`, with [`Self::ssh_args`]: run to its end.
     pub fn ssh(
         &self,
         client: &crate::Netns,
@@ -90,12 +90,23 @@ impl Files {
         extra: &[&str],
         command: &str,
     ) -> std::process::Output {
+        self.ssh_command(client, vip, extra, command).output().expect("spawn ssh")
+    }
+
+    /// The command of [`Self::ssh`], for the caller to spawn (with pipes, say).
+    pub fn ssh_command(
+        &self,
+        client: &crate::Netns,
+        vip: &str,
+        extra: &[&str],
+        command: &str,
+    ) -> std::process::Command {
         let mut args = self.ssh_args();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args.push(format!("root@{vip}"));
         args.push(command.to_owned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        client.command("ssh", &args).output().expect("spawn ssh")
+        client.command("ssh", &args)
     }
 
     /// `ssh -N -L forward root@vip` from `client`: a port forward riding a balanced session

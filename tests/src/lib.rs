@@ -156,8 +156,13 @@ impl Netns {
     /// A command that runs inside the namespace's network stack only (keeps the host's mounts,
     /// so /sys/fs/bpf pins stay visible — `ip netns exec` would hide them).
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
+        Self::command_in(&self.name, program, args)
+    }
+
+    /// [`Self::command`] for the namespace called `name` (one this value does not own).
+    pub fn command_in(name: &str, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program).args(args);
+        c.arg(format!("--net=/run/netns/{name}")).arg("--").arg(program).args(args);
         c
     }
 

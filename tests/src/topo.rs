@@ -89,6 +89,12 @@ fn set(ns: &Netns, key: &str, value: &str) {
 }
 
 impl Topo {
+    /// The topology with servers on port 22, when `test` may run ([`crate::root_or_skip`]);
+    /// `None` (the test said it skips) otherwise.
+    pub fn for_test(test: &str) -> Option<Self> {
+        crate::root_or_skip(test).then(|| Self::new(22))
+    }
+
     /// Builds the network and starts a server on port `port` in every backend.
     pub fn new(port: u16) -> Self {
         let sw = Netns::new("sw");
@@ -310,6 +316,32 @@ pub struct Conn {
     pub backend: String,
 }
 
+/// Connects to `addr:port` (from client port `source_port` when given) and reads the first line
+/// the server sends — at most `max` bytes, without its newline — waiting up to `timeout`
+/// (stretched by [`crate::slowdown`]) for each byte.
+fn first_line(
+    addr: &str,
+    port: u16,
+    source_port: Option<u16>,
+    timeout: Duration,
+    max: usize,
+) -> std::io::Result<(TcpStream, String)> {
+    let ip: std::net::IpAddr = addr.parse().expect("address");
+    let stream = connect((ip, port).into(), source_port)?;
+    stream.set_read_timeout(Some(timeout * crate::slowdown()))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut s = &stream;
+    while line.len() < max {
+        s.read_exact(&mut byte)?;
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    Ok((stream, String::from_utf8_lossy(&line).into_owned()))
+}
+
 impl Conn {
     /// Connects to `addr` (from the thread's namespace) and reads the backend's name.
     pub fn open(addr: &str, port: u16) -> std::io::Result<Self> {
@@ -319,20 +351,8 @@ impl Conn {
     /// Like [`Self::open`], from client port `source_port` when given: a test that checks how
     /// flows spread then sees the same flows, hence the same spread, on every run.
     pub fn open_from(addr: &str, port: u16, source_port: Option<u16>) -> std::io::Result<Self> {
-        let ip: std::net::IpAddr = addr.parse().expect("address");
-        let stream = connect((ip, port).into(), source_port)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10) * crate::slowdown()))?;
-        let mut name = Vec::new();
-        let mut byte = [0u8; 1];
-        let mut s = &stream;
-        while name.len() < 16 {
-            s.read_exact(&mut byte)?;
-            if byte[0] == b'\n' {
-                break;
-            }
-            name.push(byte[0]);
-        }
-        Ok(Self { stream, backend: String::from_utf8_lossy(&name).into_owned() })
+        let (stream, name) = first_line(addr, port, source_port, Duration::from_secs(10), 16)?;
+        Ok(Self { stream, backend: name })
     }
 
     /// Connects to an sshd behind `addr:port` and returns the last word of its identification
@@ -347,21 +367,8 @@ impl Conn {
         port: u16,
         source_port: Option<u16>,
     ) -> std::io::Result<String> {
-        let ip: std::net::IpAddr = addr.parse().expect("address");
-        let stream = connect((ip, port).into(), source_port)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5) * crate::slowdown()))?;
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        let mut s = &stream;
-        while line.len() < 255 {
-            s.read_exact(&mut byte)?;
-            if byte[0] == b'\n' {
-                break;
-            }
-            line.push(byte[0]);
-        }
-        let line = String::from_utf8_lossy(&line).trim_end().to_owned();
-        Ok(line.rsplit(' ').next().unwrap_or_default().to_owned())
+        let (_, line) = first_line(addr, port, source_port, Duration::from_secs(5), 255)?;
+        Ok(line.trim_end().rsplit(' ').next().unwrap_or_default().to_owned())
     }
 
     /// Sends `data` and reads it back; returns whether every byte came back intact.

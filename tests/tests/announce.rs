@@ -11,7 +11,6 @@ use sshlb_tests::{
     agent::AgentHandle,
     bird::BirdDaemon,
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip,
     topo::{payload, Conn, Topo, VIP4},
     wait_for,
 };
@@ -23,11 +22,11 @@ fn announce_of(status: &Status) -> (bool, String) {
 
 #[test]
 fn vip_is_announced_while_healthy_and_withdrawn_by_maintenance_health_and_stop() {
-    if !root_or_skip("vip_is_announced_while_healthy_and_withdrawn_by_maintenance_health_and_stop")
-    {
+    let Some(topo) = Topo::for_test(
+        "vip_is_announced_while_healthy_and_withdrawn_by_maintenance_health_and_stop",
+    ) else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     let mut agent = AgentHandle::new(&topo);
     let include_name = format!("{}-sshlb.conf", topo.lb_if);
     let include = std::env::temp_dir().join(&include_name);
@@ -39,19 +38,18 @@ fn vip_is_announced_while_healthy_and_withdrawn_by_maintenance_health_and_stop()
             include.display()
         ),
     );
-    let service = ServiceBuilder::new("git", VIP4, 22)
-        .health("interval", "100ms")
-        .health("expect", "")
-        .topo_backends(false, |_, b| b);
-    let config = ConfigBuilder::new().control(agent.control()).service(service).to_toml()
-        + &format!(
-            "\n[announce]\nmode = \"bgp\"\nmin-backends = 3\nbird-socket = \"{}\"\ninclude-file = \"{}\"\n",
-            bird.socket().display(),
+    let service =
+        ServiceBuilder::new("git", VIP4, 22).fast_connect_checks().topo_backends(false, |_, b| b);
+    let socket = bird.socket();
+    let config = |min_backends: u32| {
+        let announce = format!(
+            "[announce]\nmode = \"bgp\"\nmin-backends = {min_backends}\nbird-socket = \"{}\"\ninclude-file = \"{}\"\n",
+            socket.display(),
             include.display()
         );
-    agent.write_config(&config);
-    agent.up();
-    agent.wait_until_up();
+        ConfigBuilder::new().service(service.clone()).table(&announce)
+    };
+    agent.start(config(3));
     let route = format!("{VIP4}/32");
     let bird_has = |bird: &BirdDaemon, yes: bool| {
         wait_for(Duration::from_secs(10), || (bird.routes().contains(&route) == yes).then_some(()))
@@ -92,8 +90,7 @@ fn vip_is_announced_while_healthy_and_withdrawn_by_maintenance_health_and_stop()
 
     // BIRD dead: reported in status, balancing goes on.
     bird.kill();
-    std::fs::write(agent.config_path(), config.replace("min-backends = 3", "min-backends = 2"))
-        .expect("config");
+    agent.configure(config(2));
     agent.signal(libc::SIGHUP);
     let reported = wait_for(Duration::from_secs(10), || agent.status().bird_error);
     assert!(reported.is_some(), "a dead BIRD is reported in status");

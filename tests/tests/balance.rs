@@ -8,7 +8,6 @@ use sshlb::{config, plan};
 use sshlb_tests::{
     config::{ConfigBuilder, ServiceBuilder},
     inproc::Balancer,
-    root_or_skip,
     topo::{payload, Conn, Topo, BACKENDS, DSR4, DSR6, VIP4, VIP6},
 };
 
@@ -38,10 +37,7 @@ fn start(topo: &Topo, config: &config::Config) -> Balancer {
 
 #[test]
 fn real_tcp_through_nat_and_dsr_over_v4_and_v6() {
-    if !root_or_skip("real_tcp_through_nat_and_dsr_over_v4_and_v6") {
-        return;
-    }
-    let topo = Topo::new(22);
+    let Some(topo) = Topo::for_test("real_tcp_through_nat_and_dsr_over_v4_and_v6") else { return };
     let cfg = config::parse("test.toml", &config_text([100, 100, 100], "active")).expect("config");
     let _balancer = start(&topo, &cfg);
     let seen = topo.client.run(|| {
@@ -65,10 +61,11 @@ fn real_tcp_through_nat_and_dsr_over_v4_and_v6() {
 
 #[test]
 fn weighted_spread_and_backend_removal_moves_no_established_flow() {
-    if !root_or_skip("weighted_spread_and_backend_removal_moves_no_established_flow") {
+    let Some(topo) =
+        Topo::for_test("weighted_spread_and_backend_removal_moves_no_established_flow")
+    else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     let weights = [100, 100, 200];
     let cfg = config::parse("test.toml", &config_text(weights, "active")).expect("config");
     let mut balancer = start(&topo, &cfg);

@@ -6,9 +6,8 @@
 use std::collections::BTreeSet;
 
 use sshlb_tests::{
-    agent::AgentHandle,
+    agent::{scrape_metrics, AgentHandle},
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip,
     topo::{Topo, VIP4},
     wait_for,
 };
@@ -76,34 +75,23 @@ fn dashboard_exprs() -> Vec<String> {
 
 #[test]
 fn every_metric_the_rules_and_dashboard_name_is_in_a_real_scrape() {
-    if !root_or_skip("every_metric_the_rules_and_dashboard_name_is_in_a_real_scrape") {
+    let Some(topo) =
+        Topo::for_test("every_metric_the_rules_and_dashboard_name_is_in_a_real_scrape")
+    else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     let mut agent = AgentHandle::new(&topo);
-    agent.write_config(
-        &ConfigBuilder::new()
-            .control(agent.control())
-            .service(
-                ServiceBuilder::new("git", VIP4, 22)
-                    .ring_size(251)
-                    .health("interval", "100ms")
-                    .health("expect", "")
-                    .topo_backends(false, |_, b| b),
-            )
-            .to_toml(),
+    agent.start(
+        ConfigBuilder::new().service(
+            ServiceBuilder::new("git", VIP4, 22)
+                .ring_size(251)
+                .fast_connect_checks()
+                .topo_backends(false, |_, b| b),
+        ),
     );
-    agent.up();
-    agent.wait_until_up();
     let scrape = wait_for(std::time::Duration::from_secs(10), || {
-        topo.lb.run(|| {
-            use std::io::{Read as _, Write as _};
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9734").ok()?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).ok()?;
-            text.contains("sshlb_backend_health").then_some(text)
-        })
+        let text = scrape_metrics(&topo.lb).ok()?;
+        text.contains("sshlb_backend_health").then_some(text)
     })
     .expect("a scrape of the agent's /metrics");
 

@@ -5,29 +5,25 @@
 use std::time::Instant;
 
 use sshlb_tests::{
-    agent::AgentHandle,
+    agent::{scrape_metrics, AgentHandle},
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip,
     topo::{payload, Conn, Topo, VIP4},
 };
 
 #[test]
 fn control_commands_steer_new_flows_and_spare_established_ones() {
-    if !root_or_skip("control_commands_steer_new_flows_and_spare_established_ones") {
+    let Some(topo) = Topo::for_test("control_commands_steer_new_flows_and_spare_established_ones")
+    else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     let mut agent = AgentHandle::new(&topo);
     let service = ServiceBuilder::new("git", VIP4, 22)
         .ring_size(4093)
-        .health("interval", "100ms")
-        .health("expect", "")
+        .fast_connect_checks()
         .topo_backends(false, |i, b| b.group(if i == 2 { "green" } else { "blue" }));
-    agent.write_config(&ConfigBuilder::new().control(agent.control()).service(service).to_toml());
-    agent.up();
+    agent.start(ConfigBuilder::new().service(service));
     let ctl = |args: &[&str]| agent.ctl(args);
     let status = || agent.status();
-    agent.wait_until_up();
 
     let mut established = topo
         .client
@@ -93,14 +89,7 @@ fn control_commands_steer_new_flows_and_spare_established_ones() {
         }
     });
     // Prometheus metrics, scraped from inside the balancer's namespace (loopback by default).
-    let scrape = topo.lb.run(|| {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9734").expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("response");
-        text
-    });
+    let scrape = scrape_metrics(&topo.lb).expect("a scrape of the metrics endpoint");
     assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
     for needle in [
         "sshlb_backend_health{service=\"git\",backend=\"b3\",state=\"up\"} 1",

@@ -31,7 +31,7 @@
 use std::{
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Output, Stdio},
+    process::{Child, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -359,13 +359,6 @@ fn announcements(agents: &[AgentHandle<'_>]) -> String {
     out
 }
 
-fn ssh(client: &Netns, files: &Files, vip: &str, command: &str) -> Output {
-    let mut args = files.ssh_args();
-    args.extend([format!("root@{vip}"), command.to_owned()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    client.command("ssh", &args).output().expect("spawn ssh")
-}
-
 /// `count` fresh logins through `vip`, each of which must succeed.
 fn logins_succeed(ha: &HaLab, vip: &str, count: usize, when: &str) {
     logins_succeed_via(&ha.lab, vip, count, when);
@@ -374,7 +367,7 @@ fn logins_succeed(ha: &HaLab, vip: &str, count: usize, when: &str) {
 /// [`logins_succeed`] in any lab.
 fn logins_succeed_via(lab: &Lab, vip: &str, count: usize, when: &str) {
     for i in 0..count {
-        let out = ssh(&lab.topo.client, &lab.files, vip, "echo ok");
+        let out = lab.files.ssh(&lab.topo.client, vip, &[], "echo ok");
         assert!(
             out.status.success() && out.stdout == b"ok\n",
             "{when}: login {i} via {vip} failed: {}",
@@ -601,7 +594,7 @@ fn full_nat_sessions_and_a_clone_survive_the_vrrp_masters_death() {
         pair.keepaliveds[0].log_text()
     );
     let lab = &pair.lab;
-    let out = ssh(&lab.topo.client, &lab.files, VIP4, "echo $SSH_CONNECTION");
+    let out = lab.files.ssh(&lab.topo.client, VIP4, &[], "echo $SSH_CONNECTION");
     let seen = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(seen.starts_with(NAT4), "the backend sees the NAT address: {seen:?}");
     shape_client_link(lab);

@@ -69,13 +69,9 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
         "echo $SSH_CONNECTION; for i in $(seq {ROUNDS}); do cat {}; sleep 0.1; done",
         chunk_path.display()
     );
-    let mut ssh_args = lab.files.ssh_args();
-    ssh_args.extend([format!("root@{VIP4}"), remote]);
-    let ssh_args: Vec<&str> = ssh_args.iter().map(String::as_str).collect();
     let mut transfer = lab
-        .topo
-        .client
-        .command("ssh", &ssh_args)
+        .files
+        .ssh_command(&lab.topo.client, VIP4, &[], &remote)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -169,14 +165,8 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
         (b.health == "down" && !b.in_ring).then_some(())
     });
     assert!(detected.is_some(), "{victim_name} was not detected down within 5 s");
-    let fresh: Vec<_> = (0..10)
-        .map(|_| {
-            let mut args = lab.files.ssh_args();
-            args.extend([format!("root@{VIP4}"), "echo ok".to_owned()]);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            lab.topo.client.command("ssh", &args).output().expect("ssh")
-        })
-        .collect();
+    let fresh: Vec<_> =
+        (0..10).map(|_| lab.files.ssh(&lab.topo.client, VIP4, &[], "echo ok")).collect();
     for out in &fresh {
         assert!(
             out.status.success(),

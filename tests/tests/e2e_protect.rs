@@ -14,7 +14,7 @@ use std::{
 
 use sshlb::{config, control, loader};
 use sshlb_tests::{
-    agent::AgentThread,
+    agent::{scrape_metrics, AgentThread},
     agent_binary,
     config::{ConfigBuilder, ServiceBuilder},
     lab::Lab,
@@ -222,13 +222,7 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
         "the agent's fingerprint is ssh-keygen's: {:?} vs {fleet_fp}",
         flagged.backends[0].host_keys
     );
-    let metrics = lab.topo.lb.run(|| {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9734").expect("metrics");
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
-        let mut body = String::new();
-        std::io::Read::read_to_string(&mut s, &mut body).expect("response");
-        body
-    });
+    let metrics = scrape_metrics(&lab.topo.lb).expect("a scrape of the metrics endpoint");
     assert!(metrics.contains("sshlb_host_key_mismatches_total{service=\"bastion\"} 1"));
     assert!(metrics.contains(
         "sshlb_backend_host_keys{service=\"bastion\",backend=\"b3\",state=\"mismatch\"} 1"

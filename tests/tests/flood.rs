@@ -7,20 +7,14 @@
 //! refused for the 120 s SYN timeout once 3,000 were taken (2 s into the flood).
 
 use std::{
-    net::Ipv4Addr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use sshlb_tests::{
-    config::{ConfigBuilder, ServiceBuilder},
-    inject::{mac_of, spoofed_syn, PacketSocket},
+    config::ConfigBuilder,
+    inject::{flood_targets, SynFlood},
     inproc::Balancer,
-    root_or_skip,
     topo::{Conn, Topo, DSR4, VIP4},
 };
 
@@ -35,56 +29,29 @@ fn connects(vip: &str) -> bool {
 
 #[test]
 fn real_clients_get_through_a_spoofed_syn_flood() {
-    if !root_or_skip("real_clients_get_through_a_spoofed_syn_flood") {
-        return;
-    }
-    let topo = Topo::new(22);
-    let mut cfg = ConfigBuilder::new().agent("nat-ports", "\"20000-20999\"");
-    for (name, vip, mode) in [("nat4", VIP4, "nat"), ("dsr4", DSR4, "dsr")] {
-        cfg = cfg
-            .service(ServiceBuilder::new(name, vip, 22).mode(mode).topo_backends(false, |_, b| b));
-    }
+    let Some(topo) = Topo::for_test("real_clients_get_through_a_spoofed_syn_flood") else { return };
+    let cfg = flood_targets(ConfigBuilder::new().agent("nat-ports", "\"20000-20999\""));
     let config = cfg.parse("flood.toml");
     let balancer = Balancer::start(&topo, &config);
     // A first connection through each VIP: the path works before the flood.
     let (nat_ok, dsr_ok) = topo.client.run(|| (connects(VIP4), connects(DSR4)));
     assert!(nat_ok && dsr_ok, "no connection before the flood (nat {nat_ok}, dsr {dsr_ok})");
 
-    // The flood leaves the router towards the balancer's MAC, as routed traffic would.
-    let macs = (mac_of(&topo.router, "rt0"), mac_of(&topo.lb, &topo.lb_if));
-    let flooding = Arc::new(AtomicBool::new(true));
-    let flood = {
-        let flooding = Arc::clone(&flooding);
-        topo.router.spawn_thread(move || {
-            let sock = PacketSocket::open("rt0").expect("AF_PACKET on rt0");
-            let (nat, dsr): (Ipv4Addr, Ipv4Addr) =
-                (VIP4.parse().expect("vip"), DSR4.parse().expect("vip"));
-            let started = Instant::now();
-            let mut sent = 0u32;
-            // Paced in 10 ms slices; bounded in count and time.
-            while sent < FLOOD_RATE * FLOOD_SECONDS
-                && started.elapsed() < Duration::from_secs(u64::from(FLOOD_SECONDS) + 2)
-            {
-                let due = (started.elapsed().as_secs_f64() * f64::from(FLOOD_RATE)) as u32;
-                while sent < due.min(FLOOD_RATE * FLOOD_SECONDS) {
-                    let vip = if sent % 4 == 3 { dsr } else { nat };
-                    sock.send(&spoofed_syn(sent, vip, macs));
-                    sent += 1;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
-            flooding.store(false, Ordering::SeqCst);
-            sent
-        })
-    };
+    let flood = SynFlood {
+        rate: Some(FLOOD_RATE),
+        max: FLOOD_RATE * FLOOD_SECONDS,
+        within: Duration::from_secs(u64::from(FLOOD_SECONDS) + 2),
+        first: 0,
+    }
+    .spawn(&topo);
 
     // The real client, from its own namespace: every 100 ms during the flood, every 200 ms in
     // the 3 s after it.
-    let flooding_seen = Arc::clone(&flooding);
+    let flooding = flood.watch();
     let (during, after) = topo.client.run(move || {
         let mut during = Vec::new();
         thread::sleep(Duration::from_millis(300));
-        while flooding_seen.load(Ordering::SeqCst) {
+        while flooding.on() {
             let vip = if during.len() % 2 == 0 { VIP4 } else { DSR4 };
             during.push(connects(vip));
             thread::sleep(Duration::from_millis(100));
@@ -98,7 +65,7 @@ fn real_clients_get_through_a_spoofed_syn_flood() {
         }
         (during, after)
     });
-    let sent = flood.join().expect("the flood thread");
+    let (sent, _) = flood.join();
     let ok = |v: &[bool]| v.iter().filter(|&&b| b).count();
     let reclaimed = balancer.counter("event_nat_port_reclaimed");
     let exhausted = balancer.counter("drop_nat_ports_exhausted");

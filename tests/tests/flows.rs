@@ -79,13 +79,9 @@ fn flows_show_real_ssh_sessions_with_their_ports_and_backends() {
     // Three held sessions per service; each prints its $SSH_CONNECTION once logged in.
     let mut sessions = Sessions(Vec::new());
     for vip in [VIP4, DSR4, VIP4, DSR4, VIP4, DSR4] {
-        let mut args = lab.files.ssh_args();
-        args.extend([format!("root@{vip}"), "echo $SSH_CONNECTION; exec sleep 120".to_owned()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = lab
-            .topo
-            .client
-            .command("ssh", &args)
+            .files
+            .ssh_command(&lab.topo.client, vip, &[], "echo $SSH_CONNECTION; exec sleep 120")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

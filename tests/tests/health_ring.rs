@@ -11,7 +11,7 @@ use std::{
 use sshlb_tests::{
     agent::AgentThread,
     config::{ConfigBuilder, ServiceBuilder},
-    prepare_bridge, root_or_skip,
+    prepare_bridge,
     sshd::Sshd,
     topo::{Topo, BACKENDS, VIP4},
 };
@@ -39,10 +39,9 @@ fn banner_name() -> Result<String, String> {
 
 #[test]
 fn stopped_sshd_leaves_the_ring_in_time_and_rejoins() {
-    if !root_or_skip("stopped_sshd_leaves_the_ring_in_time_and_rejoins") {
+    let Some(topo) = Topo::for_test("stopped_sshd_leaves_the_ring_in_time_and_rejoins") else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     let mut sshds: Vec<Sshd> = BACKENDS
         .iter()
         .zip(&topo.backends)

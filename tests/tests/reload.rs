@@ -8,28 +8,34 @@ use std::time::Duration;
 use sshlb_tests::{
     agent::AgentHandle,
     config::{BackendBuilder, ConfigBuilder, ServiceBuilder},
-    root_or_skip,
     topo::{payload, Conn, Topo, BACKENDS, VIP4},
 };
 
-fn config(control: &std::path::Path, backends: &[(&str, u32)]) -> String {
+/// git on the topology backends `backends` (name, weight), in this order.
+fn config(backends: &[(&str, u32)]) -> ConfigBuilder {
     let mut service = ServiceBuilder::new("git", VIP4, 22).ring_size(4093);
     for (name, weight) in backends {
         let (_, v4, _) = BACKENDS.iter().find(|(n, _, _)| n == name).expect("known backend");
         service = service.backend(BackendBuilder::new(name, v4).weight(*weight));
     }
-    ConfigBuilder::new().control(control).service(service).to_toml()
+    ConfigBuilder::new().service(service)
+}
+
+/// The backends `n` new connections through the VIP reach (or why each failed).
+fn new_flows(topo: &Topo, n: usize) -> Vec<Result<String, String>> {
+    topo.client.run(move || {
+        (0..n).map(|_| Conn::open(VIP4, 22).map(|c| c.backend).map_err(|e| e.to_string())).collect()
+    })
 }
 
 #[test]
 fn sighup_applies_changes_without_touching_established_flows() {
-    if !root_or_skip("sighup_applies_changes_without_touching_established_flows") {
+    let Some(topo) = Topo::for_test("sighup_applies_changes_without_touching_established_flows")
+    else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     let mut agent = AgentHandle::new(&topo);
-    let control = agent.control().to_path_buf();
-    agent.write_config(&config(&control, &[("b1", 100), ("b2", 100)]));
+    agent.configure(config(&[("b1", 100), ("b2", 100)]));
     agent.up();
     let log_has = |what: &str| agent.log_has(what);
     assert!(agent.wait_log("attached to", Duration::from_secs(10)));
@@ -43,7 +49,7 @@ fn sighup_applies_changes_without_touching_established_flows() {
     let removed = if kept == "b1" { "b2" } else { "b1" };
 
     // b3 inserted first, the other original backend removed, weights changed.
-    agent.write_config(&config(&control, &[("b3", 300), (kept.as_str(), 100)]));
+    agent.configure(config(&[("b3", 300), (kept.as_str(), 100)]));
     agent.signal(libc::SIGHUP);
     assert!(agent.wait_log("reloaded", Duration::from_secs(5)), "no reload");
     conns = topo.client.run(move || {
@@ -55,11 +61,7 @@ fn sighup_applies_changes_without_touching_established_flows() {
         }
         conns
     });
-    let fresh = topo.client.run(|| {
-        (0..60)
-            .map(|_| Conn::open(VIP4, 22).map(|c| c.backend).map_err(|e| e.to_string()))
-            .collect::<Vec<_>>()
-    });
+    let fresh = new_flows(&topo, 60);
     assert!(fresh.iter().all(Result::is_ok), "{fresh:?}");
     assert!(
         fresh.iter().any(|b| b.as_deref() == Ok("b3")),
@@ -74,11 +76,7 @@ fn sighup_applies_changes_without_touching_established_flows() {
     agent.signal(libc::SIGHUP);
     assert!(agent.wait_log("reload refused", Duration::from_secs(5)));
     assert!(log_has(":3: service[0].vip"), "the refusal names file, line and field");
-    let after = topo.client.run(|| {
-        (0..30)
-            .map(|_| Conn::open(VIP4, 22).map(|c| c.backend).map_err(|e| e.to_string()))
-            .collect::<Vec<_>>()
-    });
+    let after = new_flows(&topo, 30);
     assert!(after.iter().all(Result::is_ok), "{after:?}");
     assert!(
         after.iter().any(|b| b.as_deref() == Ok("b3")),

@@ -7,22 +7,21 @@ use std::time::Duration;
 use sshlb_tests::{
     agent::AgentHandle,
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip, run,
+    run,
     topo::{payload, Conn, Topo, VIP4},
     wait_for,
 };
 
 #[test]
 fn established_flow_survives_agent_sigkill_and_restart() {
-    if !root_or_skip("established_flow_survives_agent_sigkill_and_restart") {
+    let Some(topo) = Topo::for_test("established_flow_survives_agent_sigkill_and_restart") else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     // The SIGKILLed agent cannot remove its control socket: the handle does.
     let mut agent = AgentHandle::new(&topo);
     let service =
         ServiceBuilder::new("git", VIP4, 22).ring_size(4093).topo_backends(false, |_, b| b);
-    agent.write_config(&ConfigBuilder::new().control(agent.control()).service(service).to_toml());
+    agent.configure(ConfigBuilder::new().service(service));
 
     agent.up();
     assert!(

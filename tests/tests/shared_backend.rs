@@ -2,35 +2,24 @@
 //! through one service shows under that service's backends only, in `status` and in the metrics.
 
 use sshlb_tests::{
-    agent::AgentHandle,
+    agent::{scrape_metrics, AgentHandle},
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip,
     topo::{payload, Conn, Topo, VIP4},
 };
 
 #[test]
 fn figures_belong_to_the_service_and_backend_pair() {
-    if !root_or_skip("figures_belong_to_the_service_and_backend_pair") {
+    let Some(topo) = Topo::for_test("figures_belong_to_the_service_and_backend_pair") else {
         return;
-    }
-    let topo = Topo::new(22);
+    };
     let mut agent = AgentHandle::new(&topo);
     let service = |name: &str, port: u16| {
         ServiceBuilder::new(name, VIP4, port)
             .ring_size(251)
-            .health("interval", "100ms")
-            .health("expect", "")
+            .fast_connect_checks()
             .topo_backends(false, |_, b| b)
     };
-    agent.write_config(
-        &ConfigBuilder::new()
-            .control(agent.control())
-            .service(service("used", 22))
-            .service(service("idle", 2222))
-            .to_toml(),
-    );
-    agent.up();
-    agent.wait_until_up();
+    agent.start(ConfigBuilder::new().service(service("used", 22)).service(service("idle", 2222)));
 
     let mut conns = topo
         .client
@@ -58,14 +47,7 @@ fn figures_belong_to_the_service_and_backend_pair() {
         assert_eq!(sum(idle, f), 0, "no connection used \"idle\", yet: {idle:?}");
     }
 
-    let scrape = topo.lb.run(|| {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9734").expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("response");
-        text
-    });
+    let scrape = scrape_metrics(&topo.lb).expect("a scrape of the metrics endpoint");
     for metric in [
         "sshlb_backend_active_flows",
         "sshlb_backend_live_sessions",

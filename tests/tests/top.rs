@@ -21,7 +21,6 @@ use sshlb_tests::{
     agent::AgentHandle,
     agent_binary,
     config::{ConfigBuilder, ServiceBuilder},
-    root_or_skip,
     topo::{Conn, Topo, DSR4, VIP4},
     unique, wait_for,
 };
@@ -200,11 +199,9 @@ impl Drop for Stop {
 
 #[test]
 fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
-    if !root_or_skip("top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal") {
-        return;
-    }
+    let test = "top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal";
+    let Some(topo) = Topo::for_test(test) else { return };
     let bin = agent_binary().display().to_string();
-    let topo = Topo::new(22);
     let mut agent = AgentHandle::new(&topo);
     let control = agent.control().display().to_string();
     let iface = topo.lb_if.clone();
@@ -228,19 +225,13 @@ fn top_shows_live_backends_rates_drops_and_changes_in_a_real_terminal() {
     // b1 takes every new flow; b2 and b3 (weight 0) are healthy and idle. The second service
     // refuses the client's prefix: its SYNs are drops by reason.
     let git = ServiceBuilder::new("git", VIP4, 22)
-        .health("interval", "100ms")
-        .health("expect", "")
+        .fast_connect_checks()
         .topo_backends(false, |i, b| b.weight(if i == 0 { 100 } else { 0 }));
     let locked = ServiceBuilder::new("locked", DSR4, 22)
         .raw("deny = [\"198.18.2.0/24\"]")
-        .health("interval", "100ms")
-        .health("expect", "")
+        .fast_connect_checks()
         .topo_backends(false, |_, b| b);
-    agent.write_config(
-        &ConfigBuilder::new().control(agent.control()).service(git).service(locked).to_toml(),
-    );
-    agent.up();
-    agent.wait_until_up();
+    agent.start(ConfigBuilder::new().service(git).service(locked));
 
     let conns = topo
         .client

@@ -93,14 +93,25 @@ fn health_section_is_validated() {
     assert!(err.to_string().contains("intervall"), "{err}");
 }
 
-fn error_for(edit: (&str, &str)) -> ConfigError {
-    assert!(GOOD.contains(edit.0), "test edit {:?} does not apply", edit.0);
-    parse("sshlb.toml", &GOOD.replacen(edit.0, edit.1, 1)).expect_err("must be refused")
+/// One refused edit: `(from, to)` replaces the first `from` of the base file, and the error
+/// must name `line` and `field` and say `words`.
+type Refusal<'a> = ((&'a str, &'a str), usize, &'a str, &'a str);
+
+/// Applies each edit to `base` (read as `file`) and checks the parser's error names the file,
+/// line and field and explains itself.
+fn assert_refused(file: &str, base: &str, cases: &[Refusal<'_>]) {
+    for ((from, to), line, field, words) in cases {
+        assert!(base.contains(from), "test edit {from:?} does not apply");
+        let err = parse(file, &base.replacen(from, to, 1)).expect_err("must be refused");
+        assert_eq!(err.file, file);
+        assert_eq!((err.line, err.field.as_str()), (*line, *field), "{err}");
+        assert!(err.to_string().contains(words), "{err} should say {words:?}");
+    }
 }
 
 #[test]
 fn every_error_names_file_line_and_field() {
-    let cases: &[((&str, &str), usize, &str, &str)] = &[
+    let cases: &[Refusal<'_>] = &[
         (("weight = 100", "wieght = 100"), 20, "wieght", "unknown field"),
         (
             ("address = \"198.18.1.11\"", "address = \"198.18.1.300\""),
@@ -169,12 +180,7 @@ fn every_error_names_file_line_and_field() {
             "not an IPv4 or IPv6",
         ),
     ];
-    for (edit, line, field, words) in cases {
-        let err = error_for(*edit);
-        assert_eq!(err.file, "sshlb.toml");
-        assert_eq!((err.line, err.field.as_str()), (*line, *field), "{err}");
-        assert!(err.to_string().contains(words), "{err} should say {words:?}");
-    }
+    assert_refused("sshlb.toml", GOOD, cases);
 }
 
 const PROTECTED: &str = r#"
@@ -220,35 +226,28 @@ fn protection_settings_parse() {
 
 #[test]
 fn protection_errors_are_located_and_explained() {
-    let cases: &[(&str, &str, usize, &str, &str)] = &[
+    let cases: &[Refusal<'_>] = &[
         (
-            "\"198.18.8.0/24\"",
-            "\"198.18.8.1/24\"",
+            ("\"198.18.8.0/24\"", "\"198.18.8.1/24\""),
             6,
             "service[0].allow[0]",
             "did you mean \"198.18.8.0/24\"",
         ),
-        ("\"198.18.8.66/32\"", "\"fd00::66\"", 7, "service[0].deny[0]", "different families"),
-        ("\"198.18.8.66/32\"", "\"198.18.9.7\"", 7, "service[0].deny[0]", "listed twice"),
-        ("rate = \"30/m\"", "rate = \"30\"", 12, "service[0].limit.rate", "\"10/s\""),
-        ("burst = 5", "burst = 0", 13, "service[0].limit.burst", "1-100000"),
-        ("ipv4-prefix = 24", "ipv4-prefix = 40", 14, "service[0].limit.ipv4-prefix", "0-32"),
-        ("SHA256:okrP", "MD5:okrP", 8, "service[0].host-keys[0]", "ssh-keygen"),
-        ("\"enforce\"", "\"strict\"", 9, "service[0].host-key-policy", "\"warn\" or \"enforce\""),
+        (("\"198.18.8.66/32\"", "\"fd00::66\""), 7, "service[0].deny[0]", "different families"),
+        (("\"198.18.8.66/32\"", "\"198.18.9.7\""), 7, "service[0].deny[0]", "listed twice"),
+        (("rate = \"30/m\"", "rate = \"30\""), 12, "service[0].limit.rate", "\"10/s\""),
+        (("burst = 5", "burst = 0"), 13, "service[0].limit.burst", "1-100000"),
+        (("ipv4-prefix = 24", "ipv4-prefix = 40"), 14, "service[0].limit.ipv4-prefix", "0-32"),
+        (("SHA256:okrP", "MD5:okrP"), 8, "service[0].host-keys[0]", "ssh-keygen"),
+        (("\"enforce\"", "\"strict\""), 9, "service[0].host-key-policy", "\"warn\" or \"enforce\""),
         (
-            "host-keys = [\"SHA256:okrPfI6GQnKScC7PX6NR+WtCReGzkhWkTzBcJ7DQmOI\"]",
-            "",
+            ("host-keys = [\"SHA256:okrPfI6GQnKScC7PX6NR+WtCReGzkhWkTzBcJ7DQmOI\"]", ""),
             9,
             "service[0].host-key-policy",
             "needs the expected fingerprints",
         ),
     ];
-    for (from, to, line, field, words) in cases {
-        assert!(PROTECTED.contains(from), "edit {from:?} does not apply");
-        let err = parse("p.toml", &PROTECTED.replacen(from, to, 1)).expect_err("refused");
-        assert_eq!((err.line, err.field.as_str()), (*line, *field), "{err}");
-        assert!(err.to_string().contains(words), "{err} should say {words:?}");
-    }
+    assert_refused("p.toml", PROTECTED, cases);
 }
 
 #[test]
@@ -383,29 +382,28 @@ fn announce_section_parses_and_defaults_to_off() {
 
 #[test]
 fn announce_errors_are_located_and_explained() {
-    let cases: &[(&str, &str, usize, &str, &str)] = &[
-        ("mode = \"bgp\"", "mode = \"ospf\"", 8, "announce.mode", "\"none\" or \"bgp\""),
-        ("min-backends = 2", "min-backends = 0", 9, "announce.min-backends", "1-1024"),
-        ("local-as = 65001", "local-as = 0", 10, "announce.local-as", "must be 1-"),
-        ("local-as = 65001", "", 18, "announce.local-as", "local-as"),
-        ("\"198.18.2.11\"", "\"fd00::1\"", 11, "announce.router-id", "not an IPv4"),
-        ("\"50ms\"", "\"5ms\"", 12, "announce.bfd-interval", "\"10ms\" and \"10s\""),
-        ("bfd-multiplier = 4", "bfd-multiplier = 0", 13, "announce.bfd-multiplier", "1-255"),
-        ("\"198.18.2.1\"", "\"router\"", 18, "announce.neighbor[0].address", "not an IPv4 or IPv6"),
+    let cases: &[Refusal<'_>] = &[
+        (("mode = \"bgp\"", "mode = \"ospf\""), 8, "announce.mode", "\"none\" or \"bgp\""),
+        (("min-backends = 2", "min-backends = 0"), 9, "announce.min-backends", "1-1024"),
+        (("local-as = 65001", "local-as = 0"), 10, "announce.local-as", "must be 1-"),
+        (("local-as = 65001", ""), 18, "announce.local-as", "local-as"),
+        (("\"198.18.2.11\"", "\"fd00::1\""), 11, "announce.router-id", "not an IPv4"),
+        (("\"50ms\"", "\"5ms\""), 12, "announce.bfd-interval", "\"10ms\" and \"10s\""),
+        (("bfd-multiplier = 4", "bfd-multiplier = 0"), 13, "announce.bfd-multiplier", "1-255"),
         (
-            "\"fd00:2::1\"",
-            "\"198.18.2.1\"",
+            ("\"198.18.2.1\"", "\"router\""),
+            18,
+            "announce.neighbor[0].address",
+            "not an IPv4 or IPv6",
+        ),
+        (
+            ("\"fd00:2::1\"", "\"198.18.2.1\""),
             22,
             "announce.neighbor[1].address",
             "already a neighbor",
         ),
-        ("as = 65000", "as = 0", 19, "announce.neighbor[0].as", "must be 1-"),
-        ("bfd-multiplier = 4", "bfd-multipler = 4", 13, "bfd-multipler", "unknown field"),
+        (("as = 65000", "as = 0"), 19, "announce.neighbor[0].as", "must be 1-"),
+        (("bfd-multiplier = 4", "bfd-multipler = 4"), 13, "bfd-multipler", "unknown field"),
     ];
-    for (from, to, line, field, words) in cases {
-        assert!(ANNOUNCED.contains(from), "edit {from:?} does not apply");
-        let err = parse("a.toml", &ANNOUNCED.replacen(from, to, 1)).expect_err("refused");
-        assert_eq!((err.line, err.field.as_str()), (*line, *field), "{err}");
-        assert!(err.to_string().contains(words), "{err} should say {words:?}");
-    }
+    assert_refused("a.toml", ANNOUNCED, cases);
 }

@@ -375,22 +375,15 @@ fn backend_mut<'a>(
 mod tests {
     use super::*;
     use crate::config::parse;
+    use sshlb_tests::config::{BackendBuilder, ConfigBuilder, ServiceBuilder};
 
-    const CFG: &str = r#"
-[[service]]
-name = "git"
-vip = "198.18.0.100"
-port = 22
-[[service.backend]]
-name = "blue1"
-address = "198.18.0.11"
-group = "blue"
-[[service.backend]]
-name = "green1"
-address = "198.18.0.12"
-group = "green"
-state = "drain"
-"#;
+    /// git with a blue and a draining green backend.
+    fn config() -> Config {
+        let git = ServiceBuilder::new("git", "198.18.0.100", 22)
+            .backend(BackendBuilder::new("blue1", "198.18.0.11").group("blue"))
+            .backend(BackendBuilder::new("green1", "198.18.0.12").group("green").state("drain"));
+        parse("t.toml", &ConfigBuilder::new().service(git).to_toml()).expect("valid")
+    }
 
     #[test]
     fn requests_round_trip_as_one_json_line_each() {
@@ -451,7 +444,7 @@ state = "drain"
 
     #[test]
     fn edits_change_only_their_target() {
-        let mut cfg = parse("t.toml", CFG).expect("valid");
+        let mut cfg = config();
         let before = cfg.clone();
         edit(
             &mut cfg,
@@ -468,7 +461,7 @@ state = "drain"
 
     #[test]
     fn edits_name_what_is_missing() {
-        let mut cfg = parse("t.toml", CFG).expect("valid");
+        let mut cfg = config();
         let err = edit(&mut cfg, &Request::Drain { service: "svn".into(), backend: "x".into() })
             .expect_err("no such service");
         assert!(err.to_string().contains("\"svn\""), "{err}");
@@ -484,6 +477,6 @@ state = "drain"
         )
         .expect_err("too heavy");
         assert!(err.to_string().contains("0-65535"), "{err}");
-        assert_eq!(cfg, parse("t.toml", CFG).expect("valid"), "failed edits change nothing");
+        assert_eq!(cfg, config(), "failed edits change nothing");
     }
 }

@@ -115,16 +115,8 @@ pub struct ServiceRow {
     pub address: String,
     /// `nat`, `dsr` or `tunnel`.
     pub mode: String,
-    /// Live sessions over its backends.
-    pub live_sessions: u64,
-    /// Flows in the table.
-    pub active_flows: u64,
-    /// New flows per second.
-    pub new_flows: Option<f64>,
-    /// Packets per second.
-    pub packets: Option<f64>,
-    /// Bytes per second.
-    pub bytes: Option<f64>,
+    /// Its live sessions (over its backends), flows and rates.
+    pub figures: Figures,
     /// Its backends, in the chosen order.
     pub backends: Vec<BackendRow>,
 }
@@ -144,7 +136,14 @@ pub struct BackendRow {
     pub weight: u32,
     /// Whether new flows reach it now.
     pub in_ring: bool,
-    /// Sessions still open (what `drain --wait` waits for).
+    /// Its live sessions (what `drain --wait` waits for), flows and rates.
+    pub figures: Figures,
+}
+
+/// The figures a service row and a backend row both show.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Figures {
+    /// Sessions still open.
     pub live_sessions: u64,
     /// Flows in the table.
     pub active_flows: u64,
@@ -154,6 +153,20 @@ pub struct BackendRow {
     pub packets: Option<f64>,
     /// Bytes per second.
     pub bytes: Option<f64>,
+}
+
+impl Figures {
+    /// `live_sessions` and `active_flows` as they are, and the rates of the agent's cumulative
+    /// `[new flows, packets, bytes]` against the earlier sample's `old` over `seconds`.
+    fn new(
+        (live_sessions, active_flows): (u64, u64),
+        now: [u64; 3],
+        old: Option<[u64; 3]>,
+        seconds: Option<f64>,
+    ) -> Self {
+        let [new_flows, packets, bytes] = std::array::from_fn(|i| rate(old?[i], now[i], seconds?));
+        Self { live_sessions, active_flows, new_flows, packets, bytes }
+    }
 }
 
 /// One drop reason.
@@ -228,11 +241,12 @@ impl Dashboard {
                     name: s.name.clone(),
                     address: host_port(&s.vip, s.port),
                     mode: s.mode.clone(),
-                    live_sessions: s.backends.iter().map(|b| b.live_sessions).sum(),
-                    active_flows: s.active_flows,
-                    new_flows: per(old.map(|o| o.new_flows), s.new_flows, agent_seconds),
-                    packets: per(old.map(|o| o.packets), s.packets, agent_seconds),
-                    bytes: per(old.map(|o| o.bytes), s.bytes, agent_seconds),
+                    figures: Figures::new(
+                        (s.backends.iter().map(|b| b.live_sessions).sum(), s.active_flows),
+                        [s.new_flows, s.packets, s.bytes],
+                        old.map(|o| [o.new_flows, o.packets, o.bytes]),
+                        agent_seconds,
+                    ),
                     backends,
                 }
             })
@@ -280,7 +294,6 @@ impl Dashboard {
 }
 
 fn backend_row(b: &BackendStatus, old: Option<&BackendStatus>, seconds: Option<f64>) -> BackendRow {
-    let per = |old: Option<u64>, new: u64| rate(old?, new, seconds?);
     BackendRow {
         name: b.name.clone(),
         address: host_port(&b.address, b.port),
@@ -288,11 +301,12 @@ fn backend_row(b: &BackendStatus, old: Option<&BackendStatus>, seconds: Option<f
         state: b.state.clone(),
         weight: b.weight,
         in_ring: b.in_ring,
-        live_sessions: b.live_sessions,
-        active_flows: b.active_flows,
-        new_flows: per(old.map(|o| o.new_flows), b.new_flows),
-        packets: per(old.map(|o| o.packets), b.packets),
-        bytes: per(old.map(|o| o.bytes), b.bytes),
+        figures: Figures::new(
+            (b.live_sessions, b.active_flows),
+            [b.new_flows, b.packets, b.bytes],
+            old.map(|o| [o.new_flows, o.packets, o.bytes]),
+            seconds,
+        ),
     }
 }
 
@@ -300,10 +314,11 @@ fn backend_row(b: &BackendStatus, old: Option<&BackendStatus>, seconds: Option<f
 fn sort_backends(rows: &mut [BackendRow], sort: Sort) {
     match sort {
         Sort::File => {}
-        Sort::Live => rows.sort_by_key(|b| std::cmp::Reverse(b.live_sessions)),
-        Sort::Packets => {
-            rows.sort_by(|a, b| b.packets.unwrap_or(0.0).total_cmp(&a.packets.unwrap_or(0.0)));
-        }
+        Sort::Live => rows.sort_by_key(|b| std::cmp::Reverse(b.figures.live_sessions)),
+        Sort::Packets => rows.sort_by(|a, b| {
+            let packets = |r: &BackendRow| r.figures.packets.unwrap_or(0.0);
+            packets(b).total_cmp(&packets(a))
+        }),
     }
 }
 
@@ -407,16 +422,19 @@ mod tests {
         let d = Dashboard::build(Some(&before), &now, ViewOptions::default());
         assert_eq!(d.elapsed, Some(Duration::from_secs(2)));
         let s = &d.services[0];
-        assert_eq!((s.address.as_str(), s.live_sessions), ("198.18.0.100:22", 5));
-        assert_eq!((s.packets, s.new_flows), (Some(1_000.0), Some(2.0)));
+        assert_eq!((s.address.as_str(), s.figures.live_sessions), ("198.18.0.100:22", 5));
+        assert_eq!((s.figures.packets, s.figures.new_flows), (Some(1_000.0), Some(2.0)));
         let b1 = &s.backends[0];
-        assert_eq!((b1.name.as_str(), b1.live_sessions), ("b1", 5));
+        assert_eq!((b1.name.as_str(), b1.figures.live_sessions), ("b1", 5));
         assert_eq!(
-            (b1.packets, b1.bytes, b1.new_flows),
+            (b1.figures.packets, b1.figures.bytes, b1.figures.new_flows),
             (Some(1_000.0), Some(100_000.0), Some(2.0))
         );
         let b2 = &s.backends[1];
-        assert_eq!((b2.packets, b2.new_flows, b2.live_sessions), (Some(0.0), Some(0.0), 0));
+        assert_eq!(
+            (b2.figures.packets, b2.figures.new_flows, b2.figures.live_sessions),
+            (Some(0.0), Some(0.0), 0)
+        );
         // Events are not outcomes: packets/s = forwarded + passed + dropped.
         assert_eq!(
             d.totals,
@@ -439,18 +457,21 @@ mod tests {
         let first = sample(0, vec![backend("b1", 1, 500, 5)], &[("fwd_nat", 100)]);
         let d = Dashboard::build(None, &first, ViewOptions::default());
         let b1 = &d.services[0].backends[0];
-        assert_eq!((b1.live_sessions, b1.packets, b1.new_flows), (1, None, None));
+        assert_eq!(
+            (b1.figures.live_sessions, b1.figures.packets, b1.figures.new_flows),
+            (1, None, None)
+        );
         assert_eq!(d.totals, Totals::default());
         // The pins were re-created: counters start again from 0.
         let later = sample(1_000, vec![backend("b1", 1, 20, 1)], &[("fwd_nat", 7)]);
         let d = Dashboard::build(Some(&first), &later, ViewOptions::default());
-        assert_eq!(d.services[0].backends[0].packets, None);
+        assert_eq!(d.services[0].backends[0].figures.packets, None);
         assert_eq!(d.totals.forwarded, None);
         // A backend added meanwhile (reload) has no rate yet; no time passed: no rate.
         let added = sample(2_000, vec![backend("b1", 1, 40, 1), backend("b9", 0, 0, 0)], &[]);
         let d = Dashboard::build(Some(&later), &added, ViewOptions::default());
-        assert_eq!(d.services[0].backends[0].packets, Some(20.0));
-        assert_eq!(d.services[0].backends[1].packets, None);
+        assert_eq!(d.services[0].backends[0].figures.packets, Some(20.0));
+        assert_eq!(d.services[0].backends[1].figures.packets, None);
         assert_eq!(rate(1, 2, 0.0), None);
     }
 
@@ -462,7 +483,7 @@ mod tests {
         now.agent_error = Some("connection refused".into());
         let d = Dashboard::build(Some(&before), &now, ViewOptions::default());
         let b1 = &d.services[0].backends[0];
-        assert_eq!((b1.live_sessions, b1.packets), (2, None));
+        assert_eq!((b1.figures.live_sessions, b1.figures.packets), (2, None));
         assert_eq!(d.totals.forwarded, Some(10.0), "the pinned counters still count");
         assert_eq!(d.problems.len(), 1);
         assert!(d.problems[0].contains("connection refused"), "{:?}", d.problems);

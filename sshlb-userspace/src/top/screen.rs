@@ -13,7 +13,7 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Paragraph, Row, Table, Widget},
 };
 
-use super::model::{count, per_second, BackendRow, Dashboard, ServiceRow, ViewOptions};
+use super::model::{count, per_second, BackendRow, Dashboard, Figures, ServiceRow, ViewOptions};
 
 /// One screen: the dashboard and what the operator chose to see.
 pub struct Screen<'a> {
@@ -146,9 +146,15 @@ fn number(text: String) -> Cell<'static> {
 
 /// The figure columns a service and a backend row share: LIVE, FLOWS, then NEW/s, PKTS/s and
 /// BYTES/s.
-fn figures(live: u64, flows: u64, rates: [Option<f64>; 3]) -> [Cell<'static>; 5] {
-    let [new, packets, bytes] = rates.map(per_second);
-    [number(count(live)), number(count(flows)), number(new), number(packets), number(bytes)]
+fn figures(f: &Figures) -> [Cell<'static>; 5] {
+    let [new, packets, bytes] = [f.new_flows, f.packets, f.bytes].map(per_second);
+    [
+        number(count(f.live_sessions)),
+        number(count(f.active_flows)),
+        number(new),
+        number(packets),
+        number(bytes),
+    ]
 }
 
 fn service_row(s: &ServiceRow) -> Row<'static> {
@@ -160,7 +166,7 @@ fn service_row(s: &ServiceRow) -> Row<'static> {
         Cell::from(""),
         Cell::from(""),
     ];
-    cells.extend(figures(s.live_sessions, s.active_flows, [s.new_flows, s.packets, s.bytes]));
+    cells.extend(figures(&s.figures));
     Row::new(cells).style(Style::new().add_modifier(Modifier::BOLD))
 }
 
@@ -183,7 +189,7 @@ fn backend_row(b: &BackendRow) -> Row<'static> {
         number(b.weight.to_string()),
         Cell::from(if b.in_ring { "yes" } else { "no" }),
     ];
-    cells.extend(figures(b.live_sessions, b.active_flows, [b.new_flows, b.packets, b.bytes]));
+    cells.extend(figures(&b.figures));
     Row::new(cells)
 }
 
@@ -272,11 +278,13 @@ mod tests {
             state: state.into(),
             weight,
             in_ring: weight > 0 && state == "active" && health == "up",
-            live_sessions: live,
-            active_flows: live,
-            new_flows: Some(0.0),
-            packets,
-            bytes: packets.map(|p| p * 80.0),
+            figures: Figures {
+                live_sessions: live,
+                active_flows: live,
+                new_flows: Some(0.0),
+                packets,
+                bytes: packets.map(|p| p * 80.0),
+            },
         };
         Dashboard {
             interface: "eth0".into(),
@@ -293,11 +301,13 @@ mod tests {
                 name: "git".into(),
                 address: "198.18.0.100:22".into(),
                 mode: "nat".into(),
-                live_sessions: 5,
-                active_flows: 5,
-                new_flows: Some(0.0),
-                packets: Some(1200.0),
-                bytes: Some(96_000.0),
+                figures: Figures {
+                    live_sessions: 5,
+                    active_flows: 5,
+                    new_flows: Some(0.0),
+                    packets: Some(1200.0),
+                    bytes: Some(96_000.0),
+                },
                 backends: vec![
                     backend("b1", "up", "active", 100, 5, Some(1200.0)),
                     backend("b2", "down", "drain", 7, 0, None),

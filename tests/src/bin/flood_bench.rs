@@ -15,22 +15,17 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::Ipv4Addr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use sshlb_tests::{
-    config::{ConfigBuilder, ServiceBuilder},
+    config::ConfigBuilder,
     counters::Snapshot,
-    inject::{mac_of, spoofed_syn, PacketSocket},
+    inject::{flood_targets, SynFlood},
     inproc::Balancer,
-    topo::{Conn, Topo, DSR4, VIP4},
+    topo::{Conn, Topo, VIP4},
 };
 
 /// Phases of the run.
@@ -69,11 +64,7 @@ fn main() -> Result<()> {
     }
     let topo = Topo::new(22);
     topo.offloads_off();
-    let mut cfg = ConfigBuilder::new().agent("max-flows", "1048576");
-    for (name, vip, mode) in [("nat4", VIP4, "nat"), ("dsr4", DSR4, "dsr")] {
-        cfg = cfg
-            .service(ServiceBuilder::new(name, vip, 22).mode(mode).topo_backends(false, |_, b| b));
-    }
+    let cfg = flood_targets(ConfigBuilder::new().agent("max-flows", "1048576"));
     let config = cfg.parse("flood-bench.toml");
     let mut balancer = Balancer::start(&topo, &config);
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
@@ -109,46 +100,20 @@ fn phase(topo: &Topo, balancer: &mut Balancer, rate: Option<u32>) -> Result<()> 
 
     let losses_before = Snapshot::take(&topo.namespaces());
     let before = window(balancer)?;
-    let flooding = Arc::new(AtomicBool::new(true));
-    let macs = (mac_of(&topo.router, "rt0"), mac_of(&topo.lb, &topo.lb_if));
+    // Distinct flows across phases: the second phase starts where the first ended.
     let offset = u32::try_from(before.runs).unwrap_or(0);
-    let flood = {
-        let flooding = Arc::clone(&flooding);
-        topo.router.spawn_thread(move || -> (u32, Duration) {
-            let sock = PacketSocket::open("rt0").expect("AF_PACKET on rt0");
-            let (nat, dsr): (Ipv4Addr, Ipv4Addr) =
-                (VIP4.parse().expect("vip"), DSR4.parse().expect("vip"));
-            let began = Instant::now();
-            let mut sent = 0u32;
-            while sent < MAX_SYNS && began.elapsed() < FLOOD {
-                let due = rate
-                    .map_or(MAX_SYNS, |r| (began.elapsed().as_secs_f64() * f64::from(r)) as u32);
-                if sent >= due {
-                    thread::sleep(Duration::from_millis(1));
-                    continue;
-                }
-                // Distinct flows across phases: the second phase starts where the first ended.
-                let i = sent + offset;
-                let vip = if i % 4 == 3 { dsr } else { nat };
-                if sock.send(&spoofed_syn(i, vip, macs)) {
-                    sent += 1;
-                }
-            }
-            flooding.store(false, Ordering::SeqCst);
-            (sent, began.elapsed())
-        })
-    };
-    let seen = Arc::clone(&flooding);
+    let flood = SynFlood { rate, max: MAX_SYNS, within: FLOOD, first: offset }.spawn(topo);
+    let flooding = flood.watch();
     let tries = topo.client.spawn_thread(move || {
         let mut results = Vec::new();
-        while seen.load(Ordering::SeqCst) {
+        while flooding.on() {
             let ok = Conn::open(VIP4, 22).and_then(|mut c| c.echo(b"hello\n")).unwrap_or(false);
             results.push(ok);
             thread::sleep(Duration::from_millis(100));
         }
         results
     });
-    let (sent, flood_took) = flood.join().expect("flood thread");
+    let (sent, flood_took) = flood.join();
     let during = window(balancer)?;
     let losses = Snapshot::take(&topo.namespaces()).since(&losses_before);
     let tries = tries.join().expect("tries thread");

@@ -11,49 +11,29 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{toolchain::RustcVersion, Mode, Outcome, Report, NIGHTLY};
+use super::{pinned::Pinned, toolchain::RustcVersion, Mode, Report, NIGHTLY};
 use crate::cmd;
 
 /// The bpf-linker release that links with rustc's LLVM 22 (docs/toolchain.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// The version in `bpf-linker --version` output (`bpf-linker 0.13.0`).
-fn parse_bpf_linker_version(output: &str) -> Option<&str> {
-    output.trim().strip_prefix("bpf-linker")?.split_whitespace().next()
-}
+/// bpf-linker at [`BPF_LINKER_VERSION`].
+const BPF_LINKER: Pinned = Pinned { name: "bpf-linker", version: BPF_LINKER_VERSION };
 
 /// Checks that bpf-linker [`BPF_LINKER_VERSION`] runs from PATH; builds it against the
 /// `nightly`'s libLLVM in [`Mode::Install`], fails saying why in [`Mode::CheckOnly`].
 pub fn ensure_bpf_linker(report: &mut Report, mode: Mode, nightly: &RustcVersion) -> Result<()> {
-    const PIECE: &str = "bpf-linker";
     // Present only if it runs: its RUNPATH points at the nightly's lib dir, so a changed nightly
     // leaves a binary that cannot load its libLLVM.
-    let found = cmd::probe(Command::new(PIECE).arg("--version"));
-    let why = match found.as_deref().map(parse_bpf_linker_version) {
-        Some(Some(version)) if version == BPF_LINKER_VERSION => {
-            report.record(PIECE, Outcome::AlreadyThere(version.to_owned()));
-            return Ok(());
-        }
-        Some(Some(version)) => {
-            format!("bpf-linker {version} is on PATH, sshlb needs {BPF_LINKER_VERSION}")
-        }
-        Some(None) => "`bpf-linker --version` printed something unexpected".to_owned(),
-        None => "bpf-linker is not on PATH or does not run (a bpf-linker built against an \
-                 older nightly cannot load its libLLVM)"
-            .to_owned(),
-    };
+    let missing = "bpf-linker is not on PATH or does not run (a bpf-linker built against an \
+                   older nightly cannot load its libLLVM)";
+    let Some(why) = BPF_LINKER.check(report, missing) else { return Ok(()) };
     if mode == Mode::CheckOnly {
         bail!("{why}; `cargo xtask setup` builds bpf-linker {BPF_LINKER_VERSION}");
     }
     println!("{why}: building bpf-linker {BPF_LINKER_VERSION} against the nightly's libLLVM");
     install_bpf_linker(nightly).context("could not install bpf-linker")?;
-    let after = cmd::output(Command::new(PIECE).arg("--version")).context(
-        "bpf-linker was installed but does not run from PATH; is $CARGO_HOME/bin \
-         (usually ~/.cargo/bin) on PATH?",
-    )?;
-    let version = parse_bpf_linker_version(&after).unwrap_or(after.trim()).to_owned();
-    report.record(PIECE, Outcome::Installed(version));
-    Ok(())
+    BPF_LINKER.record_installed(report)
 }
 
 /// The nightly's shared libLLVM among the file names of its `lib` dir
@@ -128,12 +108,6 @@ impl Drop for TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_bpf_linker_version() {
-        assert_eq!(parse_bpf_linker_version("bpf-linker 0.13.0\n"), Some("0.13.0"));
-        assert_eq!(parse_bpf_linker_version("something else"), None);
-    }
 
     #[test]
     fn finds_the_nightly_libllvm_like_the_recipe() {

@@ -1,9 +1,9 @@
 //! `cargo xtask setup`: checks for, and installs where it can, everything a fresh Debian 12 machine
 //! needs to build, lint and test sshlb — the rustup toolchains and components ([`toolchain`]),
 //! `bpf-linker` built against the nightly's own libLLVM ([`bpf_linker`]; recipe in
-//! `docs/toolchain.md`), `cargo-fuzz` for the fuzz targets ([`cargo_fuzz`]), the Debian
-//! packages the tests and the lab use ([`packages`]), and QEMU from bookworm-backports for the
-//! vm tiers.
+//! `docs/toolchain.md`), `cargo-fuzz` for the fuzz targets ([`cargo_fuzz`]; [`pinned`] checks
+//! both pinned tools), the Debian packages the tests and the lab use ([`packages`]), and QEMU
+//! from bookworm-backports for the vm tiers.
 //! Idempotent, and fast when everything is there: it only asks `rustup`, `dpkg-query` and
 //! `bpf-linker` questions unless something is missing.
 //!
@@ -12,6 +12,7 @@
 mod bpf_linker;
 mod cargo_fuzz;
 mod packages;
+mod pinned;
 mod toolchain;
 
 use std::time::{Duration, Instant};

@@ -137,14 +137,9 @@ fn logins(lab: &Lab, target: &str) -> Result<(f64, f64, f64)> {
 }
 
 fn run_ssh(lab: &Lab, target: &str, command: &str) -> Result<Child> {
-    let mut args = lab.files.ssh_args();
-    args.push(format!("root@{target}"));
-    args.push(command.to_owned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Ok(lab
-        .topo
-        .client
-        .command("ssh", &args)
+        .files
+        .ssh_command(&lab.topo.client, target, &[], command)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?)

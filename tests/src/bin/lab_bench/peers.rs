@@ -212,9 +212,8 @@ impl FarBackend {
     /// `sshlb-agent backend ARGS --backend-pins PINS` in the far backend's namespace.
     fn backend(&self, args: &[&str]) -> Result<std::process::Output> {
         let pins = self.pins.to_str().context("pin path")?;
-        let mut command = std::process::Command::new("nsenter");
-        command.arg(format!("--net=/run/netns/{}", self.netns)).arg("--").arg(&self.agent);
-        command.arg("backend").args(args).args(["--backend-pins", pins]);
+        let mut command = sshlb_tests::Netns::command_in(&self.netns, &self.agent, &["backend"]);
+        command.args(args).args(["--backend-pins", pins]);
         Ok(command.output()?)
     }
 }
