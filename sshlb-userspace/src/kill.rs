@@ -6,8 +6,9 @@
 //!    a segment from the backend goes to the balancer's kernel, which holds no such connection
 //!    and answers it with a RST whose sequence number is the segment's acknowledgment — exactly
 //!    what the backend expects next.
-//! 2. [`Prober::probe`]: an out-of-window ACK with a stale timestamp to the client (from the VIP)
-//!    and, for full NAT, to the backend (from the NAT address and port). TCP answers such a
+//! 2. [`probe`]: two ACKs with a stale timestamp, half the sequence space apart
+//!    ([`probe_segments`]), to the client (from the VIP) and, for full NAT, to the backend
+//!    (from the NAT address and port). TCP answers such a
 //!    segment with an ACK carrying its own next sequence number and the next one it expects
 //!    (RFC 9293 §3.10.7.4, RFC 7323 §5.3 PAWS, RFC 5961 §4–5).
 //! 3. The data plane turns the client's answer into a RST towards the backend (its sequence
@@ -191,11 +192,16 @@ fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-/// The probe that makes an endpoint of an established connection state its sequence numbers: a
-/// bare ACK whose sequence number lies half the sequence space away from `near` (outside any
-/// window, RFC 7323 limits windows to 2^30), with a timestamp older than any it has seen.
-pub fn probe_segment(src: SocketAddr, dst: SocketAddr, near: u32) -> Vec<u8> {
-    segment(src, dst, near.wrapping_add(1 << 31), 0, flags::ACK, Some((1, 0)))
+/// The probes that make an endpoint of an established connection state its sequence numbers:
+/// two bare ACKs with a timestamp older than any it has seen (PAWS refuses them, RFC 7323
+/// §5.3, which asks for an ACK in reply), at `near` and half the sequence space from it, so
+/// that one of them lies *after* whatever the endpoint expects next. Linux (since 6.16) drops
+/// a PAWS-refused pure ACK whose sequence number lies before its next expected one without
+/// answering ("old ACK", `TcpExtPAWSOldAck`): with a single probe at a random number, half the
+/// connections whose timestamps made PAWS refuse it never answered, and the kill missed them.
+pub fn probe_segments(src: SocketAddr, dst: SocketAddr, near: u32) -> [Vec<u8>; 2] {
+    [near, near.wrapping_add(1 << 31)]
+        .map(|seq| segment(src, dst, seq, 0, flags::ACK, Some((1, 0))))
 }
 
 /// The RST that ends the client's side, answering its segment reported in `event`.
@@ -292,9 +298,10 @@ pub fn probe(sender: &RawSender, targets: &[Target], near: u32) -> usize {
     let mut failed = 0;
     for target in targets {
         let (vip, client) = target.client;
-        let mut sends = vec![(client.ip(), probe_segment(vip, client, near))];
+        let mut sends: Vec<_> =
+            probe_segments(vip, client, near).map(|probe| (client.ip(), probe)).into();
         if let Some((nat, backend)) = target.backend {
-            sends.push((backend.ip(), probe_segment(nat, backend, near)));
+            sends.extend(probe_segments(nat, backend, near).map(|probe| (backend.ip(), probe)));
         }
         for (dst, packet) in sends {
             if let Err(err) = sender.send(dst, &packet) {
@@ -410,15 +417,24 @@ mod tests {
     }
 
     #[test]
-    fn probes_are_out_of_window_acks_with_a_stale_timestamp_v4_and_v6() {
+    fn probes_are_stale_acks_half_the_sequence_space_apart_v4_and_v6() {
         for (src, dst) in
             [("198.18.0.2:61000", "198.18.0.11:22"), ("[fd00:10::100]:22", "[fd00:20::10]:40001")]
         {
-            let packet = probe_segment(sa(src), sa(dst), 1000);
-            let (seq, _, rst, ack, ts) = check_tcp(&packet);
-            assert_eq!(seq, 1000 + (1 << 31));
-            assert!(ack && !rst);
-            assert_eq!(ts, Some([8, 10, 0, 0, 0, 1, 0, 0, 0, 0]), "TSval 1, TSecr 0");
+            let probes = probe_segments(sa(src), sa(dst), 1000);
+            let seqs = probes.each_ref().map(|packet| {
+                let (seq, _, rst, ack, ts) = check_tcp(packet);
+                assert!(ack && !rst);
+                assert_eq!(ts, Some([8, 10, 0, 0, 0, 1, 0, 0, 0, 0]), "TSval 1, TSecr 0");
+                seq
+            });
+            // Half the sequence space apart: whatever the receiver's next expected number,
+            // one probe lies after it (the one Linux answers when PAWS refuses both).
+            assert_eq!(seqs, [1000, 1000 + (1 << 31)]);
+            for expected in [0u32, 999, 1001, 1000 + (1 << 30), 3_000_000_000, u32::MAX] {
+                let after = seqs.iter().filter(|&&s| (s.wrapping_sub(expected) as i32) > 0);
+                assert_eq!(after.count(), 1, "next expected {expected}");
+            }
         }
     }
 
