@@ -195,7 +195,7 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 /// The probes that make an endpoint of an established connection state its sequence numbers:
 /// two bare ACKs with a timestamp older than any it has seen (PAWS refuses them, RFC 7323
 /// §5.3, which asks for an ACK in reply), at `near` and half the sequence space from it, so
-/// that one of them lies *after* whatever the endpoint expects next. Linux (since 6.16) drops
+/// that one of them lies *after* whatever the endpoint expects next. Recent Linux (6.18 here) drops
 /// a PAWS-refused pure ACK whose sequence number lies before its next expected one without
 /// answering ("old ACK", `TcpExtPAWSOldAck`): with a single probe at a random number, half the
 /// connections whose timestamps made PAWS refuse it never answered, and the kill missed them.
