@@ -226,6 +226,19 @@ impl GitClone {
             .sum()
     }
 
+    /// Kills the clone if it still runs; what it printed, and how it ended.
+    fn stop(&mut self) -> String {
+        let running = self.running();
+        let _ = self.child.kill();
+        let status = self.child.wait().map_or_else(|e| e.to_string(), |s| s.to_string());
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let how = if running { "still running, killed" } else { "had exited" };
+        format!("{how} ({status}): {err:?}")
+    }
+
     fn running(&mut self) -> bool {
         self.child.try_wait().expect("wait git").is_none()
     }
@@ -280,7 +293,13 @@ impl Traffic {
         }
         let mut clone = GitClone::start(client, files, vip, clone_dir);
         let receiving = wait_for(HANG, || (clone.received() >= 256 * 1024).then_some(()));
-        assert!(receiving.is_some(), "the clone never started receiving its pack\n{}", diagnose());
+        assert!(
+            receiving.is_some(),
+            "the clone never started receiving its pack ({} bytes; git {})\n{}",
+            clone.received(),
+            clone.stop(),
+            diagnose()
+        );
         assert!(clone.running(), "the clone must still be in flight (the client link is shaped)");
         Self { sessions, clone, stop }
     }

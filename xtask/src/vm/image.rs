@@ -23,9 +23,11 @@ pub const INIT: &str = include_str!("init.sh");
 
 /// Modules the tests need that Debian builds as modules (absent = built in); what each depends
 /// on is read from the module itself and loaded first. `veth` and `bridge`: every test's
-/// topology. `sch_tbf`: e2e_ha shapes the client's link. `nf_tables` with `nft_compat` and
-/// `xt_tcpudp`: e2e_ha's `iptables` (Debian's is the nft flavour) on the NAT pair.
-const MODULES: [&str; 6] = ["veth", "bridge", "sch_tbf", "nf_tables", "nft_compat", "xt_tcpudp"];
+/// topology. `sch_tbf`: e2e_ha shapes the client's link. `nf_tables` with `nft_counter`
+/// (a module on 5.10, built in on 7: every iptables-nft rule counts), `nft_compat` and `xt_tcpudp`:
+/// e2e_ha's `iptables` (Debian's is the nft flavour) on the NAT pair.
+const MODULES: [&str; 7] =
+    ["veth", "bridge", "sch_tbf", "nf_tables", "nft_counter", "nft_compat", "xt_tcpudp"];
 
 /// Bumped when the userland's layout changes, so cached archives of the old layout are rebuilt.
 const USERLAND_LAYOUT: u32 = 3;
