@@ -67,9 +67,11 @@ const HANG: Duration = Duration::from_secs(30);
 /// The lab's ssh options plus a keepalive each second of silence from the server, as the
 /// README advises: after a full-NAT failover the standby learns a flow only from its client,
 /// so a client that is only receiving (the clone) must say something for its flow to resume.
+/// (Each second × [`sshlb_tests::slowdown`]: three unanswered keepalives end the session, and an
+/// emulated server answers late.)
 fn client_ssh_args(files: &Files) -> Vec<String> {
     let mut args = files.ssh_args();
-    args.extend(["-o".to_owned(), "ServerAliveInterval=1".to_owned()]);
+    args.extend(["-o".to_owned(), format!("ServerAliveInterval={}", sshlb_tests::slowdown())]);
     args
 }
 
@@ -358,6 +360,12 @@ fn diagnose(lab: &Lab, agents: &[AgentHandle<'_>]) -> String {
     out
 }
 
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Each running agent's view of its announcements, for a failure message.
 fn announcements(agents: &[AgentHandle<'_>]) -> String {
     let mut out = String::new();
@@ -516,7 +524,14 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
         });
     eprintln!("[{:?}] traffic flowing", started.elapsed());
     let (dead, flows) = busiest(&agents, &all);
-    assert!(flows >= 1, "some balancer carries live sessions");
+    assert!(
+        flows >= 1,
+        "some balancer carries live sessions: (active flows, live sessions) per balancer {:?}\n\
+         {}\n{}",
+        agents.iter().map(|a| (active_flows(a), live_sessions(a))).collect::<Vec<_>>(),
+        agents.iter().map(|a| tail(&a.log_text(), 30)).collect::<Vec<_>>().join("\n"),
+        diagnose(&ha.lab, &agents)
+    );
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
     let node = ha.node(dead);
     node.ns.ip(&["link", "set", node.iface, "down"]);
