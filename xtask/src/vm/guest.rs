@@ -107,5 +107,20 @@ mod tests {
         }
         assert!(E2E.contains(AGENT_AT) && LAB.contains(AGENT_AT), "the agent's guest path");
         assert!(LAB.contains("SSHLB-VM lab-ready"), "run --vm waits for this line");
+        assert!(E2E.contains("--skip $s"), "e2e.sh passes the kernel's skips to the harness");
+    }
+
+    #[test]
+    fn skipped_tests_exist() {
+        let sources = [include_str!("../../../tests/tests/e2e_ha.rs")];
+        for k in Kernel::All.expand() {
+            for (name, why) in e2e_skips(k) {
+                assert!(!why.is_empty());
+                assert!(
+                    sources.iter().any(|s| s.contains(&format!("fn {name}()"))),
+                    "{name} is no e2e test: a skip of a renamed test would skip nothing"
+                );
+            }
+        }
     }
 }
