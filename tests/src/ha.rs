@@ -33,8 +33,11 @@ use crate::{
 pub const ROUTER_AS: u32 = 65000;
 /// The balancers' AS (one AS for the whole fleet: they announce the same VIPs).
 pub const BALANCER_AS: u32 = 65001;
-/// BFD's interval on every session.
-pub const BFD_INTERVAL_MS: u32 = 100;
+/// BFD's interval on every session: 100 ms, stretched by [`crate::slowdown`] (under emulation
+/// BIRD sends and reads the same packets, only slower).
+pub fn bfd_interval_ms() -> u32 {
+    100 * crate::slowdown()
+}
 /// Missed BFD packets that declare a peer down: five, not three, so a balancer's BIRD starved of
 /// CPU for a few hundred milliseconds on a loaded 2-core machine is not taken for dead.
 pub const BFD_MULTIPLIER: u32 = 5;
@@ -134,15 +137,16 @@ impl HaLab {
 
     /// Balancer `i`'s configuration: the same services on every balancer — DSR over IPv4
     /// (`dsr4`, listed first) and IPv6 (`dsr6`), the lab's three backends — announced by BGP
-    /// through its own BIRD to the router over both families, BFD at [`BFD_INTERVAL_MS`].
+    /// through its own BIRD to the router over both families, BFD at [`bfd_interval_ms`].
     /// Only `control`, the BIRD socket and the include file differ between balancers.
     pub fn config(&self, i: usize, control: &Path) -> String {
         let bird = &self.birds[i];
         let announce = format!(
-            "[announce]\nmode = \"bgp\"\nlocal-as = {BALANCER_AS}\nbfd-interval = \"{BFD_INTERVAL_MS}ms\"\nbfd-multiplier = {BFD_MULTIPLIER}\n\
+            "[announce]\nmode = \"bgp\"\nlocal-as = {BALANCER_AS}\nbfd-interval = \"{}ms\"\nbfd-multiplier = {BFD_MULTIPLIER}\n\
              bird-socket = \"{}\"\ninclude-file = \"{}\"\n\
              [[announce.neighbor]]\naddress = \"{ROUTER4}\"\nas = {ROUTER_AS}\n\
              [[announce.neighbor]]\naddress = \"{ROUTER6}\"\nas = {ROUTER_AS}\n",
+            bfd_interval_ms(),
             bird.socket().display(),
             self.includes[i].display()
         );
@@ -201,7 +205,7 @@ pub const NAT4: &str = "198.18.0.50";
 pub const NAT_PORTS: (u16, u16) = (10_000, 32_767);
 
 /// The full-NAT pair: the lab with a second balancer on its segment; keepalived (VRRP, 100 ms
-/// adverts) on both moves the NAT VIP ([`VIP4`]) and the NAT address ([`NAT4`]) together to
+/// adverts, × [`crate::slowdown`]) on both moves the NAT VIP ([`VIP4`]) and the NAT address ([`NAT4`]) together to
 /// whichever is master — balancer 0 while it lives (priority 150 against 100). Both run the same
 /// configuration, so the standby picks each flow's backend by the same ring and its NAT port by
 /// the same hash. Fields drop in order: keepalived dies before the namespaces go.
@@ -236,10 +240,12 @@ impl NatPair {
                 &["-w", "-A", "INPUT", "-d", NAT4, "-p", "tcp", "--dport", &ports, "-j", "DROP"],
             ));
             let priority = if i == 0 { 150 } else { 100 };
+            // 100 ms adverts, stretched under emulation like the BFD interval.
+            let advert = f64::from(crate::slowdown()) / 10.0;
             let config = format!(
                 "global_defs {{\n  router_id sshlb_lb{i}\n  vrrp_version 3\n}}\n\
                  vrrp_instance sshlb {{\n  state BACKUP\n  interface {}\n  virtual_router_id 51\n  \
-                 priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP4}/32\n    \
+                 priority {priority}\n  advert_int {advert}\n  virtual_ipaddress {{\n    {VIP4}/32\n    \
                  {NAT4}/32\n  }}\n}}\n",
                 node.iface
             );
@@ -300,7 +306,7 @@ fn node<'a>(lab: &'a Lab, peers: &'a [Peer], i: usize) -> Node<'a> {
 /// into the kernel (`merge paths`), and an IPv4 and an IPv6 BGP session to every balancer,
 /// importing what they announce.
 fn router_bird_conf(addrs: &[(String, String)]) -> String {
-    let ms = BFD_INTERVAL_MS;
+    let ms = bfd_interval_ms();
     let mut conf = format!(
         "router id {ROUTER4};\nprotocol device {{}}\n\
          protocol bfd {{ interface \"rt0\" {{ min rx interval {ms} ms; min tx interval {ms} ms; \

@@ -338,6 +338,14 @@ pub fn slowdown() -> u32 {
     })
 }
 
+/// A duration for the agent's or a daemon's configuration (`"300ms"`): `ms` milliseconds
+/// stretched by [`slowdown`]. Under emulation the agent does what it does natively, only
+/// slower, so its timeouts and intervals stretch with the kit's waits: a test that asserts what
+/// a 300 ms health-check timeout does still asserts that, not how fast the emulated CPU is.
+pub fn config_ms(ms: u32) -> String {
+    format!("{}ms", ms * slowdown())
+}
+
 /// Polls `f` every 20 ms until it returns `Some` or `timeout` (× [`slowdown`]) passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout * slowdown();

@@ -67,9 +67,11 @@ const HANG: Duration = Duration::from_secs(30);
 /// The lab's ssh options plus a keepalive each second of silence from the server, as the
 /// README advises: after a full-NAT failover the standby learns a flow only from its client,
 /// so a client that is only receiving (the clone) must say something for its flow to resume.
+/// (Each second × [`sshlb_tests::slowdown`]: three unanswered keepalives end the session, and an
+/// emulated server answers late.)
 fn client_ssh_args(files: &Files) -> Vec<String> {
     let mut args = files.ssh_args();
-    args.extend(["-o".to_owned(), "ServerAliveInterval=1".to_owned()]);
+    args.extend(["-o".to_owned(), format!("ServerAliveInterval={}", sshlb_tests::slowdown())]);
     args
 }
 
@@ -226,6 +228,19 @@ impl GitClone {
             .sum()
     }
 
+    /// Kills the clone if it still runs; what it printed, and how it ended.
+    fn stop(&mut self) -> String {
+        let running = self.running();
+        let _ = self.child.kill();
+        let status = self.child.wait().map_or_else(|e| e.to_string(), |s| s.to_string());
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let how = if running { "still running, killed" } else { "had exited" };
+        format!("{how} ({status}): {err:?}")
+    }
+
     fn running(&mut self) -> bool {
         self.child.try_wait().expect("wait git").is_none()
     }
@@ -280,7 +295,13 @@ impl Traffic {
         }
         let mut clone = GitClone::start(client, files, vip, clone_dir);
         let receiving = wait_for(HANG, || (clone.received() >= 256 * 1024).then_some(()));
-        assert!(receiving.is_some(), "the clone never started receiving its pack\n{}", diagnose());
+        assert!(
+            receiving.is_some(),
+            "the clone never started receiving its pack ({} bytes; git {})\n{}",
+            clone.received(),
+            clone.stop(),
+            diagnose()
+        );
         assert!(clone.running(), "the clone must still be in flight (the client link is shaped)");
         Self { sessions, clone, stop }
     }
@@ -337,6 +358,12 @@ fn diagnose(lab: &Lab, agents: &[AgentHandle<'_>]) -> String {
         out += &format!("sshd {}:\n{}\n", sshd.log.display(), notable.join("\n"));
     }
     out
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Each running agent's view of its announcements, for a failure message.
@@ -490,7 +517,14 @@ fn sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp() 
         });
     eprintln!("[{:?}] traffic flowing", started.elapsed());
     let (dead, flows) = busiest(&agents, &all);
-    assert!(flows >= 1, "some balancer carries live sessions");
+    assert!(
+        flows >= 1,
+        "some balancer carries live sessions: (active flows, live sessions) per balancer {:?}\n\
+         {}\n{}",
+        agents.iter().map(|a| (active_flows(a), live_sessions(a))).collect::<Vec<_>>(),
+        agents.iter().map(|a| tail(&a.log_text(), 30)).collect::<Vec<_>>().join("\n"),
+        diagnose(&ha.lab, &agents)
+    );
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
     let node = ha.node(dead);
     node.ns.ip(&["link", "set", node.iface, "down"]);

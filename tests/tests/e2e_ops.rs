@@ -13,8 +13,9 @@ use std::{
 use sshlb::{config, control, loader};
 use sshlb_tests::{
     agent::AgentThread,
+    config_ms,
     lab::Lab,
-    prepare_bridge, root_or_skip,
+    prepare_bridge, root_or_skip, slowdown,
     topo::{payload, BACKENDS, VIP4},
     unique, wait_for, PIN_ROOT,
 };
@@ -42,11 +43,12 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
     let control = PathBuf::from(format!("/run/sshlb/test-{}.sock", lab.topo.lb_if));
     let mut built = lab.config_builder(&control.display().to_string());
     for service in built.services_mut() {
+        // Stretched under emulation (config_ms): the same checks, on a slower CPU.
         service
-            .set_health("interval", "100ms")
+            .set_health("interval", &config_ms(100))
             .set_health_count("fall", 2)
             .set_health_count("rise", 2)
-            .set_health("timeout", "300ms");
+            .set_health("timeout", &config_ms(300));
         // Blue-green groups for the switch: b1, b2 blue; b3 green.
         for (name, group) in [("b3", "green"), ("b1", "blue"), ("b2", "blue")] {
             service.backend_mut(name).set_group(group);
@@ -107,7 +109,7 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
         for i in 0..20 {
             let Ok(mut s) = std::net::TcpStream::connect_timeout(
                 &format!("{VIP4}:22").parse().expect("addr"),
-                Duration::from_secs(2),
+                Duration::from_secs(2) * slowdown(),
             ) else {
                 continue;
             };
@@ -122,7 +124,7 @@ fn long_transfer_survives_operations_failures_and_hostile_clients() {
             .filter_map(|_| {
                 std::net::TcpStream::connect_timeout(
                     &format!("{VIP4}:22").parse().expect("addr"),
-                    Duration::from_secs(2),
+                    Duration::from_secs(2) * slowdown(),
                 )
                 .ok()
             })

@@ -17,6 +17,7 @@ use sshlb_tests::{
     agent::{scrape_metrics, AgentThread},
     agent_binary,
     config::{ConfigBuilder, ServiceBuilder},
+    config_ms,
     lab::Lab,
     prepare_bridge, root_or_skip, run,
     sshd::{Sshd, SshdOptions},
@@ -115,8 +116,10 @@ fn config_text(lab: &Lab, control: &Path, extra: &str) -> String {
     let _ = lab;
     let service = ServiceBuilder::new("bastion", VIP4, 22)
         .raw(extra)
-        .health("interval", "100ms")
-        .health("host-key-interval", "1s")
+        // Stretched under emulation (config_ms): the same checks and scans, on a slower CPU.
+        .health("interval", &config_ms(100))
+        .health("timeout", &config_ms(1000))
+        .health("host-key-interval", &config_ms(1000))
         .topo_backends(false, |_, b| b);
     ConfigBuilder::new().control(control).service(service).to_toml()
 }

@@ -98,6 +98,10 @@ enum Command {
         /// Run the end-to-end tests (real sshd, ssh, git and the agent) in the guest instead.
         #[arg(long, conflicts_with = "update_readme")]
         e2e: bool,
+        /// With --e2e: only this test binary (e2e_ssh, e2e_tunnel, e2e_protect, e2e_ops,
+        /// e2e_ha); repeatable.
+        #[arg(long = "test", value_name = "NAME", requires = "e2e")]
+        tests: Vec<String>,
     },
     /// Build everything and run the balancer in the lab (client, router, three OpenSSH backends)
     /// in the foreground, printing the ssh and git commands that go through it; Ctrl-C ends it.
@@ -134,8 +138,8 @@ fn main() -> ExitCode {
         Command::Deb { debug, check } => {
             deb::deb(debug).and_then(|path| if check { deb::check(&path) } else { Ok(()) })
         }
-        Command::VmTest { kernel, update_readme, e2e: false } => vm::run(kernel, update_readme),
-        Command::VmTest { kernel, e2e: true, .. } => vm::e2e(kernel),
+        Command::VmTest { kernel, update_readme, e2e: false, .. } => vm::run(kernel, update_readme),
+        Command::VmTest { kernel, e2e: true, tests, .. } => vm::e2e(kernel, &tests),
         Command::Run { duration, vm: true, kernel, .. } => {
             vm::run_lab(kernel, duration.map(std::time::Duration::from_secs))
         }
@@ -206,6 +210,13 @@ mod tests {
         let cli =
             Cli::try_parse_from(["xtask", "vm-test", "--e2e", "--kernel", "7"]).expect("valid");
         assert!(matches!(cli.command, Command::VmTest { e2e: true, .. }), "{cli:?}");
+        let one = ["xtask", "vm-test", "--e2e", "--test", "e2e_ops", "--test", "e2e_ha"];
+        let cli = Cli::try_parse_from(one).expect("valid");
+        assert!(
+            matches!(&cli.command, Command::VmTest { e2e: true, tests, .. } if tests.len() == 2),
+            "{cli:?}"
+        );
+        assert!(Cli::try_parse_from(["xtask", "vm-test", "--test", "e2e_ops"]).is_err());
         let both = ["xtask", "vm-test", "--e2e", "--update-readme"];
         assert!(Cli::try_parse_from(both).is_err(), "--e2e does not write the table");
         let cli = Cli::try_parse_from(["xtask", "test", "--quick"]).expect("valid");

@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static", // the vm-test guests' /init and tools
     "xz-utils",       // decompressing newer kernels' modules for the vm-test guests
     "binutils",       // strip: the vm guests' binaries without their debug info
+    "netbase",        // /etc/protocols, copied into the vm guests (iptables' `-p tcp`)
     "prometheus",     // promtool: checking and unit-testing contrib/prometheus's alert rules
     "systemd",        // systemd-analyze verify/security on the packaged sshlb@.service
     "man-db",         // man: the packaged man pages render (systemd-analyze checks Documentation=)

@@ -6,7 +6,10 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result};
 
-use super::image::{Payload, Userland};
+use super::{
+    image::{Payload, Userland},
+    Kernel,
+};
 use crate::cmd;
 
 /// The matrix guest's script: fixtures, then namespace tests.
@@ -16,15 +19,23 @@ const E2E: &str = include_str!("e2e.sh");
 /// The lab guest's script: the lab, then a shell on the console.
 const LAB: &str = include_str!("lab.sh");
 
-/// The e2e tests the guest runs: `e2e_ssh`, which needs only sshd, ssh, git and the agent,
-/// and whose waits are the test kit's (stretched under TCG). Left out: `e2e_ha` (BIRD and
-/// keepalived), `e2e_tunnel` (its backend's TC decapsulation needs `sch_ingress`/`cls_bpf`,
-/// which the image does not carry), and the two whose product timings are part of what they
-/// check: `e2e_ops` (100 ms health checks with a 300 ms timeout; under TCG a banner check on a
-/// busy vCPU takes longer, its backends flapped: "not up after restart" after 100 s) and
-/// `e2e_protect` (it counts host-key verdict changes exactly; under TCG the agent's scans time
-/// out now and then and b3's mismatch was counted twice).
-pub const E2E_TESTS: [&str; 1] = ["e2e_ssh"];
+/// The e2e tests the guest runs (all of tier 4). The waits of the test kit and the timeouts
+/// and intervals the tests configure are stretched by `SSHLB_TEST_SLOWDOWN` under software
+/// emulation (tests/src/lib.rs: slowdown), so what they assert stays what the host asserts.
+pub const E2E_TESTS: [&str; 5] = ["e2e_ssh", "e2e_tunnel", "e2e_protect", "e2e_ops", "e2e_ha"];
+
+/// Tests of [`E2E_TESTS`] that a kernel cannot run, each with why; the guest passes them to
+/// the harness as `--skip` and the summary names them.
+pub fn e2e_skips(kernel: Kernel) -> Vec<(&'static str, &'static str)> {
+    match kernel {
+        Kernel::K5_10 => vec![(
+            "sessions_and_a_clone_survive_a_dead_balancer_and_a_maintenance_behind_ecmp",
+            "its router hashes ECMP by the headers (fib_multipath_hash_policy 3, Linux 5.14+); \
+             5.10's policies hash a forwarded segment by its socket's hash, which TCP re-draws",
+        )],
+        _ => Vec::new(),
+    }
+}
 
 /// Where the agent goes in the guest (the lab's printed commands name it).
 const AGENT_AT: &str = "/usr/local/bin/sshlb-agent";
@@ -43,10 +54,10 @@ pub fn matrix() -> Result<Payload> {
     })
 }
 
-/// The e2e tier: [`E2E_TESTS`] and the agent (some tests run its CLI).
-pub fn e2e() -> Result<Payload> {
+/// The e2e tier: `tests` (of [`E2E_TESTS`]) and the agent (some tests run its CLI).
+pub fn e2e(tests: &[&str]) -> Result<Payload> {
     let mut files = vec![(crate::build::build(false)?, AGENT_AT.to_owned())];
-    for test in E2E_TESTS {
+    for test in tests {
         files.push((test_executable("sshlb-tests", test)?, format!("/tests/e2e/{test}")));
     }
     Ok(Payload { userland: Userland::Ssh, script: E2E, files })
@@ -96,5 +107,20 @@ mod tests {
         }
         assert!(E2E.contains(AGENT_AT) && LAB.contains(AGENT_AT), "the agent's guest path");
         assert!(LAB.contains("SSHLB-VM lab-ready"), "run --vm waits for this line");
+        assert!(E2E.contains("--skip $s"), "e2e.sh passes the kernel's skips to the harness");
+    }
+
+    #[test]
+    fn skipped_tests_exist() {
+        let sources = [include_str!("../../../tests/tests/e2e_ha.rs")];
+        for k in Kernel::All.expand() {
+            for (name, why) in e2e_skips(k) {
+                assert!(!why.is_empty());
+                assert!(
+                    sources.iter().any(|s| s.contains(&format!("fn {name}()"))),
+                    "{name} is no e2e test: a skip of a renamed test would skip nothing"
+                );
+            }
+        }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! - the **userland**, built once from the machine's Debian packages and cached under the cache
 //!   directory, keyed by those packages' versions: busybox, iproute2's `ip` and `ss`, `ethtool`,
-//!   `nsenter` and, for the e2e tests and the lab, OpenSSH (`sshd`, `ssh`, `ssh-keygen`) and
-//!   `git` — every binary with the libraries `ldd` names — plus the accounts sshd needs;
+//!   `nsenter` and, for the e2e tests and the lab, OpenSSH (`sshd`, `ssh`, `ssh-keygen`),
+//!   `git`, BIRD, keepalived, `iptables` and `tc` — every binary with the libraries `ldd`
+//!   names — plus the accounts sshd needs;
 //! - the **payload**, packed for each boot: `/init`, the guest's script (`/guest.sh`), the
 //!   kernel's modules (decompressed on the host) and the binaries it runs, with their libraries.
 
@@ -20,18 +21,24 @@ use crate::cmd;
 /// The guest's `/init`: mounts, module loads, the release marker, then `/guest.sh`, power off.
 pub const INIT: &str = include_str!("init.sh");
 
-/// Modules the tests need that Debian builds as modules, in load order (absent = built in).
-const MODULES: [&str; 4] = ["veth", "llc", "stp", "bridge"];
+/// Modules the tests need that Debian builds as modules (absent = built in); what each depends
+/// on is read from the module itself and loaded first. `veth` and `bridge`: every test's
+/// topology. `sch_tbf`: e2e_ha shapes the client's link. `nf_tables` with `nft_counter`
+/// (a module on 5.10, built in on 7: every iptables-nft rule counts), `nft_compat` and `xt_tcpudp`:
+/// e2e_ha's `iptables` (Debian's is the nft flavour) on the NAT pair.
+const MODULES: [&str; 7] =
+    ["veth", "bridge", "sch_tbf", "nf_tables", "nft_counter", "nft_compat", "xt_tcpudp"];
 
 /// Bumped when the userland's layout changes, so cached archives of the old layout are rebuilt.
-const USERLAND_LAYOUT: u32 = 1;
+const USERLAND_LAYOUT: u32 = 3;
 
 /// Which userland a guest gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Userland {
     /// busybox and the network tools: enough for the fixtures and the namespace tests.
     Plain,
-    /// Plain plus OpenSSH's server and client and git: the e2e tests and the lab.
+    /// Plain plus OpenSSH's server and client, git and the HA tests' daemons: the e2e tests
+    /// and the lab.
     Ssh,
 }
 
@@ -52,6 +59,13 @@ impl Userland {
                 ("ssh", "/usr/bin/ssh"),
                 ("ssh-keygen", "/usr/bin/ssh-keygen"),
                 ("git", "/usr/bin/git"),
+                // The HA tests: BIRD (the router and each balancer's BGP + BFD), keepalived
+                // (VRRP on the NAT pair), iptables and tc on the balancers and the router.
+                ("bird", "/usr/sbin/bird"),
+                ("birdc", "/usr/sbin/birdc"),
+                ("keepalived", "/usr/sbin/keepalived"),
+                ("iptables", "/usr/sbin/iptables"),
+                ("tc", "/sbin/tc"),
             ]);
         }
         list
@@ -71,6 +85,9 @@ impl Userland {
                 "openssh-client",
                 "git",
                 "libssl3",
+                "bird2",
+                "keepalived",
+                "iptables",
             ],
         }
     }
@@ -207,12 +224,24 @@ pub fn userland(cache: &Path, userland: Userland) -> Result<PathBuf> {
     if userland == Userland::Ssh {
         std::fs::write(dir.join("etc/passwd"), PASSWD)?;
         std::fs::write(dir.join("etc/group"), GROUP)?;
+        // iptables and BIRD name protocols (`-p tcp`).
+        std::fs::copy("/etc/protocols", dir.join("etc/protocols"))
+            .context("/etc/protocols (netbase)")?;
         // git runs its helpers by name: the ones a server and a client need, as links to git.
         for helper in ["git-upload-pack", "git-receive-pack", "git-upload-archive"] {
             std::os::unix::fs::symlink("git", dir.join("usr/bin").join(helper))?;
         }
         std::fs::create_dir_all(dir.join("usr/lib/git-core"))?;
         std::os::unix::fs::symlink("/usr/bin/git", dir.join("usr/lib/git-core/git"))?;
+        // iptables' matches and targets (`-p tcp --dport`) are plugins it loads at run time.
+        let xtables = std::fs::read_dir("/usr/lib")?
+            .flatten()
+            .map(|d| d.path().join("xtables"))
+            .find(|p| p.is_dir())
+            .context("iptables' plugin directory (/usr/lib/<arch>/xtables) is missing")?;
+        let to = dir.join(xtables.strip_prefix("/").context("absolute")?);
+        std::fs::create_dir_all(to.parent().context("path")?)?;
+        cmd::output(Command::new("cp").arg("-r").arg(&xtables).arg(&to))?;
         let templates = Path::new("/usr/share/git-core/templates");
         if templates.is_dir() {
             std::fs::create_dir_all(dir.join("usr/share/git-core"))?;
@@ -226,6 +255,63 @@ pub fn userland(cache: &Path, userland: Userland) -> Result<PathBuf> {
     std::fs::rename(&partial, &archive)?;
     std::fs::remove_dir_all(&dir)?;
     Ok(archive)
+}
+
+/// The raw (decompressed) module `name` of the kernel unpacked under `kroot`, `None` when the
+/// kernel has it built in.
+fn module_file(kroot: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let found = find_file(kroot, &|n| {
+        n == format!("{name}.ko") || n == format!("{name}.ko.xz") || n == format!("{name}.ko.zst")
+    });
+    let Some(found) = found else { return Ok(None) };
+    let raw = match found.extension().and_then(|e| e.to_str()) {
+        Some("xz") => cmd::output_bytes(Command::new("xz").arg("-dc").arg(&found))?,
+        Some("zst") => cmd::output_bytes(Command::new("zstd").arg("-dc").arg(&found))?,
+        _ => std::fs::read(&found)?,
+    };
+    Ok(Some(raw))
+}
+
+/// The modules a module needs loaded before it: its `.modinfo`'s `depends=` entry (Debian's
+/// package carries no `modules.dep`; `depmod` writes that at install time).
+fn module_depends(raw: &[u8]) -> Vec<String> {
+    raw.split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(b"depends="))
+        .map(|deps| {
+            String::from_utf8_lossy(deps)
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `wanted` and every module they depend on, each after its dependencies, as (name, raw
+/// module); modules the kernel has built in are left out.
+fn modules(kroot: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
+    fn visit(
+        kroot: &Path,
+        name: &str,
+        seen: &mut BTreeSet<String>,
+        out: &mut Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        if !seen.insert(name.to_owned()) {
+            return Ok(());
+        }
+        let Some(raw) = module_file(kroot, name)? else { return Ok(()) };
+        for dep in module_depends(&raw) {
+            visit(kroot, &dep, seen, out)?;
+        }
+        out.push((name.to_owned(), raw));
+        Ok(())
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for name in wanted {
+        visit(kroot, name, &mut seen, &mut out)?;
+    }
+    Ok(out)
 }
 
 /// Builds the initramfs for a boot of kernel `label` (unpacked under `kroot`) with `payload`:
@@ -243,27 +329,8 @@ pub fn initramfs(cache: &Path, kroot: &Path, label: &str, payload: &Payload) -> 
         cmd::output(Command::new("strip").arg("--strip-debug").arg(&copied))
             .context("stripping the guest's binaries (binutils)")?;
     }
-    for (i, module) in MODULES.iter().enumerate() {
-        let found = find_file(kroot, &|n| {
-            n == format!("{module}.ko")
-                || n == format!("{module}.ko.xz")
-                || n == format!("{module}.ko.zst")
-        });
-        let Some(found) = found else { continue };
-        let dest = dir.join(format!("lib/modules/{i}-{module}.ko"));
-        match found.extension().and_then(|e| e.to_str()) {
-            Some("xz") => {
-                let raw = cmd::output_bytes(Command::new("xz").arg("-dc").arg(&found))?;
-                std::fs::write(&dest, raw)?;
-            }
-            Some("zst") => {
-                let raw = cmd::output_bytes(Command::new("zstd").arg("-dc").arg(&found))?;
-                std::fs::write(&dest, raw)?;
-            }
-            _ => {
-                std::fs::copy(&found, &dest)?;
-            }
-        }
+    for (i, (name, raw)) in modules(kroot, &MODULES)?.into_iter().enumerate() {
+        std::fs::write(dir.join(format!("lib/modules/{i:02}-{name}.ko")), raw)?;
     }
     std::fs::write(dir.join("init"), INIT)?;
     std::fs::write(dir.join("guest.sh"), payload.script)?;
@@ -290,6 +357,14 @@ mod tests {
         assert!(INIT.contains("SSHLB-VM release "), "the verdict reads the release marker");
         assert!(INIT.contains(". /guest.sh"), "init must run the payload's script");
         assert!(INIT.trim_end().ends_with("poweroff -f"), "the guest must end QEMU");
+    }
+
+    #[test]
+    fn module_dependencies_come_from_its_modinfo() {
+        let raw = b"\x7fELF junk\0license=GPL\0depends=stp,llc\0vermagic=5.10\0";
+        assert_eq!(module_depends(raw), vec!["stp", "llc"]);
+        assert!(module_depends(b"\0depends=\0name=veth\0").is_empty());
+        assert!(module_depends(b"no modinfo").is_empty());
     }
 
     #[test]

@@ -146,35 +146,57 @@ pub fn vm_test(kernels: &[Kernel]) -> Result<Vec<(Kernel, Outcome)>> {
 /// side by side) and room for the lab's repository and clones in `/tmp`.
 const E2E_MACHINE: Machine = Machine { cpus: 2, memory_mib: 2048, append: String::new() };
 
-/// `cargo xtask vm-test --e2e`: the e2e tests ([`guest::E2E_TESTS`]) inside each kernel's
-/// guest, their output shown as it comes; one line per test binary and kernel. Fails unless
-/// every binary passed on every kernel.
-pub fn e2e(kernel: Kernel) -> Result<()> {
+/// `cargo xtask vm-test --e2e [--test NAME…]`: the e2e tests ([`guest::E2E_TESTS`], or the
+/// ones `only` names) inside each kernel's guest, their output shown as it comes; one line per
+/// test binary and kernel. Fails unless every binary passed on every kernel.
+pub fn e2e(kernel: Kernel, only: &[String]) -> Result<()> {
+    let tests: Vec<&str> = if only.is_empty() {
+        guest::E2E_TESTS.to_vec()
+    } else {
+        let unknown: Vec<&str> =
+            only.iter().map(String::as_str).filter(|t| !guest::E2E_TESTS.contains(t)).collect();
+        ensure!(
+            unknown.is_empty(),
+            "no e2e test {} (the e2e tests: {})",
+            unknown.join(", "),
+            guest::E2E_TESTS.join(", ")
+        );
+        guest::E2E_TESTS.iter().copied().filter(|t| only.iter().any(|o| o == t)).collect()
+    };
     crate::setup::setup()?;
     let root = cache_dir()?;
     debian::ensure_qemu(&root)?;
-    let payload = guest::e2e()?;
-    let machine = Machine { append: format!("sshlb_slowdown={}", boot::slowdown()), ..E2E_MACHINE };
+    let payload = guest::e2e(&tests)?;
     let mut failed = Vec::new();
     let mut lines = Vec::new();
     for k in kernel.expand() {
         let started = Instant::now();
-        println!("kernel {}: booting the e2e guest ({})", k.label(), guest::E2E_TESTS.join(", "));
+        let skips = guest::e2e_skips(k);
+        let skip_names: Vec<&str> = skips.iter().map(|(name, _)| *name).collect();
+        let mut append = format!("sshlb_slowdown={}", boot::slowdown());
+        if !skips.is_empty() {
+            append += &format!(" sshlb_skip={}", skip_names.join(","));
+        }
+        let machine = Machine { append, ..E2E_MACHINE };
+        println!("kernel {}: booting the e2e guest ({})", k.label(), tests.join(", "));
         let console = prepare_boot(&root, k, &payload)
             .and_then(|(vmlinuz, initrd)| {
-                boot::run_captured(&vmlinuz, &initrd, &machine, Duration::from_secs(40 * 60), true)
+                boot::run_captured(&vmlinuz, &initrd, &machine, Duration::from_secs(120 * 60), true)
             })
             .with_context(|| format!("kernel {}", k.label()))?;
         let log = save_console(&root, &format!("e2e-{}", k.label()), &console)?;
         let release = parse_console(&console).release;
         let runs = parse_e2e(&console);
-        for test in guest::E2E_TESTS {
+        for &test in &tests {
             let run = runs.iter().find(|r| r.name == test);
             let line = run.map_or_else(|| "did not run".to_owned(), outcome::E2eRun::summary);
             if !run.is_some_and(outcome::E2eRun::passed) {
                 failed.push(format!("{test} on {}", k.label()));
             }
-            lines.push(format!("kernel {:<5} {:<28} {test:<8} {line}", k.label(), release));
+            lines.push(format!("kernel {:<5} {:<28} {test:<11} {line}", k.label(), release));
+        }
+        for (name, why) in &skips {
+            lines.push(format!("kernel {:<5} not run here: {name} — {why}", k.label()));
         }
         lines.push(format!(
             "kernel {:<5} boot to power-off {:.0} s (console: {})",
@@ -182,7 +204,7 @@ pub fn e2e(kernel: Kernel) -> Result<()> {
             started.elapsed().as_secs_f64(),
             log.display()
         ));
-        if runs.len() < guest::E2E_TESTS.len() {
+        if runs.len() < tests.len() {
             print_tail(&format!("kernel {}", k.label()), &console, 40);
         }
     }
