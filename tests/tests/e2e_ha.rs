@@ -104,7 +104,12 @@ impl Session {
             let pattern = payload(PATTERN, seed);
             let started = Instant::now();
             let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < 4 * HANG {
+            // The cap only ends a session the test forgot to stop; stretched by the kit's
+            // slowdown, since under emulation merely starting twelve sessions and a clone took
+            // 100 s and the sessions had ended before a balancer was picked to die ("no live
+            // session", seen on kernel 7 in QEMU).
+            let cap = 4 * HANG * sshlb_tests::slowdown();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < cap {
                 let at = sent % PATTERN;
                 let end = (at + CHUNK).min(PATTERN);
                 if stdin.write_all(&pattern[at..end]).is_err() {
