@@ -8,7 +8,7 @@ use aya_ebpf::{
 use sshlb_common::{
     hash::{filter_slot, flow_hash, RING_SEED},
     service_flags, Backend, FlowKey, OwnAddr, OwnFilter, Service, ServiceFilter, ServiceKey,
-    EMPTY_SLOT, MAX_BACKENDS, MAX_OWN_ADDRESSES, MAX_SERVICES, RING_STRIDE,
+    EMPTY_SLOT, FILTER_BITS, MAX_BACKENDS, MAX_OWN_ADDRESSES, MAX_SERVICES, RING_STRIDE,
 };
 
 /// The balancer's own addresses (VIPs, NAT addresses, backends). Written by the agent, read by
@@ -28,9 +28,7 @@ static OWN_FILTER: Array<OwnFilter> = Array::with_max_entries(1, 0);
 #[inline(always)]
 pub fn is_own_address(key: &FlowKey) -> bool {
     if let Some(filter) = OWN_FILTER.get(0) {
-        let slot = filter_slot(&key.src, 0, key.family);
-        // `slot < FILTER_BITS`, so the word index is in bounds (the mask makes it visible).
-        if filter.words[(slot as usize / 64) & 63] & (1 << (slot % 64)) != 0 {
+        if bit_set(&filter.words, filter_slot(&key.src, 0, key.family)) {
             return false;
         }
     }
@@ -49,10 +47,14 @@ static SERVICE_FILTER: Array<ServiceFilter> = Array::with_max_entries(1, 0);
 #[inline(always)]
 pub fn may_be_service(key: &FlowKey) -> bool {
     let Some(filter) = SERVICE_FILTER.get(0) else { return true };
-    let slot = filter_slot(&key.dst, key.dport_be, key.family);
-    // `slot < FILTER_BITS`, so the word index is in bounds (the mask makes it visible).
-    let word = filter.words[(slot as usize / 64) & 63];
-    word & (1 << (slot % 64)) != 0
+    bit_set(&filter.words, filter_slot(&key.dst, key.dport_be, key.family))
+}
+
+/// Whether bit `slot` of a pre-filter's words is set. `slot < FILTER_BITS`, so the word index is
+/// in bounds; the mask makes that visible (no bounds check, hence no panic path in the object).
+#[inline(always)]
+fn bit_set(words: &[u64; FILTER_BITS as usize / 64], slot: u32) -> bool {
+    words[(slot as usize / 64) & (words.len() - 1)] & (1 << (slot % 64)) != 0
 }
 
 /// (VIP, port, protocol) → service. Written by the agent, read by XDP ([`lookup`]).
