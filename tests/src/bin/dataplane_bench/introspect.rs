@@ -249,6 +249,11 @@ pub struct MapMemory {
 }
 
 impl MapMemory {
+    /// The kernel's bytes per entry (`bytes_memlock / max_entries`).
+    pub fn per_entry(&self) -> f64 {
+        self.bytes_memlock as f64 / self.max_entries as f64
+    }
+
     /// Reads map `id`.
     pub fn of(id: u32) -> Result<Self> {
         let show = bpftool(&["map", "show", "id", &id.to_string()])?;

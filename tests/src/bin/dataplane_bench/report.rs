@@ -264,7 +264,7 @@ fn memory_table(out: &mut String, maps: &[MapMemory]) -> Result<()> {
     )?;
     for m in maps {
         let prealloc = if m.flags & 1 == 0 { "" } else { "  (no prealloc: grows with entries)" };
-        let per_entry = m.bytes_memlock as f64 / m.max_entries as f64;
+        let per_entry = m.per_entry();
         let ours = m.key_size.next_multiple_of(8) + m.value_size.next_multiple_of(8);
         writeln!(
             out,
@@ -284,7 +284,7 @@ fn memory_table(out: &mut String, maps: &[MapMemory]) -> Result<()> {
         writeln!(
             out,
             "per flow by mode: dsr / tunnel {:.1} B (FLOWS only), full NAT {:.1} B (every map above)",
-            flows.bytes_memlock as f64 / flows.max_entries as f64,
+            flows.per_entry(),
             memory_totals(maps).0
         )?;
     }
@@ -303,7 +303,7 @@ fn memory_table(out: &mut String, maps: &[MapMemory]) -> Result<()> {
 
 /// (bytes per flow summed over the maps, bytes in all of them).
 fn memory_totals(maps: &[MapMemory]) -> (f64, u64) {
-    let per_flow = maps.iter().map(|m| m.bytes_memlock as f64 / m.max_entries as f64).sum();
+    let per_flow = maps.iter().map(MapMemory::per_entry).sum();
     (per_flow, maps.iter().map(|m| m.bytes_memlock).sum())
 }
 
@@ -318,7 +318,7 @@ fn memory_json(maps: &[MapMemory]) -> Value {
             "name": m.name,
             "max_entries": m.max_entries,
             "bytes_memlock": m.bytes_memlock,
-            "bytes_per_flow": round(m.bytes_memlock as f64 / m.max_entries as f64, 1),
+            "bytes_per_flow": round(m.per_entry(), 1),
             "key_size": m.key_size,
             "value_size": m.value_size,
         })).collect::<Vec<_>>(),
