@@ -82,6 +82,26 @@ pub fn too_big_mtu(pkt: &Tcp, flags: u8, cfg: &Config) -> Option<u16> {
         .then(|| cfg.tunnel_mtu.saturating_sub(overhead))
 }
 
+/// Whether the frame's datagram is IPv6 (`Some(false)`: IPv4), read from the frame's EtherType;
+/// `None` for a (priority-)tagged frame, which tunnel mode does not take.
+///
+/// Read from the frame, not from the parser's `Tcp` (`l3_off`, `key.family`): Linux 5.10's
+/// verifier does not follow a load through a pointer into the caller's stack when it marks
+/// values precise, so a subprogram reached first with one constant there (an untagged IPv4
+/// segment, say) and later with another (tagged, or IPv6) was pruned as already explored, and
+/// the branch it never walked removed as dead code: on 5.10 every oversized tunnel segment was
+/// dropped as tagged. A byte of the frame is unknown to the verifier, so both sides are walked.
+#[inline(always)]
+fn untagged_family(ctx: &XdpContext) -> Option<bool> {
+    let ether_type = ptr_at::<u16>(ctx, ETH - 2)?;
+    // SAFETY: two bytes in bounds.
+    match u16::from_be(unsafe { load16(ether_type.cast()) }) {
+        ETH_P_IPV4 => Some(false),
+        ETH_P_IPV6 => Some(true),
+        _ => None,
+    }
+}
+
 /// Puts the outer headers towards `backend` in front of `pkt`'s IP header, from the balancer's
 /// own address of the family (the NAT address). The caller checked the size
 /// ([`too_big_mtu`]) and that the address is configured.
@@ -93,12 +113,9 @@ pub fn encapsulate(
     flags: u8,
     cfg: &Config,
 ) -> Encap {
-    if pkt.l3_off != ETH {
-        return Encap::TAGGED;
-    }
+    let Some(v6) = untagged_family(ctx) else { return Encap::TAGGED };
     let gue = flags & flow_flags::GUE != 0;
-    let v6 = pkt.key.family == family::V6;
-    let overhead = tunnel::overhead(pkt.key.family, gue);
+    let overhead = tunnel::overhead(if v6 { family::V6 } else { family::V4 }, gue);
     let inner_len = pkt.ip_len;
     let outer_len = u32::from(inner_len) + u32::from(overhead);
     let hash = entropy(&pkt.key);
@@ -244,10 +261,7 @@ fn write_udp(ctx: &XdpContext, off: usize, hash: u32, cfg: &Config, len: u16) ->
 /// naming `mtu`, and leaves it for XDP_TX back the way it came.
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, pkt: &Tcp, mtu: u16) -> Encap {
-    if pkt.l3_off != ETH {
-        return Encap::TAGGED;
-    }
-    let v6 = pkt.key.family == family::V6;
+    let Some(v6) = untagged_family(ctx) else { return Encap::TAGGED };
     if !v6 {
         let Some(frag) = ptr_at::<u16>(ctx, ETH + 6) else { return Encap::TRUNCATED };
         // SAFETY: two bytes in bounds.

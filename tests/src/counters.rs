@@ -95,6 +95,28 @@ impl Snapshot {
     }
 }
 
+/// The kernel's non-zero TCP, IP and ICMP counters (`nstat`, which leaves zeros out) of each of
+/// `namespaces`, one line per namespace, for a failure message: which end received, answered
+/// or refused what a test sent.
+pub fn tcp_ip_counters(namespaces: &[&Netns]) -> Vec<String> {
+    namespaces
+        .iter()
+        .map(|ns| {
+            let out = ns.command("nstat", &["-a", "-s"]).output().expect("nstat");
+            let counters: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|line| {
+                    let mut words = line.split_whitespace();
+                    let (name, value) = (words.next()?, words.next()?);
+                    let wanted = ["Tcp", "Ip", "Icmp"].iter().any(|p| name.starts_with(p));
+                    wanted.then(|| format!("{name} {value}"))
+                })
+                .collect();
+            format!("{}: {}", ns.name, counters.join(", "))
+        })
+        .collect()
+}
+
 /// `RetransSegs` of `/proc/net/snmp` in `ns` (TCP segments retransmitted since the namespace was
 /// made).
 pub fn tcp_retrans_segs(ns: &Netns) -> u64 {

@@ -133,28 +133,13 @@ fn backend_of(line: &str) -> String {
         .map_or_else(|| panic!("{line:?} names no backend"), |(n, _, _)| (*n).to_owned())
 }
 
-/// The kernel's non-zero TCP, IP and ICMP counters (`nstat`, which leaves zeros out) of the
-/// client, the balancer and each backend namespace, one line each, for a failure message:
+/// [`sshlb_tests::counters::tcp_ip_counters`] of the client, the balancer and each backend:
 /// which end received, answered or refused the kill's probes.
 fn tcp_counters(lab: &Lab) -> Vec<String> {
     let topo = &lab.topo;
-    std::iter::once(&topo.client)
-        .chain(std::iter::once(&topo.lb))
-        .chain(&topo.backends)
-        .map(|ns| {
-            let out = ns.command("nstat", &["-a", "-s"]).output().expect("nstat");
-            let counters: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|line| {
-                    let mut words = line.split_whitespace();
-                    let (name, value) = (words.next()?, words.next()?);
-                    let wanted = ["Tcp", "Ip", "Icmp"].iter().any(|p| name.starts_with(p));
-                    wanted.then(|| format!("{name} {value}"))
-                })
-                .collect();
-            format!("{}: {}", ns.name, counters.join(", "))
-        })
-        .collect()
+    let namespaces: Vec<&sshlb_tests::Netns> =
+        [&topo.client, &topo.lb].into_iter().chain(&topo.backends).collect();
+    sshlb_tests::counters::tcp_ip_counters(&namespaces)
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {

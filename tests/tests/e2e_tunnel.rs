@@ -54,6 +54,32 @@ fn counter(counters: &serde_json::Value, name: &str) -> u64 {
     counters[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {counters}"))
 }
 
+/// For a failed login: what each side counted — the balancer's outcome counters, the far
+/// backend's decapsulation counters, every namespace's TCP/IP/ICMP counters and link drops.
+fn explain(topo: &sshlb_tests::topo::Topo, far: &Netns, far_if: &str, pins: &Path) {
+    let stats = sshlb::loader::pinned_stats(Path::new(PIN_ROOT), &topo.lb_if)
+        .map_err(|e| e.to_string())
+        .and_then(|stats| sshlb::stats::read(&stats).map_err(|e| e.to_string()));
+    match stats {
+        Ok(counters) => {
+            let moved: Vec<String> = counters
+                .iter()
+                .filter(|c| c.value != 0)
+                .map(|c| format!("{} {}", c.name, c.value))
+                .collect();
+            eprintln!("balancer counters: {}", moved.join(", "));
+        }
+        Err(err) => eprintln!("balancer counters unreadable: {err}"),
+    }
+    eprintln!("backend decapsulation: {}", decap_counters(far, far_if, pins));
+    let namespaces = [&topo.client, &topo.router, &topo.lb, far];
+    for line in sshlb_tests::counters::tcp_ip_counters(&namespaces) {
+        eprintln!("{line}");
+    }
+    let drops = sshlb_tests::counters::Snapshot::take(&namespaces);
+    eprintln!("link drops: {:?}", drops.drops);
+}
+
 /// Sends one IPv4-in-IPv4 packet from `ns` (outer source: its own address) to `to`, carrying a
 /// TCP SYN to `inner_dst`:22.
 fn send_ipip(ns: &Netns, to: &str, inner_dst: &str) {
@@ -167,7 +193,11 @@ fn ssh_and_git_through_tunnels_to_a_backend_in_another_subnet() {
     // address (no NAT) and answers it directly.
     let before = decap_counters(far, &far_if, &pins);
     for vip in [TUN4, GUE4, TUN6] {
-        let out = f.ssh(&topo.client, vip, &[], "echo $SSH_CONNECTION");
+        // -v: should it fail, ssh's stderr (printed by `ok`) says which step stalled.
+        let out = f.ssh(&topo.client, vip, &["-v"], "echo $SSH_CONNECTION");
+        if !out.status.success() {
+            explain(topo, far, &far_if, &pins);
+        }
         let answer = ok(&out, &format!("ssh via {vip}"));
         let client = if vip.contains(':') { "fd00:20::10" } else { "198.18.2.10" };
         let fields: Vec<&str> = answer.split_whitespace().collect();
