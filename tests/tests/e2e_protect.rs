@@ -211,8 +211,22 @@ fn host_keys_lists_limits_and_drain_wait_with_real_ssh() {
         "the agent's fingerprint is ssh-keygen's: {:?} vs {fleet_fp}",
         flagged.backends[0].host_keys
     );
-    let metrics = scrape_metrics(&lab.topo.lb).expect("a scrape of the metrics endpoint");
-    assert!(metrics.contains("sshlb_host_key_mismatches_total{service=\"bastion\"} 1"));
+    // A counter of transitions into "mismatch": 1 here, more where a scan timed out in between
+    // (under QEMU's emulation one can: the verdict goes mismatch → error → mismatch).
+    let mismatches = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sshlb_host_key_mismatches_total{service=\"bastion\"} "))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let metrics = wait_for(Duration::from_secs(5), || {
+        let metrics = scrape_metrics(&lab.topo.lb).ok()?;
+        mismatches(&metrics).is_some_and(|n| n >= 1).then_some(metrics)
+    });
+    let metrics = metrics.unwrap_or_else(|| {
+        let last = scrape_metrics(&lab.topo.lb).unwrap_or_default();
+        panic!("no host-key mismatch counted: {:?}", mismatches(&last))
+    });
     assert!(metrics.contains(
         "sshlb_backend_host_keys{service=\"bastion\",backend=\"b3\",state=\"mismatch\"} 1"
     ));
