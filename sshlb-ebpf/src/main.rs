@@ -126,7 +126,46 @@ mod prog {
         reason = "aya's #[xdp] entry takes the context by value"
     )]
     pub fn sshlb_baseline(ctx: XdpContext) -> u32 {
-        let Some(eth) = crate::parse::ptr_at::<[u8; 12]>(&ctx, 0) else {
+        bounce(&ctx)
+    }
+
+    /// Benchmark floor: the baseline plus what every established packet of a design with a
+    /// connection table pays at least — its key from the frame (untagged IPv4 without options
+    /// at fixed offsets: the benchmark's frames; nothing validated) and one lookup in `FLOWS`.
+    /// `cargo xtask bench dataplane` loads it with a table of the balancer's size and flows:
+    /// what `sshlb` costs beyond this is its own work, the rest is the table's.
+    #[xdp]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "aya's #[xdp] entry takes the context by value"
+    )]
+    pub fn sshlb_floor(ctx: XdpContext) -> u32 {
+        use sshlb_common::{family, proto, v4_in_16, FlowKey};
+        // Ethernet (14) + IPv4 without options (20) + the TCP ports (4).
+        let Some(frame) = crate::parse::ptr_at::<[u8; 38]>(&ctx, 0) else {
+            return aya_ebpf::bindings::xdp_action::XDP_DROP;
+        };
+        // SAFETY: ptr_at checked the 38 bytes.
+        let b = unsafe { &*frame };
+        let key = FlowKey::new(
+            v4_in_16([b[26], b[27], b[28], b[29]]),
+            v4_in_16([b[30], b[31], b[32], b[33]]),
+            u16::from_ne_bytes([b[34], b[35]]),
+            u16::from_ne_bytes([b[36], b[37]]),
+            proto::TCP,
+            family::V4,
+        );
+        if crate::flow::get(&key).is_none() {
+            return aya_ebpf::bindings::xdp_action::XDP_PASS;
+        }
+        bounce(&ctx)
+    }
+
+    /// Swaps the frame's Ethernet addresses and says XDP_TX (XDP_DROP for a frame shorter than
+    /// them).
+    #[inline(always)]
+    fn bounce(ctx: &XdpContext) -> u32 {
+        let Some(eth) = crate::parse::ptr_at::<[u8; 12]>(ctx, 0) else {
             return aya_ebpf::bindings::xdp_action::XDP_DROP;
         };
         // SAFETY: ptr_at checked the 12 address bytes.

@@ -36,6 +36,8 @@ pub const PASS_PROGRAM: &str = "sshlb_pass";
 
 /// Name of the benchmark baseline program (MAC swap + XDP_TX) inside the object.
 pub const BASELINE_PROGRAM: &str = "sshlb_baseline";
+/// Name of the benchmark's floor program: the baseline plus one connection-table lookup.
+pub const FLOOR_PROGRAM: &str = "sshlb_floor";
 
 /// Pin file names inside an interface's pin directory (maps are pinned under their own names).
 const PIN_PROGRAM: &str = "prog";

@@ -113,17 +113,17 @@ pub fn from_clients(
     dport: u16,
     syn: bool,
 ) -> Vec<Vec<u8>> {
-    range
-        .map(|i| {
-            Segment {
-                family,
-                src: family.client(i),
-                dst: family.vip(),
-                sport: 40000 + (i % 20000) as u16,
-                dport,
-                syn,
-            }
-            .frame()
-        })
-        .collect()
+    range.map(|i| client_segment(family, i, dport, syn).frame()).collect()
+}
+
+/// Client `i`'s segment to the VIP's port `dport` (one of [`from_clients`]'s).
+pub fn client_segment(family: Family, i: u32, dport: u16, syn: bool) -> Segment {
+    Segment {
+        family,
+        src: family.client(i),
+        dst: family.vip(),
+        sport: 40000 + (i % 20000) as u16,
+        dport,
+        syn,
+    }
 }

@@ -81,6 +81,7 @@ fn main() -> Result<()> {
     let mut baselines = Vec::new();
     for (label, prefill) in [("1k", 1_000u32), ("1M", 1_000_000u32)] {
         baselines.push(baseline(budget)?);
+        results.push(floor(budget, prefill, label)?);
         let cfg = config::parse("bench.toml", &bench_config()).context("bench config")?;
         let mut balancer =
             daemon::start(&PathBuf::from(PIN_ROOT), "bl0", loader::AttachMode::Native, &cfg)
@@ -128,6 +129,42 @@ fn baseline(budget: Duration) -> Result<Figure> {
         "-",
     )?;
     baseline.detach(link).context("detach baseline")?;
+    Ok(figure)
+}
+
+/// Scenario name of [`floor`].
+pub const FLOOR: &str = "floor (one flow-table lookup)";
+
+/// The floor program ([`loader::FLOOR_PROGRAM`]: the trivial program plus one `FLOWS` lookup)
+/// over a table of the balancer's size, prefilled like the balancer's with `prefill` flows and
+/// holding the 1,000 flows the established scenarios send: what an established packet costs
+/// in any design with such a connection table before it does anything else. Its own copy of
+/// the object, so the interface must be free.
+fn floor(budget: Duration, prefill: u32, table: &str) -> Result<Figure> {
+    let options = loader::LoadOptions { max_flows: MAX_FLOWS, ..Default::default() };
+    let mut dp = loader::Dataplane::load_with(&options).context("loading")?;
+    prefill_flows(&mut dp, prefill)?;
+    for i in 0..FLOWS {
+        let segment = frames::client_segment(Family::V4, i, NAT_PORT, false);
+        let key = FlowKey::new(
+            segment.src,
+            segment.dst,
+            segment.sport.to_be(),
+            segment.dport.to_be(),
+            proto::TCP,
+            family::V4,
+        );
+        let flow = Flow { state: flow_state::ESTABLISHED, ..Flow::default() };
+        dp.flows().insert(key, flow, 0).context("a measured flow")?;
+    }
+    let ifindex = sshlb::sys::ifindex("bl0").context("bl0")?;
+    let program = dp.extra_program(loader::FLOOR_PROGRAM).context("floor program")?;
+    let link = program.attach_to_if_index(ifindex, XdpMode::Driver).context("attach floor")?;
+    let sock = PacketSocket::open("bg0")?;
+    let established = from_clients(Family::V4, 0..FLOWS, NAT_PORT, false);
+    let figure =
+        measure(Target::Baseline(program), &sock, &established, Some(budget), FLOOR.into(), table)?;
+    program.detach(link).context("detach floor")?;
     Ok(figure)
 }
 

@@ -153,6 +153,7 @@ pub fn report(
          path's functions, static sizes, not instructions executed)"
     )?;
     flatness(&mut out, results)?;
+    beyond_floor(&mut out, results, base.ns_per_packet)?;
     out += "\n";
     match sizes {
         Ok(sizes) => {
@@ -177,6 +178,33 @@ pub fn report(
     let lines: Vec<String> = rows.iter().map(Value::to_string).collect();
     std::fs::write(&path, format!("[\n  {}\n]\n", lines.join(",\n  ")))?;
     println!("written: {}", path.display());
+    Ok(())
+}
+
+/// Per table, what each IPv4 established and reverse scenario costs beyond the floor program
+/// (the trivial program plus one lookup in a connection table of the same size and fill,
+/// [`crate::FLOOR`]): the balancer's own work, against the table's part that any design with a
+/// connection table pays.
+fn beyond_floor(out: &mut String, results: &[Figure], trivial_ns: f64) -> Result<()> {
+    for floor in results.iter().filter(|f| f.scenario == crate::FLOOR) {
+        let parts: Vec<String> = results
+            .iter()
+            .filter(|f| f.table == floor.table)
+            .filter(|f| f.scenario.starts_with("established") || f.scenario.starts_with("reverse"))
+            .filter(|f| !f.scenario.ends_with(" v6"))
+            .map(|f| {
+                let own = f.ns_per_packet - floor.ns_per_packet;
+                format!("{} {own:.0} ns ({:.2}x trivial)", f.scenario, own / trivial_ns)
+            })
+            .collect();
+        writeln!(
+            out,
+            "beyond the floor ({} table; the floor is {:.2}x trivial): {}",
+            floor.table,
+            floor.ns_per_packet / trivial_ns,
+            parts.join(", ")
+        )?;
+    }
     Ok(())
 }
 
