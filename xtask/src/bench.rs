@@ -30,8 +30,8 @@ pub enum Bench {
     Lab,
 }
 
-/// Runs `which` with `seconds` of traffic per scenario.
-pub fn bench(which: Bench, seconds: u64) -> Result<()> {
+/// Runs `which` with `seconds` of traffic per scenario (`rounds`: the lab's interleaved rounds).
+pub fn bench(which: Bench, seconds: u64, rounds: usize) -> Result<()> {
     ensure!(crate::is_root(), "benchmarks need root (network namespaces, XDP, BPF statistics)");
     setup::setup()?;
     let mut cargo = build::cargo();
@@ -43,7 +43,7 @@ pub fn bench(which: Bench, seconds: u64) -> Result<()> {
             // It drives the agent's library in-process; the far backend's `sshlb-agent backend
             // up` runs the binary, the release build.
             cargo.env("SSHLB_AGENT", build::build(true)?);
-            ("lab-bench", vec![])
+            ("lab-bench", vec![rounds.to_string()])
         }
     };
     cargo.args(["run", "--release", "--package", "sshlb-tests", "--bin", bin, "--"]);

@@ -59,6 +59,9 @@ enum Command {
         /// Seconds of traffic per scenario (each is also bounded in packets).
         #[arg(long, default_value_t = 2)]
         seconds: u64,
+        /// `lab`: interleaved rounds (every peer once per round; at least 2).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(2..))]
+        rounds: u16,
     },
     /// Run one cargo-fuzz target (fuzz/) for longer than the test suite does; new inputs go to
     /// fuzz/corpus-new/TARGET, crashes to fuzz/artifacts/TARGET.
@@ -149,7 +152,7 @@ fn main() -> ExitCode {
         Command::Lab { action, balancers, nat_pair } => {
             lab::lab(action, lab::shape(balancers, nat_pair))
         }
-        Command::Bench { which, seconds } => bench::bench(which, seconds),
+        Command::Bench { which, seconds, rounds } => bench::bench(which, seconds, rounds.into()),
         Command::Fuzz { target, seconds, sanitizer } => fuzz::fuzz(&target, seconds, &sanitizer),
     };
     match result {

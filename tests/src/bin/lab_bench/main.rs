@@ -28,7 +28,7 @@ use sshlb_tests::{
     unique, Detach,
 };
 
-/// Rounds of turns (every peer once per round).
+/// Rounds of turns (every peer once per round) unless the first argument says otherwise.
 const ROUNDS: usize = 2;
 
 /// HAProxy's health-check interval as operators leave it (`check inter 2s`); sshlb's checks
@@ -49,6 +49,9 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab benchmark needs root");
     }
+    let rounds: usize =
+        std::env::args().nth(1).map_or(Ok(ROUNDS), |s| s.parse()).context("ROUNDS")?;
+    anyhow::ensure!(rounds >= 2, "at least two interleaved rounds (got {rounds})");
     let started = Instant::now();
     let mut lab = Lab::build(&std::env::temp_dir().join(unique("bench")), true);
     for ns in &mut lab.topo.backends {
@@ -74,7 +77,7 @@ fn main() -> Result<()> {
     // so no XDP program or NAT rule sits in another peer's path.
     let haproxy = Haproxy::start(&mut lab, HAPROXY_CHECK_INTERVAL)?;
     let mut rows = Vec::new();
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds {
         for i in 0..TURNS.len() {
             let turn = TURNS[(i + round - 1) % TURNS.len()];
             match turn[0] {
