@@ -178,11 +178,11 @@ fn tiers(root: bool) -> Vec<Tier> {
             ]),
         },
         Tier {
-            // The oldest kernel's verifier is the weakest and its test-run API cannot take the
-            // packet fixtures, so real ssh through every mode runs there on every submission:
-            // its pruning once removed the tunnel path's too-big answer as dead code, which only
-            // an end-to-end login showed. About two minutes; the whole e2e tier on 5.10 and 7
-            // (some 15) is run by hand (README).
+            // The oldest kernel's verifier is the weakest (its pruning once removed the tunnel
+            // path's too-big answer as dead code, which an end-to-end login showed first) and
+            // its fixtures run without an ingress context, so real ssh and git through every
+            // mode and a tunnel run there on every submission. About two minutes; the whole
+            // e2e tier on 5.10 and 7 (some 13) is run by hand (README).
             name: "e2e in the 5.10 guest (e2e_ssh, e2e_tunnel)",
             needs_root: true,
             lint_or_setup: false,
