@@ -171,8 +171,9 @@ pub fn e2e(kernel: Kernel, only: &[String]) -> Result<()> {
     let mut lines = Vec::new();
     for k in kernel.expand() {
         let started = Instant::now();
-        let skips = guest::e2e_skips(k);
-        let skip_names: Vec<&str> = skips.iter().map(|(name, _)| *name).collect();
+        let skips: Vec<guest::Skip> =
+            guest::e2e_skips(k).into_iter().filter(|s| tests.contains(&s.binary)).collect();
+        let skip_names: Vec<&str> = skips.iter().map(|s| s.name).collect();
         let mut append = format!("sshlb_slowdown={}", boot::slowdown());
         if !skips.is_empty() {
             append += &format!(" sshlb_skip={}", skip_names.join(","));
@@ -195,8 +196,9 @@ pub fn e2e(kernel: Kernel, only: &[String]) -> Result<()> {
             }
             lines.push(format!("kernel {:<5} {:<28} {test:<11} {line}", k.label(), release));
         }
-        for (name, why) in &skips {
-            lines.push(format!("kernel {:<5} not run here: {name} — {why}", k.label()));
+        for skip in &skips {
+            let (binary, name, why) = (skip.binary, skip.name, skip.why);
+            lines.push(format!("kernel {:<5} not run here: {binary} {name} — {why}", k.label()));
         }
         lines.push(format!(
             "kernel {:<5} boot to power-off {:.0} s (console: {})",
