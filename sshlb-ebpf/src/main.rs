@@ -161,6 +161,32 @@ mod prog {
         bounce(&ctx)
     }
 
+    /// Benchmark floor with the parser: [`sshlb_floor`]'s lookup keyed by what `sshlb`'s own
+    /// parser (`parse_into`, every header validated) makes of the frame. Its cost over
+    /// `sshlb_floor` is the parser's; `sshlb`'s over it is the rest of an established packet's
+    /// work (counters, backend, next hop, rewrite).
+    #[xdp]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "aya's #[xdp] entry takes the context by value"
+    )]
+    pub fn sshlb_floor_parsed(ctx: XdpContext) -> u32 {
+        let Ok(icmp) = icmp::scratch() else {
+            return aya_ebpf::bindings::xdp_action::XDP_ABORTED;
+        };
+        let mut tcp = core::mem::MaybeUninit::<Tcp>::uninit();
+        // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
+        if parse::parse_into(&ctx, tcp.as_mut_ptr(), unsafe { &mut *icmp }) != Decision::CONTINUE {
+            return aya_ebpf::bindings::xdp_action::XDP_PASS;
+        }
+        // SAFETY: CONTINUE means parse_into wrote the whole Tcp.
+        let tcp = unsafe { tcp.assume_init_ref() };
+        if crate::flow::get(&tcp.key).is_none() {
+            return aya_ebpf::bindings::xdp_action::XDP_PASS;
+        }
+        bounce(&ctx)
+    }
+
     /// Swaps the frame's Ethernet addresses and says XDP_TX (XDP_DROP for a frame shorter than
     /// them).
     #[inline(always)]

@@ -38,6 +38,8 @@ pub const PASS_PROGRAM: &str = "sshlb_pass";
 pub const BASELINE_PROGRAM: &str = "sshlb_baseline";
 /// Name of the benchmark's floor program: the baseline plus one connection-table lookup.
 pub const FLOOR_PROGRAM: &str = "sshlb_floor";
+/// Name of the benchmark's floor with the parser: `sshlb`'s parser, then the lookup.
+pub const FLOOR_PARSED_PROGRAM: &str = "sshlb_floor_parsed";
 
 /// Pin file names inside an interface's pin directory (maps are pinned under their own names).
 const PIN_PROGRAM: &str = "prog";

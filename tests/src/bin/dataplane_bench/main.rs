@@ -81,7 +81,11 @@ fn main() -> Result<()> {
     let mut baselines = Vec::new();
     for (label, prefill) in [("1k", 1_000u32), ("1M", 1_000_000u32)] {
         baselines.push(baseline(budget)?);
-        results.push(floor(budget, prefill, label)?);
+        for (program, scenario) in
+            [(loader::FLOOR_PROGRAM, FLOOR), (loader::FLOOR_PARSED_PROGRAM, FLOOR_PARSED)]
+        {
+            results.push(floor(budget, prefill, label, program, scenario)?);
+        }
         let cfg = config::parse("bench.toml", &bench_config()).context("bench config")?;
         let mut balancer =
             daemon::start(&PathBuf::from(PIN_ROOT), "bl0", loader::AttachMode::Native, &cfg)
@@ -132,15 +136,23 @@ fn baseline(budget: Duration) -> Result<Figure> {
     Ok(figure)
 }
 
-/// Scenario name of [`floor`].
+/// Scenario names of [`floor`]'s two programs.
 pub const FLOOR: &str = "floor (one flow-table lookup)";
+pub const FLOOR_PARSED: &str = "floor (parser + lookup)";
 
-/// The floor program ([`loader::FLOOR_PROGRAM`]: the trivial program plus one `FLOWS` lookup)
-/// over a table of the balancer's size, prefilled like the balancer's with `prefill` flows and
-/// holding the 1,000 flows the established scenarios send: what an established packet costs
-/// in any design with such a connection table before it does anything else. Its own copy of
-/// the object, so the interface must be free.
-fn floor(budget: Duration, prefill: u32, table: &str) -> Result<Figure> {
+/// A floor program over a table of the balancer's size, prefilled like the balancer's with
+/// `prefill` flows and holding the 1,000 flows the established scenarios send:
+/// [`loader::FLOOR_PROGRAM`] (the trivial program plus one `FLOWS` lookup: what an established
+/// packet costs in any design with such a connection table before it does anything else) or
+/// [`loader::FLOOR_PARSED_PROGRAM`] (the same lookup after `sshlb`'s own parser). Its own copy
+/// of the object, so the interface must be free.
+fn floor(
+    budget: Duration,
+    prefill: u32,
+    table: &str,
+    program: &str,
+    scenario: &str,
+) -> Result<Figure> {
     let options = loader::LoadOptions { max_flows: MAX_FLOWS, ..Default::default() };
     let mut dp = loader::Dataplane::load_with(&options).context("loading")?;
     prefill_flows(&mut dp, prefill)?;
@@ -158,12 +170,18 @@ fn floor(budget: Duration, prefill: u32, table: &str) -> Result<Figure> {
         dp.flows().insert(key, flow, 0).context("a measured flow")?;
     }
     let ifindex = sshlb::sys::ifindex("bl0").context("bl0")?;
-    let program = dp.extra_program(loader::FLOOR_PROGRAM).context("floor program")?;
+    let program = dp.extra_program(program).context("floor program")?;
     let link = program.attach_to_if_index(ifindex, XdpMode::Driver).context("attach floor")?;
     let sock = PacketSocket::open("bg0")?;
     let established = from_clients(Family::V4, 0..FLOWS, NAT_PORT, false);
-    let figure =
-        measure(Target::Baseline(program), &sock, &established, Some(budget), FLOOR.into(), table)?;
+    let figure = measure(
+        Target::Baseline(program),
+        &sock,
+        &established,
+        Some(budget),
+        scenario.into(),
+        table,
+    )?;
     program.detach(link).context("detach floor")?;
     Ok(figure)
 }
