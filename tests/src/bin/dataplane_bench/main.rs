@@ -119,20 +119,27 @@ fn main() -> Result<()> {
 /// established scenarios; the interface must be free.
 fn baseline(budget: Duration) -> Result<Figure> {
     let mut dp = loader::Dataplane::load().context("loading")?;
+    let scenario = "trivial (MAC swap + XDP_TX)";
+    measure_peer(&mut dp, loader::BASELINE_PROGRAM, budget, scenario, "-")
+}
+
+/// Peer program `program` of `dp`'s object attached to the balancer's interface (which must be
+/// free) for the established scenarios' frames, then detached.
+fn measure_peer(
+    dp: &mut loader::Dataplane,
+    program: &str,
+    budget: Duration,
+    scenario: &str,
+    table: &str,
+) -> Result<Figure> {
     let ifindex = sshlb::sys::ifindex("bl0").context("bl0")?;
-    let baseline = dp.extra_program(loader::BASELINE_PROGRAM).context("baseline program")?;
-    let link = baseline.attach_to_if_index(ifindex, XdpMode::Driver).context("attach baseline")?;
+    let peer = dp.extra_program(program).with_context(|| format!("program {program}"))?;
+    let link = peer.attach_to_if_index(ifindex, XdpMode::Driver).context("attach")?;
     let sock = PacketSocket::open("bg0")?;
     let established = from_clients(Family::V4, 0..FLOWS, NAT_PORT, false);
-    let figure = measure(
-        Target::Baseline(baseline),
-        &sock,
-        &established,
-        Some(budget),
-        "trivial (MAC swap + XDP_TX)".into(),
-        "-",
-    )?;
-    baseline.detach(link).context("detach baseline")?;
+    let figure =
+        measure(Target::Baseline(peer), &sock, &established, Some(budget), scenario.into(), table)?;
+    peer.detach(link).context("detach")?;
     Ok(figure)
 }
 
@@ -169,21 +176,7 @@ fn floor(
         let flow = Flow { state: flow_state::ESTABLISHED, ..Flow::default() };
         dp.flows().insert(key, flow, 0).context("a measured flow")?;
     }
-    let ifindex = sshlb::sys::ifindex("bl0").context("bl0")?;
-    let program = dp.extra_program(program).context("floor program")?;
-    let link = program.attach_to_if_index(ifindex, XdpMode::Driver).context("attach floor")?;
-    let sock = PacketSocket::open("bg0")?;
-    let established = from_clients(Family::V4, 0..FLOWS, NAT_PORT, false);
-    let figure = measure(
-        Target::Baseline(program),
-        &sock,
-        &established,
-        Some(budget),
-        scenario.into(),
-        table,
-    )?;
-    program.detach(link).context("detach floor")?;
-    Ok(figure)
+    measure_peer(&mut dp, program, budget, scenario, table)
 }
 
 /// The bench network inside `ns`: bl0 (the balancer) ↔ bg0 (the generator, which is also the
