@@ -1,6 +1,7 @@
 //! Builds the XDP programs (`sshlb-ebpf`, nightly, `bpfel-unknown-none`) and leaves the objects at
-//! `$OUT_DIR/sshlb` (the balancer) and `$OUT_DIR/sshlb-decap` (the backend side), where
-//! `loader.rs` and `backend.rs` embed them into the `sshlb-agent` binary.
+//! `$OUT_DIR/sshlb` (the balancer), `$OUT_DIR/sshlb-decap` (the backend side) and
+//! `$OUT_DIR/sshlb-clock` (the clock probe), where `loader.rs`, `backend.rs` and `clock.rs` embed
+//! them into the `sshlb-agent` binary.
 //!
 //! With `AYA_BUILD_SKIP=1` (host-only checks on a machine without bpf-linker) an empty object is
 //! written instead; the agent and the BPF tests then report "BPF object missing" and skip clearly.
@@ -14,6 +15,7 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         fs::write(&object, b"")?;
         fs::write(out_dir.join("sshlb-decap"), b"")?;
+        fs::write(out_dir.join("sshlb-clock"), b"")?;
         return Ok(());
     }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));

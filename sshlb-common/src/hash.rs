@@ -70,6 +70,50 @@ pub const fn filter_slot(addr: &[u8; 16], port_be: u16, fam: u8) -> u32 {
     (h >> 20) & (crate::FILTER_BITS - 1)
 }
 
+/// Slots of the data plane's per-CPU flow cache (`FLOW_CACHE`, direct-mapped by
+/// [`flow_cache_slot`]), 64 bytes each: 256 KiB per CPU, enough for the established flows a CPU
+/// carries at once in an SSH fleet (a colliding or evicted flow is looked up in the table, as
+/// without the cache).
+pub const FLOW_CACHE_SLOTS: u32 = 4096;
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+
+/// The flow cache's slot for a flow key given as its five native-order words (how the data
+/// plane reads it to compare it): the words folded by XOR — an IPv4 key's unused address words
+/// are zero, so both families take one path — and a multiplicative (Fibonacci) hash of the
+/// fold, whose top bits depend on every bit of it. Ten instructions, where the ring's
+/// MurmurHash rounds take a hundred: the cache only needs flows that differ — in a port, an
+/// address byte — to land apart. Not keyed: a client that picks colliding tuples makes its own
+/// segments miss the cache and pay the table lookup, nothing more.
+#[inline(always)]
+pub const fn flow_cache_slot(w: &[u64; 5]) -> u32 {
+    let mut x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
+    // MurmurHash3's 64-bit finaliser, first half: the shift brings the address's high bytes
+    // down to the ports' before the multiply spreads them upwards.
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as u32
+}
+
+/// `key` as the five native-order words [`flow_cache_slot`] takes.
+pub fn flow_key_words(key: &FlowKey) -> [u64; 5] {
+    let half = |a: &[u8; 16], i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&a[i..i + 8]);
+        u64::from_ne_bytes(b)
+    };
+    let [p0, p1] = key.sport_be.to_ne_bytes();
+    let [q0, q1] = key.dport_be.to_ne_bytes();
+    let [z0, z1] = key.pad.to_ne_bytes();
+    [
+        half(&key.src, 0),
+        half(&key.src, 8),
+        half(&key.dst, 0),
+        half(&key.dst, 8),
+        u64::from_ne_bytes([p0, p1, q0, q1, key.proto, key.family, z0, z1]),
+    ]
+}
+
 /// Slots of the data plane's per-CPU next-hop cache (`HOP_CACHE`, direct-mapped by
 /// destination). Sized for the reply path of full NAT, whose destinations are the clients:
 /// 4,096 slots keep most of a few thousand active clients' next hops.
@@ -177,5 +221,36 @@ mod tests {
         for b in buckets {
             assert!((9_700..=10_300).contains(&b), "uneven spread: {buckets:?}");
         }
+    }
+
+    #[test]
+    fn a_fleets_flows_spread_over_the_flow_cache() {
+        // A direct-mapped cache of 4,096 slots keeps ~89 % of 1,000 uniformly hashed keys
+        // apart; a hash that ignored the ports or the low address bytes would pile them up.
+        let spread = |keys: &mut dyn Iterator<Item = FlowKey>| {
+            let mut taken = [false; FLOW_CACHE_SLOTS as usize];
+            for k in keys {
+                taken[flow_cache_slot(&flow_key_words(&k)) as usize] = true;
+            }
+            taken.iter().filter(|&&t| t).count()
+        };
+        // 1,000 sessions from 250 clients of one subnet, four source ports each.
+        let fleet = spread(
+            &mut (0..1000u32).map(|i| key([198, 19, 0, (i / 4) as u8], 40_000 + (i % 4) as u16)),
+        );
+        assert!(fleet > 850, "1,000 flows of 250 clients in {fleet} slots");
+        // One client's sequential ports.
+        let ports = spread(&mut (0..1000u16).map(|p| key([198, 19, 0, 1], 40_000 + p)));
+        assert!(ports > 850, "1,000 ports of one client in {ports} slots");
+        // IPv6 clients of one /64, each its own interface id.
+        let v6 = spread(&mut (0..1000u16).map(|i| {
+            let mut k = key([0, 0, 0, 0], 40_000);
+            k.family = family::V6;
+            k.src = [0xfd, 0, 0, 0x19, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0, 0, 0];
+            k.src[14..].copy_from_slice(&i.to_be_bytes());
+            k.dst = [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+            k
+        }));
+        assert!(v6 > 850, "1,000 IPv6 clients in {v6} slots");
     }
 }

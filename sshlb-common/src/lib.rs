@@ -63,6 +63,12 @@ pub mod map_names {
     /// [`crate::ResetEvent`] each: a ring buffer written by XDP, read by the agent, which answers
     /// the client with a RST carrying the sequence number the segment acknowledged.
     pub const RESETS: &str = "RESETS";
+    /// The connection table's generation, one `u64` at index 0: each CPU's flow cache (a
+    /// per-CPU copy of the entries its established segments follow, private to the data plane)
+    /// trusts only entries filled under the current value. Bumped by whoever changes or removes
+    /// `FLOWS` entries behind the data plane's back (the agent's kill and expiry), so a change
+    /// takes effect on the next segment.
+    pub const FLOW_EPOCH: &str = "FLOW_EPOCH";
 }
 
 /// Size in bytes of the [`map_names::RESETS`] ring buffer (a power of two, a multiple of the
@@ -419,8 +425,15 @@ pub const fn started_s(now_ns: u64) -> u32 {
     (now_ns / 1_000_000_000) as u32
 }
 
-/// How often (at most) the data plane rewrites `Flow::last_seen_ns`.
+/// How often (at most) the data plane rewrites `Flow::last_seen_ns`; also how long a CPU's
+/// flow cache trusts its copy of an entry before it looks at the table again.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// How far `Flow::last_seen_ns` may lag an established flow's last segment: a segment followed
+/// from a CPU's cached copy (up to [`LAST_SEEN_GRANULARITY_NS`] old) does not touch the entry,
+/// and a table hit rewrites it only when it is older than the granularity. (Handshakes and
+/// killed flows are never cached: theirs lags by the granularity at most.)
+pub const LAST_SEEN_MAX_LAG_NS: u64 = 2 * LAST_SEEN_GRANULARITY_NS;
 
 /// TCP state as the balancer tracks it (coarser than the endpoints' own state machines).
 pub mod flow_state {

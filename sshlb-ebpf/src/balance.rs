@@ -7,7 +7,7 @@ use sshlb_common::{
 };
 
 use crate::{
-    clock,
+    cache, clock,
     csum::{self, words},
     flow,
     nat::{self, Rewrite},
@@ -38,8 +38,8 @@ struct Assigned {
 /// A segment that may be addressed to a service's VIP (the pre-filter said so): follow its
 /// flow, or start one if the VIP and port are a service's.
 ///
-/// One BPF subprogram with everything an established segment runs through inlined (table
-/// lookup, rewrite, next-hop cache): a BPF-to-BPF call costs a call and a `ret`, and on this
+/// One BPF subprogram with everything an established segment runs through inlined (flow
+/// cache or table lookup, rewrite, next-hop cache): a BPF-to-BPF call costs a call and a `ret`, and on this
 /// kind of machine every `ret` goes through the kernel's return thunk (SRSO/retbleed
 /// mitigations). What only a new flow needs ([`create`]) and a next-hop cache miss are
 /// subprograms of their own, so their stack frames stay out of this one's (the verifier allows
@@ -52,11 +52,13 @@ pub fn forward(ctx: &XdpContext, pkt: &Tcp) -> Decision {
 #[inline(always)]
 fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     let now = clock::now();
-    let mut assigned =
-        Assigned { backend_id: 0, service_id: 0, nat_port_be: 0, flags: 0, new_flow: false };
-    // The connection table first: an established segment — nearly every packet — is decided by
-    // this one lookup and the array reads below.
-    let found = follow(pkt, now, &mut assigned);
+    // Not zeroed: this LLVM lowers zeroing even 12 bytes to a call into a byte loop, which
+    // costs an established segment more than its cache lookup. `follow` writes it whole unless
+    // it finds nothing (`Found::New`), and then `create` does before it returns `Ok`.
+    let mut assigned = core::mem::MaybeUninit::<Assigned>::uninit();
+    // The flow first: an established segment — nearly every packet — is decided by this CPU's
+    // cached copy of its entry (or the table) and the array reads below.
+    let found = follow(pkt, now, assigned.as_mut_ptr());
     if found != Found::Followed {
         // New, or a finished tuple reused: either way a flow starts here, if this is a service.
         let Some(service) = services::lookup(&pkt.key) else { return Ok(Outcome::NotService) };
@@ -64,8 +66,12 @@ fn try_forward(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
             return Err(Error::SpoofedSource);
         }
         admit(pkt, &service, now)?;
-        create(pkt, &service, now, found == Found::Reused, &mut assigned)?;
-    } else if assigned.flags & flow_flags::KILL != 0 && !reset::reset(ctx, pkt) {
+        create(pkt, &service, now, found == Found::Reused, assigned.as_mut_ptr())?;
+    }
+    // SAFETY: written whole by `follow` (Followed, Reused) or by `create` (which returned Ok).
+    let assigned = unsafe { assigned.assume_init_ref() };
+    if found == Found::Followed && assigned.flags & flow_flags::KILL != 0 && !reset::reset(ctx, pkt)
+    {
         // The agent is ending this flow: the segment leaves as a RST (see `reset`).
         return Err(Error::TruncatedTcp);
     }
@@ -125,25 +131,54 @@ enum Found {
     Reused,
 }
 
-/// Follows the flow's entry if it has one.
+/// Follows the flow's entry if it has one: this CPU's cached copy when it may, else the table.
 #[inline(always)]
-fn follow(pkt: &Tcp, now: u64, out: &mut Assigned) -> Found {
+fn follow(pkt: &Tcp, now: u64, out: *mut Assigned) -> Found {
+    let epoch = cache::epoch();
+    if let Some(epoch) = epoch {
+        if let Some(hit) = cache::flow(&pkt.key, pkt.flags, now, epoch) {
+            // SAFETY: this CPU's cache slot, read whole fields once; `out` is the caller's
+            // (uninitialised) Assigned, written whole.
+            unsafe {
+                out.write(Assigned {
+                    backend_id: (*hit).backend_id,
+                    service_id: (*hit).service_id,
+                    nat_port_be: (*hit).nat_port_be,
+                    flags: (*hit).flags,
+                    new_flow: false,
+                });
+            }
+            return Found::Followed;
+        }
+    }
     let Some(entry) = flow::get(&pkt.key) else { return Found::New };
     // SAFETY: a live map value; read whole fields once.
-    let (backend_id, service_id, nat_port_be, state, flags) = unsafe {
-        (
-            (*entry).backend_id,
-            (*entry).service_id,
-            (*entry).nat_port_be,
-            (*entry).state,
-            (*entry).flags,
-        )
+    let copy = unsafe {
+        cache::Copied {
+            backend_id: (*entry).backend_id,
+            service_id: (*entry).service_id,
+            nat_port_be: (*entry).nat_port_be,
+            state: (*entry).state,
+            flags: (*entry).flags,
+        }
     };
-    *out = Assigned { backend_id, service_id, nat_port_be, flags, new_flow: false };
-    if is_syn(pkt.flags) && flow::is_finished(state) {
+    // SAFETY: the caller's Assigned, written whole.
+    unsafe {
+        out.write(Assigned {
+            backend_id: copy.backend_id,
+            service_id: copy.service_id,
+            nat_port_be: copy.nat_port_be,
+            flags: copy.flags,
+            new_flow: false,
+        });
+    }
+    if is_syn(pkt.flags) && flow::is_finished(copy.state) {
         return Found::Reused;
     }
     flow::touch(entry, pkt.flags, now, true);
+    if let Some(epoch) = epoch {
+        cache::remember_flow(&pkt.key, pkt.flags, &copy, now, epoch);
+    }
     Found::Followed
 }
 
@@ -162,15 +197,16 @@ fn is_syn(flags: u8) -> bool {
     flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
 }
 
-/// Creates the entry of a new (or recovered) flow; `reused` names a finished flow with the
-/// same tuple, described by `out` on entry.
+/// Creates the entry of a new (or recovered) flow and writes `out` whole (when it returns `Ok`);
+/// `reused` names a finished flow with the same tuple, described by `out` on entry (which is
+/// otherwise uninitialised).
 #[inline(never)]
 fn create(
     pkt: &Tcp,
     service: &Service,
     now: u64,
     reused: bool,
-    out: &mut Assigned,
+    out: *mut Assigned,
 ) -> Result<(), Error> {
     let syn = is_syn(pkt.flags);
     // Tunnel mode is direct server return too (the backend owns the VIP and answers the client).
@@ -185,20 +221,25 @@ fn create(
         let backend_id =
             services::backend_for_new_flow(service, &pkt.key).ok_or(Error::NoBackend)?;
         count(stats::EVENT_STATELESS_CLOSE);
-        *out = Assigned {
-            backend_id,
-            service_id: service.id,
-            nat_port_be: 0,
-            flags: tunnel_flags(service),
-            new_flow: false,
-        };
+        // SAFETY: the caller's Assigned, written whole.
+        unsafe {
+            out.write(Assigned {
+                backend_id,
+                service_id: service.id,
+                nat_port_be: 0,
+                flags: tunnel_flags(service),
+                new_flow: false,
+            });
+        }
         return Ok(());
     }
     if reused {
         // The client reused the tuple of a finished flow: free its NAT port, start afresh.
-        if let Some(old) = services::backend(out.backend_id) {
-            if out.nat_port_be != 0 {
-                nat::release_port(&old, out.nat_port_be, pkt.key.family);
+        // SAFETY: `reused`: `follow` wrote `out`.
+        let (old_backend, old_port) = unsafe { ((*out).backend_id, (*out).nat_port_be) };
+        if let Some(old) = services::backend(old_backend) {
+            if old_port != 0 {
+                nat::release_port(&old, old_port, pkt.key.family);
             }
         }
     }
@@ -227,13 +268,19 @@ fn create(
     }
     match flow::insert(&pkt.key, &new, reused) {
         Ok(()) => {
-            *out = Assigned {
-                backend_id,
-                service_id: service.id,
-                nat_port_be: new.nat_port_be,
-                flags: new.flags,
-                new_flow: true,
-            };
+            if reused {
+                cache::replaced();
+            }
+            // SAFETY: the caller's Assigned, written whole.
+            unsafe {
+                out.write(Assigned {
+                    backend_id,
+                    service_id: service.id,
+                    nat_port_be: new.nat_port_be,
+                    flags: new.flags,
+                    new_flow: true,
+                });
+            }
             Ok(())
         }
         Err(err) => {
@@ -248,13 +295,16 @@ fn create(
             // SAFETY: a live map value.
             let (backend_id, nat_port_be, flags) =
                 unsafe { ((*entry).backend_id, (*entry).nat_port_be, (*entry).flags) };
-            *out = Assigned {
-                backend_id,
-                service_id: service.id,
-                nat_port_be,
-                flags,
-                new_flow: false,
-            };
+            // SAFETY: the caller's Assigned, written whole.
+            unsafe {
+                out.write(Assigned {
+                    backend_id,
+                    service_id: service.id,
+                    nat_port_be,
+                    flags,
+                    new_flow: false,
+                });
+            }
             Ok(())
         }
     }
@@ -270,15 +320,28 @@ pub fn reverse(ctx: &XdpContext, pkt: &Tcp) -> Decision {
 #[inline(always)]
 fn try_reverse(ctx: &XdpContext, pkt: &Tcp) -> Result<Outcome, Error> {
     let fam = pkt.key.family;
-    // A miss is the balancer's own traffic (health checks, its own sshd): the kernel's.
-    // The segment runs backend → balancer: the backend is its source, the NAT port its
-    // destination port.
-    let nat_key = NatKey::new(pkt.key.src, pkt.key.sport_be, pkt.key.dport_be, fam);
-    let Some(nat_flow) = nat::reverse_lookup(nat_key) else { return Ok(Outcome::NotService) };
-    let client = nat_flow.client;
     let now = clock::now();
-    // One hash lookup per reply: the connection table only hears of the backend's FIN or RST
-    // (the client's own segments keep its last-seen time fresh).
+    let epoch = cache::epoch();
+    // This CPU's copy of the reverse entry, else the reverse index. A miss is the balancer's
+    // own traffic (health checks, its own sshd): the kernel's. The segment runs backend →
+    // balancer: the backend is its source, the NAT port its destination port.
+    let hit = epoch.and_then(|epoch| cache::reply(&pkt.key, pkt.flags, now, epoch));
+    let nat_flow = if let Some(copy) = hit {
+        // SAFETY: this CPU's cache slot, copied out at once.
+        unsafe { *copy }
+    } else {
+        let nat_key = NatKey::new(pkt.key.src, pkt.key.sport_be, pkt.key.dport_be, fam);
+        let Some(nat_flow) = nat::reverse_lookup(nat_key) else {
+            return Ok(Outcome::NotService);
+        };
+        if let Some(epoch) = epoch {
+            cache::remember_reply(&pkt.key, pkt.flags, &nat_flow, now, epoch);
+        }
+        nat_flow
+    };
+    let client = nat_flow.client;
+    // The connection table only hears of the backend's FIN or RST (the client's own segments
+    // keep its last-seen time fresh).
     if pkt.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
         if let Some(entry) = flow::get(&client) {
             flow::touch(entry, pkt.flags, now, false);

@@ -2,7 +2,8 @@
 //!
 //! A plain (non-LRU) hash: an entry leaves only when the agent expires it by its state's idle
 //! timeout, never because the table is under pressure. When it is full, *new* flows are refused
-//! and counted; an idle SSH session is never evicted to make room for a SYN flood.
+//! and counted; an idle SSH session is never evicted to make room for a SYN flood. Each CPU
+//! keeps copies of the entries its established segments follow in front of it (`cache.rs`).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::HashMap};
 use sshlb_common::{flow_state, Flow, FlowKey, DEFAULT_MAX_FLOWS, LAST_SEEN_GRANULARITY_NS};

@@ -20,6 +20,8 @@
 #[cfg(target_arch = "bpf")]
 mod balance;
 #[cfg(target_arch = "bpf")]
+mod cache;
+#[cfg(target_arch = "bpf")]
 mod clock;
 #[cfg(target_arch = "bpf")]
 mod csum;
@@ -140,25 +142,53 @@ mod prog {
         reason = "aya's #[xdp] entry takes the context by value"
     )]
     pub fn sshlb_floor(ctx: XdpContext) -> u32 {
-        use sshlb_common::{family, proto, v4_in_16, FlowKey};
-        // Ethernet (14) + IPv4 without options (20) + the TCP ports (4).
-        let Some(frame) = crate::parse::ptr_at::<[u8; 38]>(&ctx, 0) else {
+        let Some(key) = floor_key(&ctx) else {
             return aya_ebpf::bindings::xdp_action::XDP_DROP;
         };
+        if crate::flow::get(&key).is_none() {
+            return aya_ebpf::bindings::xdp_action::XDP_PASS;
+        }
+        bounce(&ctx)
+    }
+
+    /// Benchmark floor for new flows: [`sshlb_floor`]'s lookup and, when it misses, an insert
+    /// of an empty entry under the same key — the least a connection table costs a new flow
+    /// (`sshlb` also looks up the service, picks a backend and, for full NAT, claims a port in
+    /// a second table). `cargo xtask bench dataplane` sends it the new-flow scenarios' SYNs.
+    #[xdp]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "aya's #[xdp] entry takes the context by value"
+    )]
+    pub fn sshlb_floor_insert(ctx: XdpContext) -> u32 {
+        let Some(key) = floor_key(&ctx) else {
+            return aya_ebpf::bindings::xdp_action::XDP_DROP;
+        };
+        if crate::flow::get(&key).is_none()
+            && crate::flow::insert(&key, &sshlb_common::Flow::default(), false).is_err()
+        {
+            return aya_ebpf::bindings::xdp_action::XDP_PASS;
+        }
+        bounce(&ctx)
+    }
+
+    /// The floors' flow key, from fixed offsets (untagged IPv4 without options: the
+    /// benchmark's frames; nothing validated).
+    #[inline(always)]
+    fn floor_key(ctx: &XdpContext) -> Option<sshlb_common::FlowKey> {
+        use sshlb_common::{family, proto, v4_in_16, FlowKey};
+        // Ethernet (14) + IPv4 without options (20) + the TCP ports (4).
+        let frame = crate::parse::ptr_at::<[u8; 38]>(ctx, 0)?;
         // SAFETY: ptr_at checked the 38 bytes.
         let b = unsafe { &*frame };
-        let key = FlowKey::new(
+        Some(FlowKey::new(
             v4_in_16([b[26], b[27], b[28], b[29]]),
             v4_in_16([b[30], b[31], b[32], b[33]]),
             u16::from_ne_bytes([b[34], b[35]]),
             u16::from_ne_bytes([b[36], b[37]]),
             proto::TCP,
             family::V4,
-        );
-        if crate::flow::get(&key).is_none() {
-            return aya_ebpf::bindings::xdp_action::XDP_PASS;
-        }
-        bounce(&ctx)
+        ))
     }
 
     /// Benchmark floor with the parser: [`sshlb_floor`]'s lookup keyed by what `sshlb`'s own

@@ -160,7 +160,12 @@ fn reclaim(nat_key: NatKey, entry_for_new: &NatFlow, now: u64) -> bool {
         // The dead handshake goes; a late ACK of it would be picked up as a recovered flow.
         let _ignored = flow::remove(holder);
     }
-    NAT_REVERSE.insert(nat_key, entry_for_new, 0).is_ok()
+    if NAT_REVERSE.insert(nat_key, entry_for_new, 0).is_err() {
+        return false;
+    }
+    // No CPU may send the port's replies to its old holder from a copy.
+    crate::cache::replaced();
+    true
 }
 
 /// Frees the NAT port of a flow that is being replaced or could not be stored.

@@ -59,3 +59,17 @@ load!(load64, u64, "u64");
 store!(store16, u16, "u16");
 store!(store32, u32, "u32");
 store!(store64, u64, "u64");
+
+/// Adds `v` to the u64 at `p` atomically (BPF's `lock xadd`, its result unused: every kernel
+/// takes it; this target's `core` has no atomic read-modify-write to say it with).
+///
+/// # Safety
+/// `p` must point at an 8-byte-aligned u64 in a map value.
+#[inline(always)]
+pub unsafe fn atomic_add64(p: *mut u64, v: u64) {
+    // SAFETY: per the contract; one atomic add.
+    unsafe {
+        asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v,
+            options(nostack, preserves_flags));
+    }
+}

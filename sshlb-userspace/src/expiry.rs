@@ -14,9 +14,16 @@ pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
         flow_state::FIN => timeouts.fin,
         _ => timeouts.closed,
     };
-    // The data plane refreshes last_seen at most once a second: allow for that.
+    // The data plane's last_seen lags the flow's last segment: by up to a second where every
+    // segment reads the table (a handshake, a flow being killed: no CPU keeps a copy of those),
+    // else by up to two (a segment following a CPU's copy does not touch the entry).
+    let lag = if flow.flags & flow_flags::KILL != 0 || flow.state == flow_state::SYN {
+        sshlb_common::LAST_SEEN_GRANULARITY_NS
+    } else {
+        sshlb_common::LAST_SEEN_MAX_LAG_NS
+    };
     let idle = now_ns.saturating_sub(flow.last_seen_ns);
-    idle > limit.as_nanos() as u64 + sshlb_common::LAST_SEEN_GRANULARITY_NS
+    idle > limit.as_nanos() as u64 + lag
 }
 
 /// What a sweep did.
@@ -42,11 +49,15 @@ pub fn sweep(dp: &mut Dataplane, now_ns: u64, timeouts: &Timeouts) -> Result<Swe
             result.expired += 1;
         }
     }
+    if result.expired > 0 {
+        dp.flows_changed()?;
+    }
     Ok(result)
 }
 
 /// Removes the flow `key` (and its NAT reverse entry) if `still(current entry)` holds; returns
-/// whether it was removed. The next packet of a removed flow finds no entry: from the client it
+/// whether it was removed. The caller tells the data plane ([`Dataplane::flows_changed`]) once
+/// its batch is done. The next packet of a removed flow finds no entry: from the client it
 /// is treated as a new (recovered) flow, from a full-NAT backend it goes to the kernel, which has
 /// no such connection and resets it.
 pub fn remove_flow(
@@ -77,6 +88,12 @@ pub fn remove_where(dp: &mut Dataplane, doomed: impl Fn(&FlowKey, &Flow) -> bool
             removed += 1;
         }
     }
+    if removed > 0 {
+        if let Err(err) = dp.flows_changed() {
+            // The CPUs' cached copies of the removed flows lapse within a second anyway.
+            tracing::warn!("removed {removed} flows, but could not tell the data plane: {err}");
+        }
+    }
     removed
 }
 
@@ -103,11 +120,15 @@ mod tests {
         let now = 10_000 * SEC;
         // One hour minus a bit of silence: an idle SSH session stays.
         assert!(!is_expired(&flow(flow_state::ESTABLISHED, 10_000 - 3599), now, &t));
-        assert!(is_expired(&flow(flow_state::ESTABLISHED, 10_000 - 3602), now, &t));
+        // Two seconds' allowance for the lag of last_seen behind the flow's last segment.
+        assert!(!is_expired(&flow(flow_state::ESTABLISHED, 10_000 - 3602), now, &t));
+        assert!(is_expired(&flow(flow_state::ESTABLISHED, 10_000 - 3603), now, &t));
         assert!(!is_expired(&flow(flow_state::SYN, 10_000 - 30), now, &t));
+        // A handshake's segments all read the table: one second's allowance.
         assert!(is_expired(&flow(flow_state::SYN, 10_000 - 32), now, &t));
-        assert!(is_expired(&flow(flow_state::FIN, 10_000 - 62), now, &t));
-        assert!(is_expired(&flow(flow_state::CLOSED, 10_000 - 12), now, &t));
+        assert!(!is_expired(&flow(flow_state::FIN, 10_000 - 62), now, &t));
+        assert!(is_expired(&flow(flow_state::FIN, 10_000 - 63), now, &t));
+        assert!(is_expired(&flow(flow_state::CLOSED, 10_000 - 13), now, &t));
         assert!(!is_expired(&flow(flow_state::CLOSED, 10_000 - 10), now, &t));
     }
 

@@ -9,7 +9,7 @@
 //! file was edited since the last reload, say) keeps its addresses and shows no name.
 //!
 //! Age and idle time come from the entry's `started_s` and `last_seen_ns` (CLOCK_MONOTONIC;
-//! idle has 1 s granularity, `LAST_SEEN_GRANULARITY_NS`). A recovered flow's age counts from the
+//! idle lags by up to 2 s, `LAST_SEEN_MAX_LAG_NS`). A recovered flow's age counts from the
 //! packet that recovered it; an entry made by a data plane older than `started_s` has no age.
 
 use std::{

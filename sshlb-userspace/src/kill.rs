@@ -101,6 +101,15 @@ pub fn mark(
             targets.push(Target { client: (vip, client), backend: backend_side });
         }
     }
+    // The next segment of a marked flow must see the mark, not a CPU's cached copy.
+    if !targets.is_empty() {
+        if let Err(err) = dp.flows_changed() {
+            tracing::warn!(
+                "marked {} flows, but could not tell the data plane: {err}",
+                targets.len()
+            );
+        }
+    }
     targets
 }
 

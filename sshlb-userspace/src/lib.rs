@@ -19,6 +19,7 @@
 pub mod announce;
 pub mod backend;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -40,13 +40,15 @@ pub const BASELINE_PROGRAM: &str = "sshlb_baseline";
 pub const FLOOR_PROGRAM: &str = "sshlb_floor";
 /// Name of the benchmark's floor with the parser: `sshlb`'s parser, then the lookup.
 pub const FLOOR_PARSED_PROGRAM: &str = "sshlb_floor_parsed";
+/// Peer program of `cargo xtask bench dataplane`: the lookup floor plus an insert on a miss.
+pub const FLOOR_INSERT_PROGRAM: &str = "sshlb_floor_insert";
 
 /// Pin file names inside an interface's pin directory (maps are pinned under their own names).
 const PIN_PROGRAM: &str = "prog";
 const PIN_LINK: &str = "link";
 
 /// Maps that are pinned (and adopted by name on restart).
-const PINNED_MAPS: [&str; 16] = [
+const PINNED_MAPS: [&str; 17] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::RINGS,
@@ -63,10 +65,15 @@ const PINNED_MAPS: [&str; 16] = [
     map_names::OWN_ADDRESSES,
     map_names::RESETS,
     map_names::OWN_FILTER,
+    map_names::FLOW_EPOCH,
 ];
 
 /// The program's `.rodata` switch to `bpf_ktime_get_coarse_ns` (`sshlb-ebpf`'s `clock.rs`).
 const COARSE_CLOCK: &str = "COARSE_CLOCK";
+/// The program's `.rodata` jiffies clock: ns per jiffy (0: off) and CLOCK_MONOTONIC at jiffy 0
+/// ([`crate::clock`]).
+const JIFFY_NS: &str = "JIFFY_NS";
+const JIFFIES_BASE_NS: &str = "JIFFIES_BASE_NS";
 
 /// Whether the running kernel has `bpf_ktime_get_coarse_ns` (Linux 5.11). Unknown: no (the
 /// precise clock works everywhere).
@@ -76,7 +83,7 @@ fn has_coarse_clock() -> bool {
 
 /// Pinned maps a previous version may not have left (added since): adopting its pins creates
 /// them, and their all-zero contents are safe until the agent writes them.
-const ADDED_MAPS: [&str; 1] = [map_names::OWN_FILTER];
+const ADDED_MAPS: [&str; 2] = [map_names::OWN_FILTER, map_names::FLOW_EPOCH];
 
 /// How the program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -243,7 +250,7 @@ impl Default for LoadOptions {
 }
 
 /// `(map, key size, value size, max entries)` this binary expects for every pinned map.
-fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 16] {
+fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 17] {
     use core::mem::size_of;
 
     use sshlb_common::{
@@ -285,6 +292,7 @@ fn expected_layout(options: &LoadOptions) -> [(&'static str, u32, u32, u32); 16]
         (map_names::OWN_ADDRESSES, size(size_of::<OwnAddr>()), 4, MAX_OWN_ADDRESSES),
         (map_names::RESETS, 0, 0, sshlb_common::RESETS_BYTES),
         (map_names::OWN_FILTER, 4, size(size_of::<OwnFilter>()), 1),
+        (map_names::FLOW_EPOCH, 4, 8, 1),
     ]
 }
 
@@ -333,10 +341,14 @@ impl Dataplane {
         }
         let mut loader = EbpfLoader::new();
         let coarse_clock = u8::from(has_coarse_clock());
+        let jiffies = crate::clock::calibrated();
+        let (jiffy_ns, jiffies_base_ns) = jiffies.map_or((0u64, 0u64), |j| (j.tick_ns, j.base_ns));
         loader
             .map_max_entries(map_names::FLOWS, options.max_flows)
             .map_max_entries(map_names::NAT_REVERSE, options.max_flows)
-            .override_global(COARSE_CLOCK, &coarse_clock, true);
+            .override_global(COARSE_CLOCK, &coarse_clock, true)
+            .override_global(JIFFY_NS, &jiffy_ns, true)
+            .override_global(JIFFIES_BASE_NS, &jiffies_base_ns, true);
         let pins: Vec<(&'static str, PathBuf)> = match &options.pin_dir {
             Some(dir) => PINNED_MAPS.iter().map(|name| (*name, dir.join(name))).collect(),
             None => Vec::new(),

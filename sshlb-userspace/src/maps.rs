@@ -63,6 +63,23 @@ impl Dataplane {
         HashMap::try_from(map).expect("FLOWS is a hash map of FlowKey → Flow")
     }
 
+    /// Tells the data plane that `FLOWS` entries were changed or removed behind it: bumps
+    /// `FLOW_EPOCH`, so that no CPU's flow cache follows a copy made before the change (each
+    /// CPU keeps copies of the established flows it forwards, trusted for at most a second
+    /// otherwise). Call once after a batch of changes.
+    pub fn flows_changed(&mut self) -> Result<(), MapsError> {
+        let mut epoch = self.array::<u64>(map_names::FLOW_EPOCH);
+        let now = epoch.get(&0, 0).map_err(map_err("reading", map_names::FLOW_EPOCH))?;
+        epoch.set(0, now.wrapping_add(1), 0).map_err(map_err("writing", map_names::FLOW_EPOCH))
+    }
+
+    /// The connection table's generation (`FLOW_EPOCH`), as [`Self::flows_changed`] bumps it.
+    pub fn flow_epoch(&mut self) -> Result<u64, MapsError> {
+        self.array::<u64>(map_names::FLOW_EPOCH)
+            .get(&0, 0)
+            .map_err(map_err("reading", map_names::FLOW_EPOCH))
+    }
+
     /// Calls `visit` with every connection-table entry, in batched reads ([`crate::flows`]).
     pub fn walk_flows(
         &mut self,

@@ -30,13 +30,20 @@ pub enum Bench {
     Lab,
 }
 
-/// Runs `which` with `seconds` of traffic per scenario (`rounds`: the lab's interleaved rounds).
-pub fn bench(which: Bench, seconds: u64, rounds: usize) -> Result<()> {
+/// Runs `which` with `seconds` of traffic per scenario (`rounds`: the lab's interleaved rounds;
+/// `quick`: the data plane's 1k table over IPv4 only).
+pub fn bench(which: Bench, seconds: u64, rounds: usize, quick: bool) -> Result<()> {
     ensure!(crate::is_root(), "benchmarks need root (network namespaces, XDP, BPF statistics)");
     setup::setup()?;
     let mut cargo = build::cargo();
     let (bin, args) = match which {
-        Bench::Dataplane => ("dataplane-bench", vec![seconds.to_string()]),
+        Bench::Dataplane => {
+            let mut args = vec![seconds.to_string()];
+            if quick {
+                args.push("--quick".into());
+            }
+            ("dataplane-bench", args)
+        }
         Bench::Agent => ("agent-bench", vec![]),
         Bench::Flood => ("flood-bench", vec![]),
         Bench::Lab => {

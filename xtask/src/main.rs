@@ -62,6 +62,10 @@ enum Command {
         /// `lab`: interleaved rounds (every peer once per round; at least 2).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(2..))]
         rounds: u16,
+        /// `dataplane`: the 1k table and IPv4 only (a development loop of under a minute; the
+        /// 1M table and IPv6 are what a report quotes).
+        #[arg(long)]
+        quick: bool,
     },
     /// Run one cargo-fuzz target (fuzz/) for longer than the test suite does; new inputs go to
     /// fuzz/corpus-new/TARGET, crashes to fuzz/artifacts/TARGET.
@@ -152,7 +156,9 @@ fn main() -> ExitCode {
         Command::Lab { action, balancers, nat_pair } => {
             lab::lab(action, lab::shape(balancers, nat_pair))
         }
-        Command::Bench { which, seconds, rounds } => bench::bench(which, seconds, rounds.into()),
+        Command::Bench { which, seconds, rounds, quick } => {
+            bench::bench(which, seconds, rounds.into(), quick)
+        }
         Command::Fuzz { target, seconds, sanitizer } => fuzz::fuzz(&target, seconds, &sanitizer),
     };
     match result {

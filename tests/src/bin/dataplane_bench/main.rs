@@ -58,6 +58,8 @@ pub struct Figure {
 
 fn main() -> Result<()> {
     let seconds: u64 = std::env::args().nth(1).map_or(Ok(2), |s| s.parse()).context("SECONDS")?;
+    // `--quick`: the 1k table over IPv4 only, for development loops.
+    let quick = std::env::args().any(|a| a == "--quick");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the data-plane benchmark needs root (namespaces, XDP, BPF stats)");
@@ -75,15 +77,20 @@ fn main() -> Result<()> {
     let mut results = Vec::new();
     let mut sizes = None;
     let mut memory = None;
+    let mut caches = Vec::new();
     // The trivial program before each table and after the last: a load that comes and goes
     // during the run (other builds on a shared machine) moves every figure, and the ratios are
     // taken to the mean of the three, whose spread is printed.
     let mut baselines = Vec::new();
-    for (label, prefill) in [("1k", 1_000u32), ("1M", 1_000_000u32)] {
+    let tables: &[(&str, u32)] =
+        if quick { &[("1k", 1_000)] } else { &[("1k", 1_000), ("1M", 1_000_000)] };
+    for &(label, prefill) in tables {
         baselines.push(baseline(budget)?);
-        for (program, scenario) in
-            [(loader::FLOOR_PROGRAM, FLOOR), (loader::FLOOR_PARSED_PROGRAM, FLOOR_PARSED)]
-        {
+        for (program, scenario) in [
+            (loader::FLOOR_PROGRAM, FLOOR),
+            (loader::FLOOR_PARSED_PROGRAM, FLOOR_PARSED),
+            (loader::FLOOR_INSERT_PROGRAM, FLOOR_INSERT),
+        ] {
             results.push(floor(budget, prefill, label, program, scenario)?);
         }
         let cfg = config::parse("bench.toml", &bench_config()).context("bench config")?;
@@ -99,20 +106,37 @@ fn main() -> Result<()> {
             sizes = Some(introspect::ProgramSize::of(&info));
         }
         let sock = PacketSocket::open("bg0")?;
-        for family in [Family::V4, Family::V6] {
+        let families: &[Family] = if quick { &[Family::V4] } else { &[Family::V4, Family::V6] };
+        for &family in families {
             scenarios(dp, &sock, family, budget, label, &mut results)?;
         }
-        if prefill == 1_000_000 {
-            // Read with the table full: for a map that allocates per entry, memlock grows.
+        if Some(prefill) == tables.last().map(|(_, n)| *n) {
+            // Read with the fullest table: for a map that allocates per entry, memlock grows.
             memory = Some(flow_maps(&info));
+            caches = flow_caches(&info)?;
         }
         drop(balancer);
         loader::down(&PathBuf::from(PIN_ROOT), "bl0").context("down")?;
     }
     baselines.push(baseline(budget)?);
     let sizes = sizes.context("no table was measured")?;
-    let memory = memory.context("the 1M table was not measured")?;
-    report::report(&baselines, &results, &sizes, &memory)
+    let memory = memory.context("no table was measured")?;
+    report::report(&baselines, &results, &sizes, &memory)?;
+    // The per-CPU flow caches do not grow with flows: what they hold on this machine.
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("CPU count")?;
+    for m in &caches {
+        println!(
+            "{}: {} slots × {} B per CPU ({:.0} KiB), {} CPUs: {:.1} MiB (kernel's bytes_memlock), \
+             whatever max-flows",
+            m.name,
+            m.max_entries,
+            m.value_size,
+            (m.max_entries * m.value_size) as f64 / 1024.0,
+            cpus,
+            m.bytes_memlock as f64 / f64::from(1u32 << 20)
+        );
+    }
+    Ok(())
 }
 
 /// The trivial program (MAC swap + XDP_TX) on the balancer's interface, same frames as the
@@ -120,15 +144,17 @@ fn main() -> Result<()> {
 fn baseline(budget: Duration) -> Result<Figure> {
     let mut dp = loader::Dataplane::load().context("loading")?;
     let scenario = "trivial (MAC swap + XDP_TX)";
-    measure_peer(&mut dp, loader::BASELINE_PROGRAM, budget, scenario, "-")
+    let established = from_clients(Family::V4, 0..FLOWS, NAT_PORT, false);
+    measure_peer(&mut dp, loader::BASELINE_PROGRAM, &established, Some(budget), scenario, "-")
 }
 
 /// Peer program `program` of `dp`'s object attached to the balancer's interface (which must be
-/// free) for the established scenarios' frames, then detached.
+/// free) for `frames` (as [`measure`] sends them), then detached.
 fn measure_peer(
     dp: &mut loader::Dataplane,
     program: &str,
-    budget: Duration,
+    frames: &[Vec<u8>],
+    budget: Option<Duration>,
     scenario: &str,
     table: &str,
 ) -> Result<Figure> {
@@ -136,16 +162,15 @@ fn measure_peer(
     let peer = dp.extra_program(program).with_context(|| format!("program {program}"))?;
     let link = peer.attach_to_if_index(ifindex, XdpMode::Driver).context("attach")?;
     let sock = PacketSocket::open("bg0")?;
-    let established = from_clients(Family::V4, 0..FLOWS, NAT_PORT, false);
-    let figure =
-        measure(Target::Baseline(peer), &sock, &established, Some(budget), scenario.into(), table)?;
+    let figure = measure(Target::Baseline(peer), &sock, frames, budget, scenario.into(), table)?;
     peer.detach(link).context("detach")?;
     Ok(figure)
 }
 
-/// Scenario names of [`floor`]'s two programs.
+/// Scenario names of [`floor`]'s programs.
 pub const FLOOR: &str = "floor (one flow-table lookup)";
 pub const FLOOR_PARSED: &str = "floor (parser + lookup)";
+pub const FLOOR_INSERT: &str = "floor (lookup + insert)";
 
 /// A floor program over a table of the balancer's size, prefilled like the balancer's with
 /// `prefill` flows and holding the 1,000 flows the established scenarios send:
@@ -176,7 +201,13 @@ fn floor(
         let flow = Flow { state: flow_state::ESTABLISHED, ..Flow::default() };
         dp.flows().insert(key, flow, 0).context("a measured flow")?;
     }
-    measure_peer(&mut dp, program, budget, scenario, table)
+    if program == loader::FLOOR_INSERT_PROGRAM {
+        // The new DSR scenario's SYNs, each once: each a miss and an insert.
+        let syns = from_clients(Family::V4, FLOWS..FLOWS + NEW_DSR, DSR_PORT, true);
+        return measure_peer(&mut dp, program, &syns, None, scenario, table);
+    }
+    let established = from_clients(Family::V4, 0..FLOWS, NAT_PORT, false);
+    measure_peer(&mut dp, program, &established, Some(budget), scenario, table)
 }
 
 /// The bench network inside `ns`: bl0 (the balancer) ↔ bg0 (the generator, which is also the
@@ -386,11 +417,24 @@ fn prefill_flows(dp: &mut loader::Dataplane, count: u32) -> Result<()> {
 /// The maps that grow with the connection table: those of the program created with
 /// `max-flows` entries (today FLOWS and NAT_REVERSE), as the kernel accounts them.
 fn flow_maps(info: &aya::programs::ProgramInfo) -> Result<Vec<introspect::MapMemory>> {
+    program_maps(info, |map| map.max_entries == u64::from(MAX_FLOWS))
+}
+
+/// The program's per-CPU flow caches (`sshlb-ebpf`'s `cache.rs`), fixed in size.
+fn flow_caches(info: &aya::programs::ProgramInfo) -> Result<Vec<introspect::MapMemory>> {
+    program_maps(info, |map| map.name.ends_with("_CACHE") && map.name != "HOP_CACHE")
+}
+
+/// The maps of the program `keep` keeps, as the kernel accounts them.
+fn program_maps(
+    info: &aya::programs::ProgramInfo,
+    keep: impl Fn(&introspect::MapMemory) -> bool,
+) -> Result<Vec<introspect::MapMemory>> {
     let ids = info.map_ids().context("program map ids")?.context("kernel gives no map ids")?;
     let mut maps = Vec::new();
     for id in ids {
         let map = introspect::MapMemory::of(id)?;
-        if map.max_entries == u64::from(MAX_FLOWS) {
+        if keep(&map) {
             maps.push(map);
         }
     }

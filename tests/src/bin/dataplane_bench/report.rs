@@ -185,7 +185,7 @@ pub fn report(
 /// trivial program plus one lookup in a connection table of the same size and fill,
 /// [`crate::FLOOR`]; the same after `sshlb`'s parser, [`crate::FLOOR_PARSED`]): the lookup is
 /// what any design with a connection table pays, the parser what validating the headers costs,
-/// the rest the balancer's own work.
+/// the rest the balancer's own work. New flows likewise against [`crate::FLOOR_INSERT`].
 fn beyond_floor(out: &mut String, results: &[Figure], trivial_ns: f64) -> Result<()> {
     let tables: Vec<&str> =
         results.iter().filter(|f| f.scenario == crate::FLOOR).map(|f| f.table.as_str()).collect();
@@ -218,6 +218,29 @@ fn beyond_floor(out: &mut String, results: &[Figure], trivial_ns: f64) -> Result
             (parsed - lookup) / trivial_ns,
             parts.join(", ")
         )?;
+        // New flows against the insert floor (a lookup that misses, then an insert), with
+        // the parser's share added: the rest is the service lookup, the backend choice and,
+        // for full NAT, the port claimed in the reverse table.
+        if let Some(insert) = ns(crate::FLOOR_INSERT) {
+            let floor = insert + (parsed - lookup);
+            let parts: Vec<String> = results
+                .iter()
+                .filter(|f| f.table == table && f.scenario.starts_with("new flow"))
+                .filter(|f| !f.scenario.ends_with(" v6"))
+                .map(|f| {
+                    let own = f.ns_per_packet - floor;
+                    format!("{} {own:.0} ns ({:.2}x trivial)", f.scenario, own / trivial_ns)
+                })
+                .collect();
+            writeln!(
+                out,
+                "{table} table: lookup + insert is {:.2}x trivial ({:.2}x with the parser); \
+                 new flows beyond it: {}",
+                insert / trivial_ns,
+                floor / trivial_ns,
+                parts.join(", ")
+            )?;
+        }
     }
     Ok(())
 }
