@@ -52,8 +52,11 @@ pub struct Row {
     /// Login latency percentiles.
     pub p50_ms: f64,
     pub p99_ms: f64,
-    /// One SSH session, MB/s.
+    /// One SSH session's stream, MB/s from its first byte to its last.
     pub ssh: Throughput,
+    /// That session's start to its first byte (connection, key exchange, authentication,
+    /// command start), ms: the setup the stream figure leaves out.
+    pub ssh_first_byte_ms: f64,
     /// iperf3, Gbit/s.
     pub iperf: Throughput,
     /// Softirq time of all CPUs plus the balancer's own process, over ssh bulk + iperf3, per GB.
@@ -90,10 +93,16 @@ pub fn turn(lab: &Lab, round: usize, peer: Peer, process: Option<u32>) -> Result
     eprintln!("round {round}: {} via {target}...", peer.label());
     let (logins_per_s, p50_ms, p99_ms) = logins(lab, target)?;
     let (soft0, proc0) = (softirq_jiffies(), process_jiffies(process));
-    let ((ssh_mb_s, got), ssh_losses) = with_losses(lab, || ssh_bulk(lab, target))?;
+    let cpus0 = cpu_jiffies();
+    let ((ssh_mb_s, first_byte_ms, got), ssh_losses) = with_losses(lab, || ssh_bulk(lab, target))?;
+    // Where the stream's work ran: on these 2 vCPUs every namespace's softirqs share them.
+    eprintln!("  during ssh bulk: {}", cpu_busy(&cpus0, &cpu_jiffies()));
     let (iperf_gbit_s, iperf_losses) = with_losses(lab, || iperf(lab, target))?;
     let (soft1, proc1) = (softirq_jiffies(), process_jiffies(process));
-    eprintln!("  ssh bulk {ssh_mb_s:.0} MB/s, iperf3 {iperf_gbit_s:.2} Gbit/s");
+    eprintln!(
+        "  ssh bulk {ssh_mb_s:.0} MB/s (first byte after {first_byte_ms:.0} ms), iperf3 \
+         {iperf_gbit_s:.2} Gbit/s"
+    );
     // CPU per GB over the ssh bulk + iperf3 run (USER_HZ = 100).
     let iperf_gb =
         if iperf_gbit_s.is_nan() { 0.0 } else { iperf_gbit_s * f64::from(IPERF_SECONDS) / 8.0 };
@@ -106,6 +115,7 @@ pub fn turn(lab: &Lab, round: usize, peer: Peer, process: Option<u32>) -> Result
         p50_ms,
         p99_ms,
         ssh: Throughput { value: ssh_mb_s, losses: ssh_losses },
+        ssh_first_byte_ms: first_byte_ms,
         iperf: Throughput { value: iperf_gbit_s, losses: iperf_losses },
         cpu_s_per_gb: cpu_s / moved_gb.max(1e-9),
     })
@@ -145,22 +155,30 @@ fn run_ssh(lab: &Lab, target: &str, command: &str) -> Result<Child> {
         .spawn()?)
 }
 
-/// One SSH session streaming BULK_BYTES: (MB/s, bytes received).
-fn ssh_bulk(lab: &Lab, target: &str) -> Result<(f64, u64)> {
+/// One SSH session streaming BULK_BYTES: (MB/s from the first byte to the last, ms from the
+/// session's start to its first byte, bytes received). The stream is timed apart from the
+/// setup: a session's login takes a few hundred ms here, a quarter of the whole at these rates,
+/// and logins are measured on their own.
+fn ssh_bulk(lab: &Lab, target: &str) -> Result<(f64, f64, u64)> {
     let t0 = Instant::now();
     let mut child = run_ssh(lab, target, &format!("head -c {BULK_BYTES} /dev/zero"))?;
     let mut stdout = child.stdout.take().context("stdout")?;
     let mut buf = vec![0u8; 1 << 16];
     let mut got = 0u64;
+    let mut first: Option<(Instant, u64)> = None;
     loop {
         let n = stdout.read(&mut buf)?;
         if n == 0 {
             break;
         }
         got += n as u64;
+        // The stream starts with the first read's bytes: they count as received at once.
+        first.get_or_insert((Instant::now(), n as u64));
     }
     child.wait()?;
-    Ok((got as f64 / t0.elapsed().as_secs_f64() / 1e6, got))
+    let Some((t1, first_read)) = first else { return Ok((f64::NAN, f64::NAN, 0)) };
+    let streamed = (got - first_read) as f64 / t1.elapsed().as_secs_f64() / 1e6;
+    Ok((streamed, (t1 - t0).as_secs_f64() * 1000.0, got))
 }
 
 /// iperf3 from the client through `target` to b1 for IPERF_SECONDS: Gbit/s received.
@@ -187,6 +205,38 @@ fn iperf(lab: &Lab, target: &str) -> Result<f64> {
     };
     let bps = json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     Ok(bps / 1e9)
+}
+
+/// Per CPU, (busy, softirq, total) jiffies from `/proc/stat` (busy: all but idle and iowait).
+fn cpu_jiffies() -> Vec<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, v.get(6).copied().unwrap_or(0), total)
+        })
+        .collect()
+}
+
+/// How busy each CPU was between two [`cpu_jiffies`] samples: "busy % (softirq %)" per CPU.
+fn cpu_busy(before: &[(u64, u64, u64)], after: &[(u64, u64, u64)]) -> String {
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .map(|(i, (b, a))| {
+            let total = (a.2 - b.2).max(1) as f64;
+            format!(
+                "cpu{i} {:.0} % ({:.0} % softirq)",
+                (a.0 - b.0) as f64 * 100.0 / total,
+                (a.1 - b.1) as f64 * 100.0 / total
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn softirq_jiffies() -> u64 {

@@ -74,6 +74,7 @@ struct Line<'a> {
     p50_ms: f64,
     p99_ms: f64,
     ssh: f64,
+    ssh_first_byte_ms: f64,
     ssh_losses: Option<&'a Losses>,
     iperf: f64,
     iperf_losses: Option<&'a Losses>,
@@ -88,6 +89,7 @@ impl<'a> Line<'a> {
             p50_ms: row.p50_ms,
             p99_ms: row.p99_ms,
             ssh: row.ssh.value,
+            ssh_first_byte_ms: row.ssh_first_byte_ms,
             ssh_losses: Some(&row.ssh.losses),
             iperf: row.iperf.value,
             iperf_losses: Some(&row.iperf.losses),
@@ -111,6 +113,7 @@ impl<'a> Line<'a> {
             p50_ms: mean(&|r| r.p50_ms),
             p99_ms: mean(&|r| r.p99_ms),
             ssh: mean(&|r| r.ssh.value),
+            ssh_first_byte_ms: mean(&|r| r.ssh_first_byte_ms),
             ssh_losses: None,
             iperf: mean(&|r| r.iperf.value),
             iperf_losses: None,
@@ -125,9 +128,9 @@ fn table(out: &mut String, lines: &[Line<'_>], totals: Option<&[Row]>) -> Result
         |f: fn(&Line<'_>) -> f64, v: f64| base.map_or_else(|| "-".into(), |b| ratio(v, f(b)));
     writeln!(
         out,
-        "| peer | ssh logins/s | p50 ms | p99 ms | ssh bulk MB/s | lost during ssh bulk | iperf3 Gbit/s | lost during iperf3 | CPU s per GB |"
+        "| peer | ssh logins/s | p50 ms | p99 ms | ssh bulk MB/s | its first byte ms | lost during ssh bulk | iperf3 Gbit/s | lost during iperf3 | CPU s per GB |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---|---:|---|---:|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---|---:|")?;
     for l in lines {
         // The mean table sums each peer's losses over its rounds.
         let summed = |pick: fn(&Row) -> &Throughput| {
@@ -143,7 +146,7 @@ fn table(out: &mut String, lines: &[Line<'_>], totals: Option<&[Row]>) -> Result
             l.iperf_losses.map(losses_text).or_else(|| summed(|r| &r.iperf)).unwrap_or_default();
         writeln!(
             out,
-            "| {} | {:.1} ({}) | {:.0} | {:.0} | {:.0} ({}) | {} | {:.2} ({}) | {} | {:.2} ({}) |",
+            "| {} | {:.1} ({}) | {:.0} | {:.0} | {:.0} ({}) | {:.0} | {} | {:.2} ({}) | {} | {:.2} ({}) |",
             l.peer.label(),
             l.logins_per_s,
             of_base(|b| b.logins_per_s, l.logins_per_s),
@@ -151,6 +154,7 @@ fn table(out: &mut String, lines: &[Line<'_>], totals: Option<&[Row]>) -> Result
             l.p99_ms,
             l.ssh,
             of_base(|b| b.ssh, l.ssh),
+            l.ssh_first_byte_ms,
             ssh_lost,
             l.iperf,
             of_base(|b| b.iperf, l.iperf),
@@ -223,6 +227,7 @@ pub fn report(rows: &[Row], failovers: &[(&str, String)], took: Duration) -> Res
                 "p50_ms": r.p50_ms,
                 "p99_ms": r.p99_ms,
                 "ssh_mb_s": r.ssh.value,
+                "ssh_first_byte_ms": r.ssh_first_byte_ms,
                 "ssh_losses": losses_json(&r.ssh.losses),
                 "iperf_gbit_s": r.iperf.value,
                 "iperf_losses": losses_json(&r.iperf.losses),
@@ -238,6 +243,7 @@ pub fn report(rows: &[Row], failovers: &[(&str, String)], took: Duration) -> Res
             "p50_ms": m.p50_ms,
             "p99_ms": m.p99_ms,
             "ssh_mb_s": m.ssh,
+            "ssh_first_byte_ms": m.ssh_first_byte_ms,
             "iperf_gbit_s": m.iperf,
             "cpu_s_per_gb": m.cpu_s_per_gb,
         })
