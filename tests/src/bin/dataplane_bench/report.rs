@@ -199,16 +199,20 @@ fn beyond_floor(out: &mut String, results: &[Figure], trivial_ns: f64) -> Result
         let (Some(lookup), Some(parsed)) = (ns(crate::FLOOR), ns(crate::FLOOR_PARSED)) else {
             continue;
         };
-        let parts: Vec<String> = results
-            .iter()
-            .filter(|f| f.table == table)
-            .filter(|f| f.scenario.starts_with("established") || f.scenario.starts_with("reverse"))
-            .filter(|f| !f.scenario.ends_with(" v6"))
-            .map(|f| {
-                let own = f.ns_per_packet - parsed;
-                format!("{} {own:.0} ns ({:.2}x trivial)", f.scenario, own / trivial_ns)
-            })
-            .collect();
+        // Each IPv4 scenario of this table whose name starts with one of `kinds`, with what it
+        // costs beyond `floor` ns.
+        let beyond = |kinds: &[&str], floor: f64| {
+            results
+                .iter()
+                .filter(|f| f.table == table && !f.scenario.ends_with(" v6"))
+                .filter(|f| kinds.iter().any(|k| f.scenario.starts_with(k)))
+                .map(|f| {
+                    let own = f.ns_per_packet - floor;
+                    format!("{} {own:.0} ns ({:.2}x trivial)", f.scenario, own / trivial_ns)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         writeln!(
             out,
             "{table} table: the lookup floor is {:.2}x trivial, the parser adds {:.0} ns ({:.2}x); \
@@ -216,29 +220,20 @@ fn beyond_floor(out: &mut String, results: &[Figure], trivial_ns: f64) -> Result
             lookup / trivial_ns,
             parsed - lookup,
             (parsed - lookup) / trivial_ns,
-            parts.join(", ")
+            beyond(&["established", "reverse"], parsed)
         )?;
         // New flows against the insert floor (a lookup that misses, then an insert), with
         // the parser's share added: the rest is the service lookup, the backend choice and,
         // for full NAT, the port claimed in the reverse table.
         if let Some(insert) = ns(crate::FLOOR_INSERT) {
             let floor = insert + (parsed - lookup);
-            let parts: Vec<String> = results
-                .iter()
-                .filter(|f| f.table == table && f.scenario.starts_with("new flow"))
-                .filter(|f| !f.scenario.ends_with(" v6"))
-                .map(|f| {
-                    let own = f.ns_per_packet - floor;
-                    format!("{} {own:.0} ns ({:.2}x trivial)", f.scenario, own / trivial_ns)
-                })
-                .collect();
             writeln!(
                 out,
                 "{table} table: lookup + insert is {:.2}x trivial ({:.2}x with the parser); \
                  new flows beyond it: {}",
                 insert / trivial_ns,
                 floor / trivial_ns,
-                parts.join(", ")
+                beyond(&["new flow"], floor)
             )?;
         }
     }

@@ -239,13 +239,9 @@ fn cpu_busy(before: &[(u64, u64, u64)], after: &[(u64, u64, u64)]) -> String {
         .join(", ")
 }
 
+/// Softirq jiffies of all CPUs (the sum of [`cpu_jiffies`]' per-CPU shares).
 fn softirq_jiffies() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    stat.lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(7))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    cpu_jiffies().iter().map(|(_, softirq, _)| softirq).sum()
 }
 
 fn process_jiffies(pid: Option<u32>) -> u64 {
